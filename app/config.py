@@ -1,0 +1,120 @@
+"""One config mechanism: a YAML file plus dotted `key=value` overrides -> a typed config per job.
+
+    python -m jobs.<stage> jobs/configs/<stage>_demo.yaml optim.lr=1e-4 name=try2
+
+Configs are pydantic models that forbid unknown keys, so a typo fails at start naming the key and the
+keys allowed at that level. Only a job's `run(cfg)` reads a config; library code takes flat arguments.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: printed as one line, exit code 2, no traceback."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+class Config(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class JobConfig(Config):
+    """Keys every job shares."""
+    name: str = "demo"
+    output_dir: str | None = None  # default: runs/<stage>-<name>
+    seed: int = 0
+
+    def out(self, stage: str) -> Path:
+        return Path(self.output_dir or f"runs/{stage}-{self.name}")
+
+
+def load_config(cls: type[Config], path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Build `cls` from a YAML file (optional) and `key=value` overrides (dotted keys reach nested sections)."""
+    data = read_yaml(path) if path else {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        set_dotted(data, key.strip(), parse_value(raw))
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(explain(cls, exc)) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"bad YAML in {path}{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_value(raw: str) -> Any:
+    """Override values stay strings (pydantic coerces numbers and booleans by the field's type), except
+    lists/mappings written in YAML flow style and null."""
+    raw = raw.strip()
+    if raw[:1] in "[{":
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse override value {raw!r}: {exc}") from None
+    return None if raw.lower() in ("null", "none", "~") else raw
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = data
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {'.'.join(parents[:i + 1])} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def allowed_keys(cls: type[Config], loc: tuple) -> list[str]:
+    """The field names of the section that `loc` (a path of keys) points into."""
+    model = cls
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        sub = getattr(field, "annotation", None) if field else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            break
+        model = sub
+    return list(model.model_fields)
+
+
+def explain(cls: type[Config], exc: ValidationError) -> str:
+    """One line per problem: the dotted key, what is wrong, and for unknown keys what is allowed."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}' (allowed: {', '.join(allowed_keys(cls, loc[:-1]))})")
+        elif err["type"] == "missing":
+            lines.append(f"missing config key '{key}' (give it in the YAML or as {key}=...)")
+        else:
+            lines.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)

@@ -1,0 +1,183 @@
+"""Seeded generator of the demo corpus: a fictional shop's customer-service export, in English and Chinese,
+with the dirt a real export has. Thousands of records in about a second; the same seed gives the same bytes.
+
+    python -m jobs.demo_data                     # writes data/demo/raw/*
+
+Files:
+  dialogs.jsonl      {id, messages, intent, lang, source}: 1-3 turns; skewed intents; dirt planted:
+                     exact and near duplicates, HTML, full/half-width mixes, PII, sensitive words,
+                     too short/too long answers, malformed lines
+  tickets.csv        id, context, response, intent, lang: the seed's context+response format
+  preferences.jsonl  {id, prompt, chosen, rejected, intent, lang}: polite answer vs rude/unhelpful/unsafe
+  prompts.jsonl      {id, prompt, reference, intent, lang}: prompt-only records for RL
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from app.demo.phrases import BAD_ANSWERS, CARRIERS, CLOSERS, GREETING, OPENERS, PRODUCTS, SENSITIVE, TOPICS
+
+INTENT_WEIGHTS = {"order_status": 34, "refund": 20, "shipping": 14, "product_info": 12, "account": 8,
+                  "complaint": 7, "invoice": 5}
+LANG_WEIGHTS = {"en": 55, "zh": 45}
+# Share of dialogs that get each kind of dirt (at most one kind each); the rest stay clean.
+DIRT = {"exact_dup": 0.04, "near_dup": 0.05, "html": 0.05, "width_mix": 0.08, "pii": 0.06, "sensitive": 0.02,
+        "too_short": 0.02, "too_long": 0.01}
+MALFORMED = ['{"id": "cs-broken-1", "messages": [{"role": "user", "content": "where is my',
+             'this line is not JSON at all', '{}', '{"id": "cs-broken-2", "messages": "just a string"}',
+             '{"id": "cs-broken-3", "messages": [{"role": "user"}], "intent": "refund"}',
+             '{"id": "cs-broken-4", "messages": [{"role": "robot", "content": "beep"}]}']
+FULL_WIDTH = str.maketrans({",": "，", ".": "．", "!": "！", "?": "？", ":": "：", "0": "０", "1": "１", "2": "２",
+                            "5": "５"})
+HALF_WIDTH = str.maketrans({"，": ",", "。": ".", "？": "?", "！": "!", "：": ":"})
+
+
+def cn_id(rng: random.Random) -> str:
+    """A Chinese resident ID number with a valid ISO 7064 MOD 11-2 check character."""
+    body = f"{rng.choice(['110101', '310104', '440305', '510107'])}{rng.randint(1960, 2004)}" \
+           f"{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(0, 999):03d}"
+    weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
+    return body + "10X98765432"[sum(int(d) * w for d, w in zip(body, weights)) % 11]
+
+
+def card_number(rng: random.Random) -> str:
+    """A 16-digit card number that passes the Luhn check."""
+    digits = [4] + [rng.randint(0, 9) for _ in range(14)]
+    total = sum(d if i % 2 else (d * 2 - 9 if d * 2 > 9 else d * 2) for i, d in enumerate(digits))
+    return "".join(map(str, digits + [(10 - total % 10) % 10]))
+
+
+def pii_value(rng: random.Random, lang: str) -> str:
+    kind = rng.choice(["email", "phone", "id", "card", "ip"])
+    if kind == "email":
+        return f"{rng.choice(['amy.chen', 'wang.lei', 'j.smith', 'li_na88'])}@{rng.choice(['example.com', 'qq.com'])}"
+    if kind == "phone":
+        cn = f"1{rng.choice('3589')}{rng.randint(0, 9)}{rng.randint(10 ** 7, 10 ** 8 - 1)}"
+        return rng.choice([cn, f"+86 {cn[:3]}-{cn[3:7]}-{cn[7:]}", f"+1 415 555 {rng.randint(1000, 9999)}",
+                           f"+44 20 7946 {rng.randint(1000, 9999)}"])
+    if kind == "id":
+        return cn_id(rng)
+    if kind == "card":
+        c = card_number(rng)
+        return rng.choice([c, " ".join(c[i:i + 4] for i in range(0, 16, 4))])
+    return f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+
+
+def slots(rng: random.Random, lang: str) -> dict:
+    """One draw of every slot, shared by a dialog's question and answer."""
+    return dict(order=f"LH{rng.randint(10 ** 7, 10 ** 8 - 1)}", product=rng.choice(PRODUCTS[lang]),
+                date=f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", days=rng.randint(2, 7),
+                amount=f"${rng.randint(12, 240)}" if lang == "en" else f"{rng.randint(39, 1299)}元",
+                carrier=rng.choice(CARRIERS[lang]), card=card_number(rng), cn_id=cn_id(rng))
+
+
+def dialog(rng: random.Random, intent: str, lang: str) -> list[dict]:
+    """1-3 turns ending with the shop's answer; a greeting exchange first in 30% of dialogs."""
+    questions, answers = rng.choice(TOPICS[intent][lang])
+    s = slots(rng, lang)
+    reply = rng.choice(OPENERS[lang]) + rng.choice(answers).format(**s) + rng.choice(CLOSERS[lang])
+    messages = [{"role": "user", "content": rng.choice(questions).format(**s)},
+                {"role": "assistant", "content": reply}]
+    if rng.random() < 0.3:
+        messages = [{"role": "user", "content": GREETING[lang][0]},
+                    {"role": "assistant", "content": GREETING[lang][1]}] + messages
+    return messages
+
+
+def dirty(rng: random.Random, kind: str, rec: dict, earlier: list[dict]) -> dict:
+    """Plant one kind of dirt in a record (a copy); duplicates copy an earlier clean record."""
+    if kind in ("exact_dup", "near_dup") and earlier:
+        src = rng.choice(earlier)
+        rec = {**rec, "messages": [dict(m) for m in src["messages"]], "intent": src["intent"], "lang": src["lang"]}
+    msgs = rec["messages"] = [dict(m) for m in rec["messages"]]
+    last, lang = msgs[-1], rec["lang"]
+    if kind == "near_dup":  # a different sign-off: same answer to a deduper, not byte-identical
+        last["content"] = last["content"].rstrip() + rng.choice(CLOSERS[lang][1:] + [" :)", "~"])
+    elif kind == "html":
+        body = last["content"].replace(". ", ".<br/>").replace("。", "。<br>")
+        last["content"] = f"<div class=\"reply\"><p>{body}</p>&nbsp;&amp; more</div>"
+    elif kind == "width_mix":
+        last["content"] = last["content"].translate(FULL_WIDTH if lang == "en" else HALF_WIDTH)
+    elif kind == "pii":
+        target = msgs[-2] if rng.random() < 0.5 else last
+        sep = " My contact: " if lang == "en" else "，联系方式："
+        target["content"] += sep + pii_value(rng, lang)
+    elif kind == "sensitive":
+        last["content"] += (" Honestly " if lang == "en" else "说实话") + rng.choice(SENSITIVE[lang])
+    elif kind == "too_short":
+        last["content"] = rng.choice(["ok", "Yes.", "好的", "嗯"])
+    elif kind == "too_long":
+        last["content"] = " ".join([last["content"]] * (12 if lang == "en" else 8))
+    return rec
+
+
+def pick(rng: random.Random, weights: dict) -> str:
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
+
+
+def dialogs(rng: random.Random, n: int) -> tuple[list[str], Counter]:
+    lines, clean, planted = [], [], Counter()
+    for i in range(n):
+        intent, lang = pick(rng, INTENT_WEIGHTS), pick(rng, LANG_WEIGHTS)
+        rec = {"id": f"cs-{i:05d}", "messages": dialog(rng, intent, lang), "intent": intent, "lang": lang,
+               "source": "shop-export"}
+        r, kind = rng.random(), "clean"
+        for name, share in DIRT.items():
+            if r < share:
+                kind = name
+                break
+            r -= share
+        if kind == "clean":
+            clean.append(rec)
+        else:
+            rec = dirty(rng, kind, rec, clean)
+        planted[kind] += 1
+        lines.append(json.dumps(rec, ensure_ascii=False))
+    for bad in MALFORMED:
+        lines.insert(rng.randrange(len(lines)), bad)
+    planted["malformed"] = len(MALFORMED)
+    return lines, planted
+
+
+def tickets(rng: random.Random, n: int) -> list[list[str]]:
+    rows = [["id", "context", "response", "intent", "lang"]]
+    for i in range(n):
+        intent, lang = pick(rng, INTENT_WEIGHTS), pick(rng, LANG_WEIGHTS)
+        q, a = dialog(rng, intent, lang)[-2:]
+        rows.append([f"tk-{i:05d}", q["content"], a["content"], intent, lang])
+    return rows
+
+
+def pairs_and_prompts(rng: random.Random, n_pairs: int, n_prompts: int) -> tuple[list[str], list[str]]:
+    pairs, prompts = [], []
+    for i in range(n_pairs + n_prompts):
+        intent, lang = pick(rng, INTENT_WEIGHTS), pick(rng, LANG_WEIGHTS)
+        *history, good = dialog(rng, intent, lang)
+        if i < n_pairs:
+            bad = rng.choice(BAD_ANSWERS[lang]).format(**slots(rng, lang))
+            rec = {"id": f"pref-{i:05d}", "prompt": history, "chosen": good["content"], "rejected": bad}
+            pairs.append(json.dumps({**rec, "intent": intent, "lang": lang}, ensure_ascii=False))
+        else:
+            rec = {"id": f"rl-{i - n_pairs:05d}", "prompt": history, "reference": good["content"]}
+            prompts.append(json.dumps({**rec, "intent": intent, "lang": lang}, ensure_ascii=False))
+    return pairs, prompts
+
+
+def generate(out_dir: str | Path, n_dialogs: int = 4000, n_tickets: int = 1000, n_preferences: int = 1500,
+             n_prompts: int = 500, seed: int = 0) -> dict:
+    """Write the four files under out_dir; return counts (what was planted, per kind)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    lines, planted = dialogs(rng, n_dialogs)
+    (out / "dialogs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open(out / "tickets.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(tickets(rng, n_tickets))
+    pairs, prompts = pairs_and_prompts(rng, n_preferences, n_prompts)
+    (out / "preferences.jsonl").write_text("\n".join(pairs) + "\n", encoding="utf-8")
+    (out / "prompts.jsonl").write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    return {"dialogs": dict(planted), "tickets": n_tickets, "preferences": n_preferences, "prompts": n_prompts}

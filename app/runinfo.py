@@ -1,0 +1,26 @@
+"""Reproducibility: every run writes a manifest with its config, seed and the sha256 of its data files."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(out_dir: str | Path, config: dict, files: list[Path] = (), **extra) -> dict:
+    """Write out_dir/manifest.json: config, file hashes, host, time, plus any extra figures."""
+    out = Path(out_dir)
+    manifest = {"config": config, "sha256": {str(p): sha256_file(p) for p in files},
+                "host": platform.node(), "python": platform.python_version(),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    return manifest

@@ -1,0 +1,1 @@
+"""Entrypoints: `python -m jobs.<stage> [config.yaml] [key=value ...]`, also after `ray job submit --`."""

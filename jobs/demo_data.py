@@ -1,0 +1,34 @@
+"""Write the embedded demo corpus (seeded): the raw input of the data stage, plus preference pairs and RL
+prompts. See app/demo/generate.py for what is planted in it.
+
+    python -m jobs.demo_data                       # -> data/demo/raw/
+    python -m jobs.demo_data n_dialogs=20000 seed=1 output_dir=data/demo-big
+"""
+from __future__ import annotations
+
+from app.cli import run_job
+from app.config import JobConfig
+from app.demo.generate import generate
+from app.runinfo import write_manifest
+
+
+class DemoDataConfig(JobConfig):
+    output_dir: str | None = "data/demo/raw"
+    n_dialogs: int = 4000
+    n_tickets: int = 1000
+    n_preferences: int = 1500
+    n_prompts: int = 500
+
+
+def run(cfg: DemoDataConfig) -> dict:
+    out = cfg.out("demo_data")
+    counts = generate(out, cfg.n_dialogs, cfg.n_tickets, cfg.n_preferences, cfg.n_prompts, cfg.seed)
+    files = sorted(p for p in out.iterdir() if p.name != "manifest.json")
+    manifest = write_manifest(out, cfg.model_dump(), files, counts=counts)
+    print(f"demo data: {sum(counts['dialogs'].values())} dialog lines, {counts['tickets']} tickets, "
+          f"{counts['preferences']} preference pairs, {counts['prompts']} prompts -> {out}")
+    return manifest
+
+
+if __name__ == "__main__":
+    run_job(DemoDataConfig, run, default_config="demo_data.yaml")
