@@ -23,6 +23,7 @@ setup: $(STAMP)
 
 demo: setup
 	$(PY) -m jobs.demo_data
+	$(PY) -m jobs.data jobs/configs/data_demo.yaml
 	$(PY) -m jobs.generate model=smollm2-135m-instruct prompt="What is the capital of France?"
 
 test: setup

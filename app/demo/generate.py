@@ -95,8 +95,9 @@ def dirty(rng: random.Random, kind: str, rec: dict, earlier: list[dict]) -> dict
         rec = {**rec, "messages": [dict(m) for m in src["messages"]], "intent": src["intent"], "lang": src["lang"]}
     msgs = rec["messages"] = [dict(m) for m in rec["messages"]]
     last, lang = msgs[-1], rec["lang"]
-    if kind == "near_dup":  # a different sign-off: same answer to a deduper, not byte-identical
-        last["content"] = last["content"].rstrip() + rng.choice(CLOSERS[lang][1:] + [" :)", "~"])
+    if kind == "near_dup":  # an emoticon, a changed mark or case: not byte-identical, same words
+        text = last["content"].rstrip()
+        last["content"] = rng.choice([text + " :)", text + "~", text + " 😊", text[:-1] + "!!", text.lower()])
     elif kind == "html":
         body = last["content"].replace(". ", ".<br/>").replace("。", "。<br>")
         last["content"] = f"<div class=\"reply\"><p>{body}</p>&nbsp;&amp; more</div>"

@@ -1,0 +1,111 @@
+"""One raw row -> a cleaned SFT record or a rejection with a reason code. Pure: no ray import.
+
+Steps, in order (the first that rejects names the reason):
+  parse (malformed: not JSON, not a mapping, missing or mistyped fields)
+  -> normalize every message (app/data/normalize.py) -> empty (a message with no text left)
+  -> PII (pii: found, when the action is drop; else redacted) -> sensitive words (sensitive, or a flag)
+  -> quality filters on the final reply (too_short, too_long, symbols, digits, repetition, language)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from app.chat import check_messages
+from app.data.filters import quality_reason
+from app.data.normalize import normalize
+from app.data.pii import SensitiveWords, redact
+
+RECORD_KEYS = ("id", "messages", "text", "context", "response", "intent", "lang")
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def parse_row(raw: str) -> dict:
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise Rejected("malformed", f"not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(row, dict):
+        raise Rejected("malformed", f"a JSON {type(row).__name__}, not an object")
+    return row
+
+
+def record_id(row: dict, raw: str, fields: dict) -> str:
+    """The source's id when it has one, else a hash of the raw row."""
+    value = row.get(fields.get("id", "id")) if isinstance(row, dict) else None
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        return str(value).strip()
+    return "h-" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def _text(row: dict, fields: dict, key: str) -> str | None:
+    value = row.get(fields.get(key, key))
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Rejected("malformed", f"field {fields.get(key, key)!r} is a {type(value).__name__}, not text")
+    return value
+
+
+def to_messages(row: dict, fields: dict) -> list[dict]:
+    """The record shape: `messages`, or `context` + `response`, or `text` (a single assistant turn)."""
+    source = fields.get("messages", "messages")
+    if row.get(source) is not None:
+        try:
+            messages = check_messages(row[source])
+        except ValueError as exc:
+            raise Rejected("malformed", f"{source}: {exc}") from None
+        if not any(m["role"] == "assistant" for m in messages) or messages[-1]["role"] != "assistant":
+            raise Rejected("malformed", f"{source}: must end with an assistant reply")
+        return messages
+    context, response = _text(row, fields, "context"), _text(row, fields, "response")
+    if response is not None:
+        return ([{"role": "user", "content": context}] if context is not None else []) + \
+            [{"role": "assistant", "content": response}]
+    text = _text(row, fields, "text")
+    if text is not None:
+        return [{"role": "assistant", "content": text}]
+    wanted = " or ".join(fields.get(k, k) for k in ("messages", "response", "text"))
+    raise Rejected("malformed", f"no {wanted} field")
+
+
+def clean(raw: str, fields: dict, rules=(), pii_action: str = "redact", sensitive: SensitiveWords | None = None,
+          sensitive_action: str = "drop", filters: dict | None = None) -> dict:
+    """A cleaned record {messages, intent, lang, flags}; raises Rejected."""
+    row = parse_row(raw)
+    messages = to_messages(row, fields)
+    intent, lang = _text(row, fields, "intent"), _text(row, fields, "lang")
+    for m in messages:
+        m["content"] = normalize(m["content"], rules)
+        if not m["content"]:
+            raise Rejected("empty", f"a {m['role']} message is empty after normalization")
+    flags = []
+    if pii_action != "off":
+        for m in messages:
+            m["content"], found = redact(m["content"])
+            if found and pii_action == "drop":
+                raise Rejected("pii", ",".join(sorted(set(found))))
+            flags += [f"pii:{tag.lower()}" for tag in found]
+    if sensitive is not None and sensitive_action != "off":
+        hits = sorted({w for m in messages for w in sensitive.find(m["content"])})
+        if hits and sensitive_action == "drop":
+            raise Rejected("sensitive", ",".join(hits))
+        flags += [f"sensitive:{w}" for w in hits]
+    if (why := quality_reason(messages[-1]["content"], **(filters or {}))):
+        raise Rejected(*why)
+    return {"messages": messages, "intent": (intent or "").strip(), "lang": (lang or "").strip(),
+            "flags": ",".join(sorted(set(flags)))}
+
+
+def conversation_text(messages: list[dict]) -> str:
+    return "\n".join(m["content"] for m in messages)
+
+
+def content_hash(messages: list[dict]) -> str:
+    body = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()

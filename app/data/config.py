@@ -1,0 +1,80 @@
+"""The data stage's config: `python -m jobs.data jobs/configs/data_demo.yaml [key=value ...]`."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator, model_validator
+
+from app.config import Config, JobConfig
+from app.data.clean import RECORD_KEYS
+
+
+class InputConfig(Config):
+    path: str = "data/demo/raw/dialogs.jsonl"  # a file, a folder or a glob; s3://... on a cluster
+    format: Literal["jsonl", "csv", "parquet"] | None = None  # default: from the file extension
+    fields: dict[str, str] = {}  # record key -> source column, e.g. {response: answer, id: ticket_no}
+
+    @field_validator("fields")
+    @classmethod
+    def known_keys(cls, v: dict) -> dict:
+        bad = sorted(set(v) - set(RECORD_KEYS))
+        if bad:
+            raise ValueError(f"unknown record key {bad[0]!r} (allowed: {', '.join(RECORD_KEYS)})")
+        return v
+
+
+class NormalizeConfig(Config):
+    rules: list[tuple[str, str]] = []  # [regex, replacement] applied after the built-in steps
+
+
+class FiltersConfig(Config):
+    min_words: int = 10  # of the final reply; CJK characters count 1/cjk_chars_per_word each
+    max_words: int = 200
+    cjk_chars_per_word: float = 1.5
+    max_symbol_ratio: float = 0.1
+    max_digit_ratio: float = 0.5
+    max_dup_line_share: float = 0.3
+    languages: list[Literal["en", "zh", "other"]] | None = None  # e.g. [en, zh]; None keeps all
+    quality_model: str | None = None  # "module:function": list of replies -> scores in [0, 1]
+    quality_threshold: float = 0.5
+
+
+class PiiConfig(Config):
+    action: Literal["redact", "drop", "off"] = "redact"
+    sensitive_words_file: str | None = None  # default: app/data/sensitive_words.txt
+    sensitive_action: Literal["drop", "flag", "off"] = "drop"
+
+
+class DedupConfig(Config):
+    exact: bool = True
+    near: bool = True
+    threshold: float = 0.8  # estimated Jaccard of shingle sets
+    num_perm: int = 128
+    bands: int = 16  # rows per band = num_perm // bands
+    word_shingle: int = 5
+    char_shingle: int = 5
+
+    @model_validator(mode="after")
+    def bands_fit(self):
+        if not 1 <= self.bands <= self.num_perm:
+            raise ValueError(f"bands must be between 1 and num_perm ({self.num_perm})")
+        return self
+
+
+class SplitConfig(Config):
+    ratios: tuple[float, float, float] = (0.9, 0.05, 0.05)  # train, val, test
+    stratify: bool = True  # by intent, when records have one
+    max_class_share: float | None = 0.3
+    contamination_ngram: int = 13
+    contamination_threshold: float | None = 0.8  # share of a train record's n-grams found in val/test
+
+
+class DataConfig(JobConfig):
+    input: InputConfig = InputConfig()
+    normalize: NormalizeConfig = NormalizeConfig()
+    filters: FiltersConfig = FiltersConfig()
+    pii: PiiConfig = PiiConfig()
+    dedup: DedupConfig = DedupConfig()
+    split: SplitConfig = SplitConfig()
+    batch_size: int = 512
+    wandb: bool = False

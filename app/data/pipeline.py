@@ -1,0 +1,236 @@
+"""The data stage on Ray Data: input files -> train/ val/ test/ Parquet + rejected/ + manifest.json.
+
+    python -m jobs.data jobs/configs/data_demo.yaml [key=value ...]
+    ray job submit --working-dir . -- python -m jobs.data jobs/configs/data_demo.yaml
+
+Ray Data streams the per-record work in parallel: reading, parsing, normalizing, PII and sensitive words,
+quality filters, content hashes and MinHash signatures (app/data/clean.py, app/data/dedup.py). The driver
+then makes the corpus-wide decisions on compact columns: duplicate ids, exact and near-duplicate clusters
+(LSH band keys grouped with numpy, clusters by connected components), the stratified split with its class
+cap; Ray Data runs the contamination check on train; outputs are sorted by id and written with fixed file
+names, so the same input and config give byte-identical files.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from app.cluster import init_ray
+from app.config import UserError
+from app.data import dedup
+from app.data.clean import Rejected, clean, content_hash, conversation_text, record_id
+from app.data.config import DataConfig
+from app.data.io import PARSERS, RECORD_SCHEMA, REJECT_SCHEMA, file_hashes, input_files, write_parquet
+from app.data.normalize import compile_rules
+from app.data.pii import SensitiveWords
+from app.data.report import STAGES, manifest_counts, print_summary
+from app.data.split import assign, ngram_hashes, over_cap, overlap
+from app.runinfo import write_manifest
+
+PROCESSED = pa.schema([("id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
+                       ("detail", pa.string()), ("raw", pa.string()), ("messages", pa.string()),
+                       ("intent", pa.string()), ("lang", pa.string()), ("flags", pa.string()),
+                       ("hash", pa.string()), ("sig", pa.binary())])
+
+
+@lru_cache(maxsize=4)
+def _sensitive(path: str | None) -> SensitiveWords:
+    return SensitiveWords.from_file(path)
+
+
+def _load_callable(spec: str):
+    import importlib
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def parse_file(row: dict, fmt: str) -> list[dict]:
+    return PARSERS[fmt](row["bytes"], row["path"])
+
+
+def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_file: str | None,
+                sensitive_action: str, filters: dict, quality_model: str | None, quality_threshold: float,
+                num_perm: int, word_shingle: int, char_shingle: int) -> pa.Table:
+    """Clean a batch of raw rows; kept rows get a content hash and a MinHash signature."""
+    rules = compile_rules(rules)
+    words = _sensitive(words_file) if sensitive_action != "off" else None
+    out = []
+    for raw, source, error in zip(batch["raw"], batch["source"], batch["error"]):
+        row = {"id": record_id(_safe_json(raw), raw, fields), "source": source, "raw": raw, "reason": "",
+               "detail": "", "messages": "", "intent": "", "lang": "", "flags": "", "hash": "", "sig": b""}
+        try:
+            if error:
+                raise Rejected(*error.split(": ", 1))
+            rec = clean(raw, fields, rules, pii_action, words, sensitive_action, filters)
+            row.update(messages=json.dumps(rec["messages"], ensure_ascii=False), intent=rec["intent"],
+                       lang=rec["lang"], flags=rec["flags"], hash=content_hash(rec["messages"]), raw="")
+        except Rejected as rej:
+            row.update(reason=rej.reason, detail=rej.detail)
+        out.append(row)
+    kept = [r for r in out if not r["reason"]]
+    if quality_model and kept:
+        scores = _load_callable(quality_model)([json.loads(r["messages"])[-1]["content"] for r in kept])
+        for r, score in zip(kept, scores):
+            if score < quality_threshold:
+                r.update(reason="low_quality", detail=f"score {score:.3f} < {quality_threshold}")
+        kept = [r for r in kept if not r["reason"]]
+    a, b = dedup.permutations(num_perm)
+    cache: dict = {}
+    shingles = [dedup.shingle_hashes(conversation_text(json.loads(r["messages"])), word_shingle, char_shingle,
+                                     cache) for r in kept]
+    for r, sig in zip(kept, dedup.signatures(shingles, a, b)):
+        r["sig"] = sig.tobytes()
+    return pa.Table.from_pylist(out, schema=PROCESSED)
+
+
+def _safe_json(raw: str) -> dict:
+    try:
+        row = json.loads(raw)
+        return row if isinstance(row, dict) else {}
+    except ValueError:
+        return {}
+
+
+def unique_ids(table: pa.Table) -> tuple[pa.Table, int]:
+    """Rows sorted by (id, source); a repeated id gets ~2, ~3... in source order, so each row has its own."""
+    table = table.sort_by([("id", "ascending"), ("source", "ascending")])
+    ids = table.column("id").to_pylist()
+    seen: Counter = Counter()
+    renamed = 0
+    for i, rid in enumerate(ids):
+        seen[rid] += 1
+        if seen[rid] > 1:
+            ids[i], renamed = f"{rid}~{seen[rid]}", renamed + 1
+    table = table.set_column(0, "id", pa.array(ids, pa.string()))
+    return table.sort_by([("id", "ascending")]), renamed
+
+
+def dedup_decisions(kept: pa.Table, cfg: DataConfig) -> tuple[dict, dict]:
+    """id -> (reason, detail) for exact and near duplicates; cluster stats. `kept` is sorted by id."""
+    ids, decisions, stats = kept.column("id").to_pylist(), {}, {}
+    alive = np.ones(len(ids), bool)
+    if cfg.dedup.exact:
+        label = dedup.exact_groups(kept.column("hash").to_pylist())
+        for i in np.flatnonzero(label != np.arange(len(ids))):
+            decisions[ids[i]] = ("exact_dup", f"same text as {ids[label[i]]}")
+        alive = label == np.arange(len(ids))
+        stats["exact_clusters"] = int(len(set(label[~alive].tolist())))
+    if cfg.dedup.near and alive.any():
+        idx = np.flatnonzero(alive)
+        sig = np.frombuffer(b"".join(kept.column("sig").take(pa.array(idx)).to_pylist()), np.uint32)
+        label, edges = dedup.near_duplicate_groups(sig.reshape(len(idx), -1), cfg.dedup.bands, cfg.dedup.threshold)
+        sizes = Counter(label.tolist())
+        for j in np.flatnonzero(label != np.arange(len(idx))):
+            decisions[ids[idx[j]]] = ("near_dup", f"near-duplicate of {ids[idx[label[j]]]}")
+        multi = [s for s in sizes.values() if s > 1]
+        stats.update(near_clusters=len(multi), near_largest_cluster=max(multi, default=1),
+                     near_verified_pairs=int(len(edges)))
+    return decisions, stats
+
+
+def _labels(table: pa.Table, cfg: DataConfig) -> list[str]:
+    return table.column("intent").to_pylist() if cfg.split.stratify else [""] * table.num_rows
+
+
+def _subset(table: pa.Table, keep) -> pa.Table:
+    return table.filter(pa.array([bool(keep(i)) for i in table.column("id").to_pylist()], pa.bool_()))
+
+
+def overlap_batch(batch: dict, reference: np.ndarray, n: int) -> dict:
+    shares = [overlap(conversation_text(json.loads(m)), reference, n) for m in batch["messages"]]
+    return {"id": batch["id"], "overlap": np.array(shares, np.float64)}
+
+
+def contaminated(splits: dict, cfg: DataConfig) -> dict:
+    """id -> decision for train records whose n-grams are mostly in val/test (checked on Ray Data)."""
+    n, threshold = cfg.split.contamination_ngram, cfg.split.contamination_threshold
+    held_out = [ngram_hashes(conversation_text(json.loads(m)), n)
+                for s in ("val", "test") for m in splits[s].column("messages").to_pylist()]
+    if threshold is None or not held_out or not splits["train"].num_rows:
+        return {}
+    reference = np.unique(np.concatenate(held_out))
+    checked = ray.data.from_arrow(splits["train"].select(["id", "messages"])).map_batches(
+        overlap_batch, batch_format="numpy", fn_kwargs=dict(reference=reference, n=n))
+    scores = pa.concat_tables(ray.get(checked.to_arrow_refs()))
+    return {rid: ("contaminated", f"{share:.2f} of its {n}-grams are in val/test")
+            for rid, share in zip(scores.column("id").to_pylist(), scores.column("overlap").to_pylist())
+            if share >= threshold}
+
+
+def run(cfg: DataConfig) -> dict:
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    files, fmt = input_files(cfg.input.path, cfg.input.format)
+    init_ray()
+    out = cfg.out("data")
+    for sub in ("train", "val", "test", "rejected"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    f, p = cfg.filters, cfg.pii
+    filters = f.model_dump(include={"min_words", "max_words", "max_symbol_ratio", "max_digit_ratio",
+                                    "max_dup_line_share", "languages", "cjk_chars_per_word"})
+    ds = ray.data.read_binary_files(files, include_paths=True).flat_map(parse_file, fn_kwargs={"fmt": fmt})
+    ds = ds.map_batches(clean_batch, batch_size=cfg.batch_size, batch_format="numpy", fn_kwargs=dict(
+        fields=cfg.input.fields, rules=cfg.normalize.rules, pii_action=p.action, words_file=p.sensitive_words_file,
+        sensitive_action=p.sensitive_action, filters=filters, quality_model=f.quality_model,
+        quality_threshold=f.quality_threshold, num_perm=cfg.dedup.num_perm, word_shingle=cfg.dedup.word_shingle,
+        char_shingle=cfg.dedup.char_shingle))
+    table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    if table.num_rows == 0:
+        raise UserError(f"input is empty: no records in {cfg.input.path}")
+    table, renamed = unique_ids(table)
+
+    reasons = table.column("reason").to_pylist()
+    kept = table.filter(pa.array([not r for r in reasons]))
+    decisions, dedup_stats = dedup_decisions(kept, cfg)
+    alive = _subset(kept, lambda i: i not in decisions)
+    split_of = assign(alive.column("id").to_pylist(), _labels(alive, cfg), tuple(cfg.split.ratios), cfg.seed)
+    splits = {s: _subset(alive, lambda i, s=s: split_of[i] == s) for s in ("train", "val", "test")}
+    decisions.update(contaminated(splits, cfg))
+    for name, part in splits.items():  # the class cap last, so it holds for what is written
+        part = _subset(part, lambda i: i not in decisions)
+        for rid in over_cap(part.column("id").to_pylist(), _labels(part, cfg), cfg.split.max_class_share, cfg.seed):
+            decisions[rid] = ("class_cap", f"{name} class over its {cfg.split.max_class_share:.0%} share")
+        splits[name] = _subset(part, lambda i: i not in decisions)
+
+    written = write_outputs(out, table, splits, decisions)
+    counts = manifest_counts(table, splits, decisions, renamed)
+    local_inputs = [f for f in files if "://" not in f]
+    manifest = write_manifest(out, cfg.model_dump(), local_inputs, outputs=file_hashes(written, out),
+                              counts=counts, dedup=dedup_stats, versions=_versions(), started=started)
+    print_summary(counts, dedup_stats, out)
+    if cfg.wandb:
+        from app.tracking import log_summary
+        log_summary("data", cfg.name, cfg.model_dump(), {**counts["after_stage"], **dedup_stats}, out)
+    return manifest
+
+
+def write_outputs(out, table: pa.Table, splits: dict, decisions: dict) -> list:
+    written = []
+    for name, rows in splits.items():
+        records = [{"id": r["id"], "messages": json.loads(r["messages"]), "intent": r["intent"], "lang": r["lang"],
+                    "flags": r["flags"]} for r in rows.to_pylist()]
+        written += write_parquet(records, RECORD_SCHEMA, out / name)
+    rejected = []
+    for r in table.to_pylist():  # sorted by id
+        reason, detail = (r["reason"], r["detail"]) if r["reason"] else decisions.get(r["id"], ("", ""))
+        if reason:
+            rejected.append({"id": r["id"], "reason": reason, "detail": detail, "source": r["source"],
+                             "raw": r["raw"] or r["messages"]})
+    written += write_parquet(rejected, REJECT_SCHEMA, out / "rejected")
+    return written
+
+
+def _versions() -> dict:
+    import pyarrow
+    import app
+    return {"ray": ray.__version__, "pyarrow": pyarrow.__version__, "numpy": np.__version__,
+            "raypost": getattr(app, "__version__", "0.1.0")}
+
+
+

@@ -1,0 +1,138 @@
+"""The data stage end to end through a real local Ray: accounting, reproducibility, bad input."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from app.config import UserError, load_config
+from app.data.config import DataConfig
+from app.data.pipeline import run
+from app.demo.generate import generate
+
+
+def run_data(tmp_path, name, *overrides):
+    cfg = load_config(DataConfig, "jobs/configs/data_demo.yaml", [f"output_dir={tmp_path / name}", *overrides])
+    return run(cfg), tmp_path / name
+
+
+def read(out, split):
+    return pq.read_table(out / split).to_pylist()
+
+
+def all_ids(out):
+    kept = [r["id"] for s in ("train", "val", "test") for r in read(out, s)]
+    rejected = [r["id"] for r in read(out, "rejected")]
+    return kept, rejected
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    raw = tmp_path_factory.mktemp("raw")
+    generate(raw, n_dialogs=800, n_tickets=60, n_preferences=10, n_prompts=10, seed=0)
+    return raw
+
+
+def test_demo_corpus_accounting_and_reproducibility(ray_local, demo, tmp_path):
+    manifest, out = run_data(tmp_path, "a", f"input.path={demo}/dialogs.jsonl")
+    lines = [json.loads(line) if line.startswith("{") and line.endswith("}") else None
+             for line in (demo / "dialogs.jsonl").read_text().splitlines()]
+    kept, rejected = all_ids(out)
+    assert len(kept) + len(rejected) == len(lines) == manifest["counts"]["input"]
+    assert len(set(kept) | set(rejected)) == len(lines) and not set(kept) & set(rejected)
+    source_ids = {r["id"] for r in lines if isinstance(r, dict) and isinstance(r.get("id"), str)}
+    assert source_ids <= set(kept) | set(rejected)
+
+    dropped = manifest["counts"]["dropped"]
+    for reason in ("malformed", "exact_dup", "near_dup", "too_short", "too_long", "sensitive", "class_cap"):
+        assert dropped.get(reason, 0) > 0, reason
+    assert manifest["counts"]["after_stage"]["class_cap"] == len(kept)
+
+    train = read(out, "train")
+    assert set(train[0]) == {"id", "messages", "intent", "lang", "flags"}
+    texts = [m["content"] for r in train for m in r["messages"]]
+    assert any("[EMAIL]" in t or "[PHONE]" in t or "[CARD]" in t or "[ID]" in t for t in texts)
+    assert not any("@example.com" in t or "<p>" in t or "&nbsp;" in t or "．" in t for t in texts)
+    shares = {}
+    for r in train:
+        shares[r["intent"]] = shares.get(r["intent"], 0) + 1
+    assert max(shares.values()) <= 0.3 * len(train) + 1
+
+    again, _ = run_data(tmp_path, "b", f"input.path={demo}/dialogs.jsonl")
+    assert again["outputs"] == manifest["outputs"] and len(manifest["outputs"]) == 4
+    assert again["sha256"] == manifest["sha256"]
+
+
+def test_csv_context_response_and_parquet(ray_local, demo, tmp_path):
+    manifest, out = run_data(tmp_path, "csv", f"input.path={demo}/tickets.csv", "input.format=csv",
+                             "input.fields={id: id, context: context, response: response, intent: intent}",
+                             "split.max_class_share=null")
+    kept, rejected = all_ids(out)
+    assert len(kept) + len(rejected) == 60 and len(set(kept + rejected)) == 60
+    row = read(out, "train")[0]
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+
+    pq.write_table(pa.Table.from_pylist([{"ticket": f"p{i}", "answer": r["messages"][-1]["content"]}
+                                         for i, r in enumerate(read(out, "train"))]), tmp_path / "in.parquet")
+    manifest, out2 = run_data(tmp_path, "pq", f"input.path={tmp_path}/in.parquet",
+                              "input.fields={id: ticket, text: answer}", "input.format=null")
+    kept2, rejected2 = all_ids(out2)
+    assert sorted(kept2 + rejected2) == sorted(f"p{i}" for i in range(len(read(out, "train"))))
+    assert read(out2, "train")[0]["messages"][0]["role"] == "assistant"
+
+
+def test_adversarial_input_is_rejected_with_reasons_never_lost(ray_local, tmp_path):
+    good = {"role": "assistant", "content": "Your parcel left the warehouse today and arrives within three days."}
+    user = {"role": "user", "content": "where is it?"}
+    lines = [
+        json.dumps({"id": "ok-1", "messages": [user, good]}).encode(),
+        b'{"id": "bad-bytes", "messages": "\xff\xfe broken"}',
+        json.dumps({"id": "wrong-type", "messages": 5}).encode(),
+        json.dumps({"id": "no-fields", "question": "hi"}).encode(),
+        json.dumps(["a", "list"]).encode(),
+        b"",
+        b"   ",
+        json.dumps({"id": "html-only", "messages": [user, {"role": "assistant", "content": "<p> </p>"}]}).encode(),
+        json.dumps({"id": "null-content", "messages": [user, {"role": "assistant", "content": None}]}).encode(),
+        json.dumps({"id": "ok-1", "messages": [user, {"role": "assistant", "content": good["content"] + " Thanks for waiting patiently."}]}).encode(),
+        json.dumps({"id": 7, "text": "A plain text record without a conversation, long enough to pass the length rule."}).encode(),
+        b'{"id": "truncated", "messages": [',
+        json.dumps({"id": "ends-with-user", "messages": [user]}).encode(),
+    ]
+    path = tmp_path / "adv.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    manifest, out = run_data(tmp_path, "adv", f"input.path={path}", "split.ratios=[1, 0, 0]",
+                             "split.max_class_share=null", "filters.languages=null")
+    kept, rejected = all_ids(out)
+    reasons = {r["id"]: r["reason"] for r in read(out, "rejected")}
+    assert sorted(kept) == ["7", "ok-1", "ok-1~2"]
+    assert reasons["bad-bytes"] == "undecodable"
+    assert reasons["wrong-type"] == reasons["no-fields"] == "malformed"
+    by_raw = {r["raw"]: r for r in read(out, "rejected")}
+    for raw in ('{"id": "truncated", "messages": [', '["a", "list"]'):  # unparseable: id from a content hash
+        assert by_raw[raw]["reason"] == "malformed" and by_raw[raw]["id"].startswith("h-")
+    assert reasons["null-content"] == reasons["ends-with-user"] == "malformed"
+    assert reasons["html-only"] == "empty"
+    assert len(kept) + len(rejected) == 11 == manifest["counts"]["input"]  # 13 lines, 2 blank
+    assert manifest["counts"]["renamed_duplicate_ids"] == 1
+
+
+def test_quality_model_hook(ray_local, demo, tmp_path):
+    manifest, out = run_data(tmp_path, "q", f"input.path={demo}/dialogs.jsonl",
+                             "filters.quality_model=tests.data_plugins:politeness", "filters.quality_threshold=0.5")
+    assert manifest["counts"]["dropped"]["low_quality"] > 50
+    replies = [r["messages"][-1]["content"].lower() for r in read(out, "train")]
+    assert all(any(w in r for w in ("thank", "sorry", "感谢", "抱歉")) for r in replies)
+
+
+def test_missing_and_empty_input(ray_local, tmp_path):
+    with pytest.raises(UserError, match="input path not found"):
+        run_data(tmp_path, "x", f"input.path={tmp_path}/nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(UserError, match="input is empty"):
+        run_data(tmp_path, "y", f"input.path={tmp_path}/empty.jsonl")
+
+
+def test_bad_field_mapping_key_fails_at_start():
+    with pytest.raises(UserError, match="unknown record key 'answer'"):
+        load_config(DataConfig, "jobs/configs/data_demo.yaml", ["input.fields={answer: text}"])
