@@ -19,8 +19,7 @@ ZH = ["您的订单已于周一由顺丰发出，预计四个工作日内送达�
 
 
 def groups(texts, threshold=0.8):
-    a, b = dedup.permutations(128)
-    sig = dedup.signatures([dedup.shingle_hashes(t) for t in texts], a, b)
+    sig = dedup.signatures(*dedup.shingles(texts), *dedup.permutations(128))
     return dedup.near_duplicate_groups(sig, 16, threshold)[0].tolist()
 
 
@@ -50,14 +49,25 @@ def test_estimated_jaccard_tracks_exact():
             other[i] = rng.choice(vocab)
         s1, s2 = dedup.shingle_hashes(" ".join(base)), dedup.shingle_hashes(" ".join(other))
         exact = len(np.intersect1d(s1, s2)) / len(np.union1d(s1, s2))
-        sig = dedup.signatures([s1, s2], a, b)
+        sig = dedup.signatures(np.concatenate([s1, s2]), np.array([len(s1), len(s2)]), a, b)
         assert abs((sig[0] == sig[1]).mean() - exact) < 0.08
 
 
 def test_components_and_exact_groups():
     assert dedup.components(5, np.array([[3, 4], [1, 3]])).tolist() == [0, 1, 2, 1, 1]
     assert dedup.exact_groups(["x", "y", "x", "y", "z"]).tolist() == [0, 1, 0, 1, 4]
-    assert dedup.signatures([np.zeros(0, np.uint64)], *dedup.permutations(8))[0].tolist() == [2 ** 32 - 1] * 8
+    sig = dedup.signatures(*dedup.shingles(["", "one two three"]), *dedup.permutations(8))
+    assert sig[0].tolist() == [2 ** 32 - 1] * 8 and sig[1].max() < 2 ** 32 - 1
+
+
+def test_batched_shingles_match_one_by_one():
+    texts = EN + ZH + ["", "短句", "mixed 中文 and English words here"]
+    hashes, counts = dedup.shingles(texts, 5, 5)
+    parts = np.split(hashes, np.cumsum(counts)[:-1])
+    for text, part in zip(texts, parts):
+        assert np.array_equal(np.unique(part), dedup.shingle_hashes(text))
+        one, _ = dedup.shingles([text])
+        assert np.array_equal(part, one)
 
 
 def test_stratified_split_is_deterministic():

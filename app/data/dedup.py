@@ -11,10 +11,11 @@ its smallest id, so the choice does not depend on the order rows arrive in.
 from __future__ import annotations
 
 import zlib
+from itertools import chain
 
 import numpy as np
 
-from app.data.text import cjk_share, tokens
+from app.data.text import cjk_count, tokens
 
 MASK32 = np.uint64(0xFFFFFFFF)
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -27,42 +28,66 @@ def permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def shingle_hashes(text: str, word_k: int = 5, char_k: int = 5, cache: dict | None = None) -> np.ndarray:
-    """uint64 hashes of the text's shingles (one shingle of all tokens when the text is shorter than k)."""
-    toks = tokens(text)
-    if not toks:
-        return np.zeros(0, np.uint64)
+def shingles(texts: list[str], word_k: int = 5, char_k: int = 5, cache: dict | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 shingle hashes of all texts concatenated, count per text), vectorized over the batch.
+    A text shorter than k tokens is one shingle of all its tokens; an empty text has none."""
     cache = {} if cache is None else cache
-    th = np.fromiter((cache[t] if t in cache else cache.setdefault(t, zlib.crc32(t.encode("utf-8")))
-                      for t in toks), np.uint64, len(toks))
-    k = min(char_k if cjk_share(text) >= 0.3 else word_k, len(toks))
-    acc = np.zeros(len(toks) - k + 1, np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(k):  # polynomial rolling hash over k token hashes, mod 2**64
-            acc = acc * GOLDEN + th[j:len(toks) - k + 1 + j]
-    return np.unique(acc ^ (acc >> np.uint64(29)))
+    toks = [tokens(t) for t in texts]
+    n = np.array([len(t) for t in toks], np.int64)
+    k = np.array([char_k if cjk_count(t) >= 0.3 * max(1, len(tk)) else word_k
+                  for t, tk in zip(texts, toks)], np.int64)
+    k = np.minimum(k, np.maximum(n, 1))
+    flat = list(chain.from_iterable(toks))
+    for w in set(flat).difference(cache):
+        cache[w] = zlib.crc32(w.encode("utf-8"))
+    th = np.fromiter(map(cache.__getitem__, flat), np.uint64, len(flat))
+    offsets = np.concatenate([[0], np.cumsum(n)[:-1]])
+    counts = np.where(n > 0, n - k + 1, 0)
+    out = np.zeros(int(counts.sum()), np.uint64)
+    pos = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for kk in np.unique(k[counts > 0]):  # one rolling hash over the whole batch per shingle size
+        docs = np.flatnonzero((k == kk) & (counts > 0))
+        acc = np.zeros(max(len(th) - kk + 1, 0), np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(kk):
+                acc = acc * GOLDEN + th[j:len(th) - kk + 1 + j]
+        c = counts[docs]
+        within = np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c)
+        out[np.repeat(pos[docs], c) + within] = acc[np.repeat(offsets[docs], c) + within]
+    return out ^ (out >> np.uint64(29)), counts
 
 
-def signatures(shingle_sets: list[np.ndarray], a: np.ndarray, b: np.ndarray, chunk: int = 16384) -> np.ndarray:
-    """(n, num_perm) uint32 MinHash signatures; an empty set gets all 0xFFFFFFFF."""
-    n, num_perm = len(shingle_sets), len(a)
-    sig = np.full((n, num_perm), 0xFFFFFFFF, np.uint32)
-    start = 0
-    while start < n:  # whole documents per chunk, about `chunk` shingles each
-        stop, size = start, 0
-        while stop < n and (size == 0 or size + len(shingle_sets[stop]) <= chunk):
-            size += len(shingle_sets[stop])
-            stop += 1
-        lengths = np.array([len(s) for s in shingle_sets[start:stop]])
-        nonempty = lengths > 0
-        if nonempty.any():
-            x = np.concatenate(shingle_sets[start:stop]) & MASK32
+def shingle_hashes(text: str, word_k: int = 5, char_k: int = 5) -> np.ndarray:
+    """The unique shingle hashes of one text."""
+    return np.unique(shingles([text], word_k, char_k)[0])
+
+
+def signatures(hashes: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1024
+               ) -> np.ndarray:
+    """(n, num_perm) uint32 MinHash signatures of texts given as concatenated shingle hashes and counts;
+    a text with no shingles gets all 0xFFFFFFFF. Works in cache-sized chunks of whole texts."""
+    n, num_perm = len(counts), len(a)
+    sig = np.full((n, num_perm), 0xFFFFFFFF, np.uint64)
+    ends = np.cumsum(counts)
+    x = (hashes & MASK32)[:, None]
+    buf = np.empty((chunk, num_perm), np.uint64)
+    start_doc = 0
+    while start_doc < n:
+        lo = ends[start_doc] - counts[start_doc]
+        stop_doc = max(int(np.searchsorted(ends, lo + chunk, side="right")), start_doc + 1)
+        hi = ends[stop_doc - 1]
+        docs = np.arange(start_doc, stop_doc)
+        docs = docs[counts[docs] > 0]
+        if len(docs):
+            h = buf[:hi - lo] if hi - lo <= chunk else np.empty((hi - lo, num_perm), np.uint64)
             with np.errstate(over="ignore"):
-                h = ((x[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)
-            offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])[nonempty]
-            sig[start:stop][nonempty] = np.minimum.reduceat(h, offsets, axis=0)
-        start = stop
-    return sig
+                np.multiply(x[lo:hi], a, out=h)
+                np.add(h, b, out=h)
+            np.right_shift(h, np.uint64(32), out=h)
+            sig[docs] = np.minimum.reduceat(h, ends[docs] - counts[docs] - lo, axis=0)
+        start_doc = stop_doc
+    return sig.astype(np.uint32)
 
 
 def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:

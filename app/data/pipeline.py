@@ -81,11 +81,9 @@ def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_f
             if score < quality_threshold:
                 r.update(reason="low_quality", detail=f"score {score:.3f} < {quality_threshold}")
         kept = [r for r in kept if not r["reason"]]
-    a, b = dedup.permutations(num_perm)
-    cache: dict = {}
-    shingles = [dedup.shingle_hashes(conversation_text(json.loads(r["messages"])), word_shingle, char_shingle,
-                                     cache) for r in kept]
-    for r, sig in zip(kept, dedup.signatures(shingles, a, b)):
+    hashes, counts = dedup.shingles([conversation_text(json.loads(r["messages"])) for r in kept],
+                                    word_shingle, char_shingle)
+    for r, sig in zip(kept, dedup.signatures(hashes, counts, *dedup.permutations(num_perm))):
         r["sig"] = sig.tobytes()
     return pa.Table.from_pylist(out, schema=PROCESSED)
 

@@ -10,11 +10,16 @@ import re
 CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 CJK_CHAR = re.compile(f"[{CJK}]")
 TOKEN = re.compile(f"[{CJK}]|[^\\W{CJK}]+")  # one CJK character, or a run of other word characters
+ASCII_TOKEN = re.compile(r"\w+", re.ASCII)  # the same on ASCII text, three times faster
 
 
 def tokens(text: str) -> list[str]:
     """Lower-cased Latin words and single CJK characters; punctuation and spaces dropped."""
-    return TOKEN.findall(text.lower())
+    return (ASCII_TOKEN if text.isascii() else TOKEN).findall(text.lower())
+
+
+def cjk_count(text: str) -> int:
+    return 0 if text.isascii() else len(CJK_CHAR.findall(text))
 
 
 def is_cjk_char(ch: str) -> bool:
