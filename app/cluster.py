@@ -26,6 +26,7 @@ def init_ray(num_cpus: int | None = None, **kwargs) -> dict:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(**kwargs)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _temp_dir=_temp_dir(),
+            # The dashboard (on 127.0.0.1) serves Ray's state API, which Ray Train uses to watch its workers.
+            ray.init(num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1", _temp_dir=_temp_dir(),
                      **kwargs)
     return ray.cluster_resources()

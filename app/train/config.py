@@ -1,0 +1,92 @@
+"""The SFT config: `python -m jobs.sft jobs/configs/sft_demo.yaml [key=value ...]`."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from app.config import Config, JobConfig
+
+
+class DataSection(Config):
+    path: str = "runs/data-demo"  # the data stage's output dir (train/ and val/ Parquet inside)
+    max_len: int = 512  # tokens per sample; longer chats lose their oldest turns (app/chat.py)
+    packing: bool = False  # pack samples into max_len rows; position ids reset, no cross-sample attention
+    replay_path: str | None = None  # general-domain SFT records mixed in against forgetting
+    replay_share: float = 0.0  # share of replay records in the training set
+    max_train_samples: int | None = None
+    max_val_samples: int | None = 256
+
+
+class LoraSection(Config):
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class PromptTuningSection(Config):
+    num_virtual_tokens: int = 20
+
+
+class OptimSection(Config):
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+
+
+class TrainSection(Config):
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; None = epochs over the data
+    micro_batch_size: int = 4  # per worker
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 only on GPU (dynamic loss scaling)
+    gradient_checkpointing: bool = False
+    dropout: float | None = None  # overrides the model's attention dropout when set
+    log_every: int = 5
+
+
+class EvalSection(Config):
+    every: int = 20  # optimizer steps
+    patience: int | None = 3  # evaluations without improvement before stopping; None = never stop early
+
+
+class CheckpointSection(Config):
+    every: int = 20
+    keep: int = 2  # the last K complete checkpoints are kept, and the best by validation loss
+
+
+class ScalingSection(Config):
+    num_workers: int = 2
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload: bool = False  # ZeRO optimizer (and, at stage 3, parameter) offload to CPU
+    max_failures: int = 2  # worker group restarts from the last checkpoint before the run fails
+
+
+class SFTConfig(JobConfig):
+    model: str = "smollm2-135m-instruct"
+    init_from: str | None = None  # an earlier run's output dir (its final/): two-stage fine-tuning
+    trust_remote_code: bool = False
+    method: Literal["full", "lora", "qlora", "prompt_tuning"] = "lora"
+    lora: LoraSection = LoraSection()
+    prompt_tuning: PromptTuningSection = PromptTuningSection()
+    data: DataSection = DataSection()
+    optim: OptimSection = OptimSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    scaling: ScalingSection = ScalingSection()
+    wandb: bool = True  # offline unless WANDB_MODE says otherwise
+    tensorboard: bool = True
+
+    @model_validator(mode="after")
+    def consistent(self):
+        if self.method == "prompt_tuning" and self.data.packing:
+            raise ValueError("packing cannot be combined with prompt_tuning (virtual tokens break packed rows)")
+        if not 0 <= self.data.replay_share < 1:
+            raise ValueError("data.replay_share must be in [0, 1)")
+        return self

@@ -1,0 +1,95 @@
+"""SFT data: records -> token ids and labels (Ray Data), packing and batching (pure, on each worker).
+
+Labels are the input ids where app/chat.py's loss mask is 1 and -100 elsewhere: assistant tokens only.
+Packing concatenates samples into rows of max_len; position ids restart at 0 for every sample, which
+transformers turns into a block-diagonal causal mask (no attention across samples).
+"""
+from __future__ import annotations
+
+import json
+import random
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from app.chat import ChatTooLong, render
+
+IGNORE = -100
+
+
+@lru_cache(maxsize=2)
+def _tokenizer(path: str):
+    from app.models import load_tokenizer
+    return load_tokenizer(path)
+
+
+def tokenize_batch(batch: dict, model_path: str, max_len: int) -> dict:
+    """Ray Data map_batches: {id, messages} -> {id, input_ids, labels}; rows that cannot fit or carry no
+    assistant token are dropped (counted by the caller from the row counts)."""
+    tok = _tokenizer(model_path)
+    out = {"id": [], "input_ids": [], "labels": []}
+    for rid, messages in zip(batch["id"], batch["messages"]):
+        messages = json.loads(messages) if isinstance(messages, str) else [dict(m) for m in messages]
+        try:
+            ids, mask = render(tok, messages, max_len)
+        except (ChatTooLong, ValueError):
+            continue
+        if not any(mask):
+            continue
+        out["id"].append(rid)
+        out["input_ids"].append(np.array(ids, np.int32))
+        out["labels"].append(np.array([t if m else IGNORE for t, m in zip(ids, mask)], np.int32))
+    return out
+
+
+def pack(samples: list[dict], max_len: int) -> list[dict]:
+    """Greedy packing in order: each row holds whole samples, total length <= max_len."""
+    rows, cur = [], {"input_ids": [], "labels": [], "position_ids": []}
+    for s in samples:
+        n = len(s["input_ids"])
+        if cur["input_ids"] and len(cur["input_ids"]) + n > max_len:
+            rows.append(cur)
+            cur = {"input_ids": [], "labels": [], "position_ids": []}
+        cur["input_ids"] += list(s["input_ids"])
+        cur["labels"] += list(s["labels"])
+        cur["position_ids"] += list(range(n))
+    if cur["input_ids"]:
+        rows.append(cur)
+    return rows
+
+
+def collate(rows: list[dict], pad_id: int) -> dict:
+    """Pad a micro-batch to its longest row. Unpacked rows get an attention mask; packed rows get
+    position ids instead (padding continues as its own segment and carries no loss). `_real_tokens`
+    (not a model input) counts the tokens that are not padding."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r["input_ids"])] = torch.as_tensor(np.asarray(r["input_ids"], np.int64))
+        labels[i, :len(r["labels"])] = torch.as_tensor(np.asarray(r["labels"], np.int64))
+    batch = {"input_ids": ids, "labels": labels, "_real_tokens": sum(len(r["input_ids"]) for r in rows)}
+    if "position_ids" in rows[0]:
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["position_ids"])
+            pos[i, :n] = torch.as_tensor(r["position_ids"])
+            pos[i, n:] = torch.arange(width - n)
+        batch["position_ids"] = pos
+    else:
+        batch["attention_mask"] = (torch.arange(width)[None, :] < torch.tensor(
+            [len(r["input_ids"]) for r in rows])[:, None]).long()
+    return batch
+
+
+def micro_batches(samples: list[dict], micro_batch_size: int, max_len: int, packing: bool, seed: int,
+                  epoch: int, pad_id: int) -> list[dict]:
+    """One epoch of a worker's samples: sorted by id (a stable order whatever the shard's arrival order),
+    shuffled by (seed, epoch), optionally packed, cut into padded micro-batches."""
+    samples = sorted(samples, key=lambda s: s["id"])
+    random.Random(seed * 1000 + epoch).shuffle(samples)
+    rows = pack(samples, max_len) if packing else samples
+    return [collate(rows[i:i + micro_batch_size], pad_id)
+            for i in range(0, len(rows) - micro_batch_size + 1, micro_batch_size)]
+

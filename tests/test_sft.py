@@ -1,0 +1,153 @@
+"""SFT end to end through a real local Ray: 2 workers, DeepSpeed ZeRO-2, the tiny model."""
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from app.config import UserError, load_config
+from app.data.io import RECORD_SCHEMA, write_parquet
+from app.demo.generate import dialog
+from app.train import checkpoints
+from app.train.config import SFTConfig
+from app.train.sft import run
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    """train/ and val/ in the data stage's record shape, from the demo dialog generator."""
+    import random
+    root = tmp_path_factory.mktemp("sftdata")
+    rng = random.Random(0)
+    recs = [{"id": f"r{i:04d}", "messages": dialog(rng, "refund" if i % 2 else "order_status", "en" if i % 3 else "zh"),
+             "intent": "refund", "lang": "en", "flags": ""} for i in range(300)]
+    write_parquet(recs[:256], RECORD_SCHEMA, root / "train")
+    write_parquet(recs[256:], RECORD_SCHEMA, root / "val")
+    return root
+
+
+def sft(data, out, *overrides):
+    cfg = load_config(SFTConfig, "jobs/configs/sft_tiny.yaml", [f"data.path={data}", f"output_dir={out}", *overrides])
+    return run(cfg)
+
+
+def last_weights(out: Path) -> dict:
+    done = checkpoints.complete_checkpoints(out / "ray" / "train")
+    return load_file(done[-1] / "trainable.safetensors")
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run_a(ray_local, sft_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft") / "a"
+    return sft(sft_data, out), out
+
+
+def test_loss_goes_down_and_outputs_written(run_a):
+    summary, out = run_a
+    assert summary["val_loss_after"] < summary["val_loss_before"] - 0.05
+    train = [m["train_loss"] for m in metrics(out) if "train_loss" in m]
+    assert train[-1] < train[0]
+    assert summary["trainable"]["trainable_share"] < 0.05
+    for name in ("final/model.safetensors", "adapter/adapter_model.safetensors", "training_curve.png",
+                 "manifest.json", "config.resolved.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.*"))
+    assert not list((out / "final").glob("*.bin"))
+
+
+def test_final_loads_with_transformers_and_adapter_with_peft(run_a):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from app.models import alias_dir
+    _, out = run_a
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    base = AutoModelForCausalLM.from_pretrained(alias_dir("tiny"))
+    adapted = PeftModel.from_pretrained(base, out / "adapter")
+    ids = torch.tensor([tokenizer("Where is my order?")["input_ids"]])
+    with torch.no_grad():
+        merged, lora, plain = final(ids).logits, adapted(ids).logits, base(ids).logits
+    assert torch.allclose(merged, lora, atol=1e-4)
+    assert not torch.allclose(merged, plain, atol=1e-3)  # training changed the model
+
+
+def test_resume_continues_at_the_right_step_with_identical_state(run_a, sft_data, tmp_path):
+    _, out_a = run_a
+    out = tmp_path / "b"
+    sft(sft_data, out, "train.max_steps=8")
+    assert checkpoints.state_of(checkpoints.complete_checkpoints(out / "ray" / "train")[-1])["step"] == 8
+    sft(sft_data, out)  # the same command again, now to 12 steps: resumes at 8
+    steps = [m["step"] for m in metrics(out) if "train_loss" in m]
+    assert steps == [2, 4, 6, 8, 10, 12]  # no step trained twice
+    a, b = last_weights(out_a), last_weights(out)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_killed_worker_is_restarted_and_run_finishes(run_a, sft_data, tmp_path):
+    _, out_a = run_a
+    out = tmp_path / "c"
+    killed = []
+
+    def kill_a_worker():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            run_dir = out / "ray" / "train"
+            if run_dir.is_dir() and checkpoints.complete_checkpoints(run_dir):
+                for proc in psutil.process_iter(["pid", "cmdline"]):
+                    if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                        os.kill(proc.info["pid"], signal.SIGKILL)
+                        killed.append(proc.info["pid"])
+                        break
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    summary = sft(sft_data, out)
+    killer.join(timeout=1)
+    assert killed, "no worker was killed"
+    assert summary["steps"] == 12
+    a, c = last_weights(out_a), last_weights(out)
+    assert all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)  # restarted from the checkpoint, exactly
+    assert abs(summary["val_loss_after"] - run_a[0]["val_loss_after"]) < 1e-4
+
+
+def test_bad_input_fails_at_start(run_a, sft_data, tmp_path):
+    with pytest.raises(UserError, match="qlora needs CUDA"):
+        sft(sft_data, tmp_path / "q", "method=qlora")
+    with pytest.raises(UserError, match=r"lora.target_modules \['qkv'\] are not linear layers.*q_proj"):
+        sft(sft_data, tmp_path / "t", "lora.target_modules=[qkv]")
+    with pytest.raises(UserError, match="no training data"):
+        sft(tmp_path / "nowhere", tmp_path / "n")
+    empty = tmp_path / "empty"
+    write_parquet([{"id": "x", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a" * 5000}],
+                    "intent": "", "lang": "", "flags": ""}], RECORD_SCHEMA, empty / "train")
+    with pytest.raises(UserError, match="no usable training rows"):
+        sft(empty, tmp_path / "e", "data.max_len=64")
+    _, out_a = run_a
+    with pytest.raises(UserError, match="checkpoints of another model"):
+        sft(sft_data, out_a, "method=full")
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(run_a, tmp_path, caplog):
+    import shutil
+    _, out_a = run_a
+    copy = tmp_path / "train"
+    shutil.copytree(out_a / "ray" / "train", copy)
+    done = checkpoints.complete_checkpoints(copy)
+    assert len(done) == 2
+    (done[-1] / "trainable.safetensors").write_bytes(b"garbage")
+    assert checkpoints.pick_resume(done[-1]) == done[0]
+    assert "not usable" in caplog.text
+    (done[0] / "complete-rank1").unlink()  # an incomplete one is skipped too
+    assert checkpoints.pick_resume(done[-1]) is None

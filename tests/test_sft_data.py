@@ -1,0 +1,46 @@
+"""Loss masks, packing without cross-sample attention, batching."""
+import numpy as np
+import torch
+
+from app.chat import render
+from app.train.data import IGNORE, collate, micro_batches, pack, tokenize_batch
+
+CHAT = [{"role": "user", "content": "Where is my order?"}, {"role": "assistant", "content": "It ships today."},
+        {"role": "user", "content": "谢谢"}, {"role": "assistant", "content": "不客气！"}]
+
+
+def test_labels_are_the_assistant_tokens(tokenizer):
+    from app.models import alias_dir
+    out = tokenize_batch({"id": np.array(["a"]), "messages": np.array([CHAT], dtype=object)},
+                         str(alias_dir("tiny")), 256)
+    ids, mask = render(tokenizer, CHAT)
+    assert list(out["input_ids"][0]) == ids
+    assert list(out["labels"][0]) == [t if m else IGNORE for t, m in zip(ids, mask)]
+    assert tokenizer.decode([t for t in out["labels"][0] if t != IGNORE]) == "It ships today.<|im_end|>不客气！<|im_end|>"
+
+
+def test_packed_rows_do_not_attend_across_samples(tiny):
+    model, tokenizer = tiny
+    samples = [{"id": str(i), "input_ids": ids, "labels": ids}
+               for i, ids in enumerate([[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]])]
+    rows = pack(samples, max_len=8)
+    assert [len(r["input_ids"]) for r in rows] == [7, 5]
+    assert rows[0]["position_ids"] == [0, 1, 2, 3, 0, 1, 2]
+    batch = collate(rows, tokenizer.pad_token_id)
+    batch.pop("_real_tokens")
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        alone = model(input_ids=torch.tensor([[9, 10, 11]])).logits
+    assert torch.allclose(packed[0, 4:7], alone[0], atol=1e-5)
+
+
+def test_padded_batches_and_epoch_order():
+    samples = [{"id": f"s{i}", "input_ids": list(range(1, 2 + i)), "labels": list(range(1, 2 + i))} for i in range(10)]
+    a = micro_batches(samples, 4, 64, False, seed=0, epoch=0, pad_id=0)
+    b = micro_batches(list(reversed(samples)), 4, 64, False, seed=0, epoch=0, pad_id=0)
+    assert len(a) == 2 and all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, b))
+    c = micro_batches(samples, 4, 64, False, seed=0, epoch=1, pad_id=0)
+    assert not torch.equal(a[0]["input_ids"], c[0]["input_ids"])  # reshuffled per epoch
+    first = a[0]
+    lengths = first["attention_mask"].sum(1)
+    assert (first["labels"][first["attention_mask"] == 0] == IGNORE).all() and first["_real_tokens"] == lengths.sum()
