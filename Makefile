@@ -24,7 +24,9 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m jobs.demo_data
 	$(PY) -m jobs.data jobs/configs/data_demo.yaml
+	$(PY) -m jobs.sft jobs/configs/sft_demo.yaml
 	$(PY) -m jobs.generate model=smollm2-135m-instruct prompt="What is the capital of France?"
+	$(PY) -m jobs.generate model=runs/sft-demo/final prompt="Where is my order LH12345678?"
 
 test: setup
 	$(PY) -m pytest -q

@@ -29,6 +29,7 @@ from app.runinfo import sha256_file
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "raypost_model.json"  # written last: a directory without it is an unfinished conversion
+FORMAT = 2  # bump when a conversion changes: older cached directories are rebuilt
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -50,7 +51,9 @@ def _build_smollm2(dest: Path) -> dict:
     src = _gguf_dir()
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
     gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    config = gguf_model.config
+    del config.quantization_config  # the weights are dequantized: a plain model, saveable like any other
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -84,20 +87,25 @@ def alias_dir(alias: str) -> Path:
 def materialize(alias: str) -> Path:
     """Build an alias's HF directory once (under a file lock, so parallel workers wait), then reuse it."""
     dest = alias_dir(alias)
-    if (dest / MARKER).exists():
+    if _current(dest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + ".lock"):
-        if (dest / MARKER).exists():
+        if _current(dest):
             return dest
         tmp = dest.with_name(f"{alias}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         info = ALIASES[alias](tmp)
         info["weights_sha256"] = sha256_file(tmp / "model.safetensors")
-        (tmp / MARKER).write_text(json.dumps({"alias": alias, **info}, indent=2))
+        (tmp / MARKER).write_text(json.dumps({"alias": alias, "format": FORMAT, **info}, indent=2))
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
     return dest
+
+
+def _current(dest: Path) -> bool:
+    marker = dest / MARKER
+    return marker.exists() and json.loads(marker.read_text()).get("format") == FORMAT
 
 
 def verify(path: str | Path) -> bool:

@@ -24,6 +24,7 @@ def test_alias_conversion_is_recorded_and_reused(tiny):
     path = materialize("smollm2-135m-instruct")
     info = json.loads((path / MARKER).read_text())
     assert info["alias"] == "smollm2-135m-instruct" and len(info["source_sha256"]) == 64
+    assert "quantization_config" not in json.loads((path / "config.json").read_text())  # a plain, saveable model
     assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     start = time.perf_counter()

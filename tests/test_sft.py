@@ -73,11 +73,11 @@ def test_final_loads_with_transformers_and_adapter_with_peft(run_a):
     final = AutoModelForCausalLM.from_pretrained(out / "final")
     tokenizer = AutoTokenizer.from_pretrained(out / "final")
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
-    base = AutoModelForCausalLM.from_pretrained(alias_dir("tiny"))
-    adapted = PeftModel.from_pretrained(base, out / "adapter")
+    plain_model = AutoModelForCausalLM.from_pretrained(alias_dir("tiny"))
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(alias_dir("tiny")), out / "adapter")
     ids = torch.tensor([tokenizer("Where is my order?")["input_ids"]])
     with torch.no_grad():
-        merged, lora, plain = final(ids).logits, adapted(ids).logits, base(ids).logits
+        merged, lora, plain = final(ids).logits, adapted(ids).logits, plain_model(ids).logits
     assert torch.allclose(merged, lora, atol=1e-4)
     assert not torch.allclose(merged, plain, atol=1e-3)  # training changed the model
 
@@ -145,9 +145,24 @@ def test_corrupt_checkpoint_falls_back_to_previous(run_a, tmp_path, caplog):
     copy = tmp_path / "train"
     shutil.copytree(out_a / "ray" / "train", copy)
     done = checkpoints.complete_checkpoints(copy)
-    assert len(done) == 2
+    assert len(done) >= 2
     (done[-1] / "trainable.safetensors").write_bytes(b"garbage")
     assert checkpoints.pick_resume(done[-1]) == done[0]
     assert "not usable" in caplog.text
     (done[0] / "complete-rank1").unlink()  # an incomplete one is skipped too
     assert checkpoints.pick_resume(done[-1]) is None
+
+
+def test_two_stage_init_from_and_replay_mix(run_a, sft_data, tmp_path):
+    from app.train.sft import build_datasets, check_model
+    _, out_a = run_a
+    cfg = load_config(SFTConfig, "jobs/configs/sft_tiny.yaml",
+                      [f"data.path={sft_data}", f"init_from={out_a}", f"data.replay_path={sft_data}/val",
+                       "data.replay_share=0.2", "data.max_train_samples=80"])
+    path = check_model(cfg)
+    assert path == str(out_a / "final")
+    datasets = build_datasets(cfg, path)
+    train_rows = sum(datasets[f"train_{i}"].count() for i in range(2))
+    assert train_rows == 100  # 80 domain rows + 20 replay rows (20% of the mix)
+    ids = {r["id"] for i in range(2) for r in datasets[f"train_{i}"].take_all()}
+    assert len(ids & {f"r{i:04d}" for i in range(256, 300)}) == 20

@@ -5,13 +5,13 @@ states under ds/, the trainable weights as trainable.safetensors (rank 0), and p
 manifest-rank<r>.json (sha256 of that rank's files, step, data position, RNG states) written before its
 complete-rank<r> marker. A checkpoint is complete when every rank's marker is there and every hash
 matches; an incomplete or corrupt one is skipped for the previous complete one, with a warning.
+Retention is Ray's (CheckpointConfig): the `keep` best by validation loss, and always the latest.
 """
 from __future__ import annotations
 
 import json
 import logging
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -92,16 +92,3 @@ def pick_resume(latest: Path | None) -> Path | None:
     log.warning("checkpoint %s is not usable (%s); falling back to the previous complete one", latest, why)
     earlier = complete_checkpoints(latest.parent)
     return earlier[-1] if earlier else None
-
-
-def prune(run_dir: Path, keep: int) -> list[Path]:
-    """Keep the last `keep` complete checkpoints and the best by validation loss; delete the rest."""
-    done = complete_checkpoints(run_dir)
-    keep_set = set(done[-keep:]) if keep > 0 else set()
-    scored = [f for f in done if state_of(f).get("val_loss") is not None]
-    if scored:
-        keep_set.add(min(scored, key=lambda f: state_of(f)["val_loss"]))
-    for folder in done:
-        if folder not in keep_set:
-            shutil.rmtree(folder, ignore_errors=True)
-    return sorted(keep_set, key=lambda f: state_of(f)["step"])

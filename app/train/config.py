@@ -56,12 +56,13 @@ class EvalSection(Config):
 
 class CheckpointSection(Config):
     every: int = 20
-    keep: int = 2  # the last K complete checkpoints are kept, and the best by validation loss
+    keep: int = 2  # Ray keeps the K best by validation loss (the last K without a val set), and the latest
 
 
 class ScalingSection(Config):
     num_workers: int = 2
     use_gpu: bool = False
+    cpus_per_worker: int = 1  # also the worker's torch thread count (Ray sets OMP_NUM_THREADS from it)
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload: bool = False  # ZeRO optimizer (and, at stage 3, parameter) offload to CPU
     max_failures: int = 2  # worker group restarts from the last checkpoint before the run fails

@@ -84,12 +84,13 @@ def collate(rows: list[dict], pad_id: int) -> dict:
 
 
 def micro_batches(samples: list[dict], micro_batch_size: int, max_len: int, packing: bool, seed: int,
-                  epoch: int, pad_id: int) -> list[dict]:
+                  epoch: int, pad_id: int, drop_last: bool = True) -> list[dict]:
     """One epoch of a worker's samples: sorted by id (a stable order whatever the shard's arrival order),
-    shuffled by (seed, epoch), optionally packed, cut into padded micro-batches."""
+    shuffled by (seed, epoch), optionally packed, cut into padded micro-batches (a short last one kept
+    only when drop_last is False, as for validation)."""
     samples = sorted(samples, key=lambda s: s["id"])
     random.Random(seed * 1000 + epoch).shuffle(samples)
     rows = pack(samples, max_len) if packing else samples
-    return [collate(rows[i:i + micro_batch_size], pad_id)
-            for i in range(0, len(rows) - micro_batch_size + 1, micro_batch_size)]
+    stop = len(rows) - micro_batch_size + 1 if drop_last else len(rows)
+    return [collate(rows[i:i + micro_batch_size], pad_id) for i in range(0, max(stop, 0), micro_batch_size)]
 

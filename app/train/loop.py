@@ -4,8 +4,8 @@ mixed precision, gradient accumulation and clipping; the optimizer is torch Adam
 transformers' warmup + cosine/linear.
 
 Every worker trains on its own part of the Ray Data training set (`get_dataset_shard("train_<rank>")`,
-split once by the driver), buffered one epoch at a time; the number of steps is agreed across workers (the minimum), so collectives never wait
-on a worker that ran out of data.
+split once by the driver), buffered one epoch at a time; the number of steps is agreed across workers
+(the minimum), so collectives never wait on a worker that ran out of data.
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def setup_data(a: SimpleNamespace, pad_id: int) -> tuple[list[dict], list[dict]]
     rank = ray.train.get_context().get_world_rank()
     rows = lambda name: [dict(r) for r in ray.train.get_dataset_shard(f"{name}_{rank}").iter_rows()]  # noqa
     train = rows("train")
-    val = micro_batches(rows("val"), a.micro_batch_size, a.max_len, False, 0, 0, pad_id) if a.has_val else []
+    val = micro_batches(rows("val"), a.micro_batch_size, a.max_len, False, 0, 0, pad_id, drop_last=False) \
+        if a.has_val else []
     return train, val
 
 
@@ -61,9 +62,7 @@ def evaluate(engine, val: list[dict]) -> tuple[float, float]:
     n = int(_agree(len(val), dist.ReduceOp.MAX))
     total = torch.zeros(2, dtype=torch.float64)
     for i in range(n):  # every rank runs the same number of forwards (ZeRO-3 gathers in each)
-        batch = {k: v for k, v in val[min(i, len(val) - 1)].items() if k != "_real_tokens"} if val else None
-        if batch is None:
-            continue
+        batch = {k: v for k, v in val[min(i, len(val) - 1)].items() if k != "_real_tokens"}
         loss = engine(**{k: v.to(engine.device) for k, v in batch.items()}).loss.double().cpu()
         tokens = (batch["labels"][:, 1:] != -100).sum().double()
         if i < len(val):
@@ -82,7 +81,8 @@ def save_checkpoint(engine, a: SimpleNamespace, pos: dict, metrics: dict) -> Non
     weights = trainable_state_dict(engine.module, a.zero_stage)  # a collective under ZeRO-3
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        engine.save_checkpoint(str(folder / "ds"), tag="state", client_state={"position": dict(pos)})
+        engine.save_checkpoint(str(folder / "ds"), tag="state", client_state={"position": dict(pos)},
+                               exclude_frozen_parameters=True)  # LoRA: not the frozen base weights again
         torch.save(checkpoints.rng_state(), folder / f"rng-rank{rank}.pt")
         if rank == 0:
             from safetensors.torch import save_file
@@ -98,7 +98,7 @@ def restore(engine, a: SimpleNamespace) -> dict:
     folder = checkpoints.pick_resume(Path(ckpt.path) if ckpt else None) if ckpt else None
     if folder is None:
         return {"step": 0, "epoch": 0, "micro": 0, "best_val": float("inf"), "bad_evals": 0, "val_loss": None}
-    _, client = engine.load_checkpoint(str(folder / "ds"), tag="state")
+    _, client = engine.load_checkpoint(str(folder / "ds"), tag="state", load_module_strict=False)
     checkpoints.set_rng_state(torch.load(folder / f"rng-rank{dist.get_rank()}.pt", weights_only=False))
     return client["position"]
 

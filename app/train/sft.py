@@ -64,11 +64,11 @@ def identity(cfg: SFTConfig, model_path: str) -> dict:
             "zero_stage": cfg.scaling.zero_stage}
 
 
-def load_split(folder: Path, model_path: str, max_len: int, limit: int | None, seed: int):
+def load_split(folder: Path, model_path: str, max_len: int, limit: int | None):
     if not folder.is_dir():
         return None
     ds = ray.data.read_parquet(str(folder))
-    if limit:
+    if limit is not None:
         ds = ds.limit(limit)
     return ds.map_batches(tokenize_batch, batch_format="numpy", fn_kwargs={"model_path": model_path,
                                                                            "max_len": max_len})
@@ -78,9 +78,9 @@ def build_datasets(cfg: SFTConfig, model_path: str) -> dict:
     data = Path(cfg.data.path)
     if not (data / "train").is_dir():
         raise UserError(f"no training data: {data}/train not found (run python -m jobs.data first)")
-    train = load_split(data / "train", model_path, cfg.data.max_len, cfg.data.max_train_samples, cfg.seed)
+    train = load_split(data / "train", model_path, cfg.data.max_len, cfg.data.max_train_samples)
     if cfg.data.replay_path and cfg.data.replay_share > 0:
-        replay = load_split(Path(cfg.data.replay_path), model_path, cfg.data.max_len, None, cfg.seed)
+        replay = load_split(Path(cfg.data.replay_path), model_path, cfg.data.max_len, None)
         if replay is None:
             raise UserError(f"data.replay_path {cfg.data.replay_path} is not a folder of SFT Parquet files")
         n = round(train.count() * cfg.data.replay_share / (1 - cfg.data.replay_share))
@@ -88,13 +88,13 @@ def build_datasets(cfg: SFTConfig, model_path: str) -> dict:
     train = train.materialize()
     if train.count() == 0:
         raise UserError(f"no usable training rows in {data}/train (every conversation was empty or too long)")
-    val = load_split(data / "val", model_path, cfg.data.max_len, cfg.data.max_val_samples, cfg.seed)
+    val = load_split(data / "val", model_path, cfg.data.max_len, cfg.data.max_val_samples)
     val = val.materialize() if val is not None else None
     # One fixed part per worker (split once, here): the same rows reach the same rank on every run and
     # restart, which exact resume needs; each worker streams only its own part.
     n = cfg.scaling.num_workers
     datasets = {f"train_{i}": part for i, part in enumerate(train.split(n, equal=True))}
-    if val is not None and val.count() >= n:
+    if val is not None and val.count() >= n:  # else no validation (each worker needs a part)
         datasets.update({f"val_{i}": part for i, part in enumerate(val.split(n, equal=True))})
     return datasets
 
@@ -129,13 +129,17 @@ def run(cfg: SFTConfig) -> dict:
     datasets = build_datasets(cfg, model_path)
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config(cfg, model_path, out, "val_0" in datasets),
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(name="train", storage_path=str(run_dir.parent),
                              failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=None)))
+                             checkpoint_config=CheckpointConfig(
+                                 num_to_keep=cfg.checkpoint.keep,  # the best by val loss; Ray keeps the latest too
+                                 checkpoint_score_attribute="val_loss" if "val_0" in datasets else None,
+                                 checkpoint_score_order="min")))
     trainer.fit()
-    kept = checkpoints.prune(run_dir, cfg.checkpoint.keep)
+    kept = checkpoints.complete_checkpoints(run_dir)
     if not kept:
         raise RuntimeError(f"training finished without a complete checkpoint under {run_dir}")
     scored = [c for c in kept if checkpoints.state_of(c).get("val_loss") is not None]

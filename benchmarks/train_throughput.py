@@ -1,0 +1,114 @@
+"""SFT throughput, each figure against a baseline measured in the same run. Prints one JSON line.
+
+    .venv/bin/python benchmarks/train_throughput.py            # SmolLM2-135M-Instruct, demo data
+    .venv/bin/python benchmarks/train_throughput.py --model tiny --steps 6
+
+1. Our Ray Train path (jobs.sft, 1 worker with all CPUs, ZeRO-0) against a bare PyTorch loop (same
+   model, LoRA, batches, AdamW, thread count): tokens/s in steady state and the overhead.
+2. Packed against padded batches on the demo's variable-length chats: effective (non-pad) tokens/s.
+3. LoRA against full fine-tuning: trainable share and peak memory (each in its own process).
+Needs the data stage's demo output (python -m jobs.data jobs/configs/data_demo.yaml).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def samples(model: str, n: int, max_len: int) -> list[dict]:
+    import pyarrow.parquet as pq
+    from app.models import resolve
+    from app.train.data import tokenize_batch
+    table = pq.read_table(ROOT / "runs/data-demo/train").slice(0, n).to_pydict()
+    out = tokenize_batch({"id": table["id"], "messages": table["messages"]}, str(resolve(model)), max_len)
+    return [{"id": i, "input_ids": list(x), "labels": list(y)} for i, x, y in zip(out["id"], out["input_ids"], out["labels"])]
+
+
+def bare_loop(model_name: str, method: str, steps: int, mb: int, max_len: int, packing: bool, threads: int) -> dict:
+    """A plain PyTorch loop on our batches: the baseline. Returns tokens/s (non-pad) after one warm-up step."""
+    import torch
+    from types import SimpleNamespace
+    from app.models import resolve
+    from app.train.data import micro_batches
+    from app.train.model import build_model
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    a = SimpleNamespace(model_path=str(resolve(model_name)), trust_remote_code=False, method=method, precision="fp32",
+                        dropout=None, gradient_checkpointing=False, lora_r=16, lora_alpha=32, lora_dropout=0.0,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], num_virtual_tokens=20)
+    model, pad = build_model(a)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    batches = micro_batches(samples(model_name, mb * (steps + 1) * 3, max_len), mb, max_len, packing, 0, 0, pad)
+    tokens, start = 0, None
+    for i, batch in enumerate(batches[:steps + 1]):
+        if i == 1:
+            start, tokens = time.perf_counter(), 0
+        batch = dict(batch)
+        tokens += batch.pop("_real_tokens")
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+    trainable = sum(p.numel() for p in params)
+    total = sum(p.numel() for p in model.parameters())
+    return {"tokens_per_s": round(tokens / (time.perf_counter() - start), 1), "trainable_share": round(trainable / total, 4),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+
+
+def in_subprocess(**kwargs) -> dict:
+    code = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); " \
+           f"from train_throughput import bare_loop; print(json.dumps(bare_loop(**{kwargs!r})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ray_path(model: str, steps: int, mb: int, max_len: int, cpus: int) -> dict:
+    out = ROOT / "runs" / "bench-sft"
+    cmd = [sys.executable, "-m", "jobs.sft", "jobs/configs/sft_demo.yaml", f"model={model}", f"output_dir={out}",
+           "name=bench", f"train.max_steps={steps + 1}", f"train.micro_batch_size={mb}", f"data.max_len={max_len}",
+           "train.log_every=1", "scaling.num_workers=1", f"scaling.cpus_per_worker={cpus}", "scaling.zero_stage=0",
+           f"checkpoint.every={10 ** 6}", f"eval.every={10 ** 6}", "data.max_val_samples=0", "lora.dropout=0.0",
+           "wandb=false", "tensorboard=false", f"data.max_train_samples={mb * (steps + 1) * 3}"]
+    subprocess.run(["rm", "-rf", str(out)])
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m]
+    return {"tokens_per_s": round(rates[-1], 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--max-len", type=int, default=256)
+    args = parser.parse_args()
+    cpus = os.cpu_count()
+    common = dict(model_name=args.model, steps=args.steps, mb=args.micro_batch, max_len=args.max_len, threads=cpus)
+    bare = in_subprocess(method="lora", packing=False, **common)
+    ours = ray_path(args.model, args.steps, args.micro_batch, args.max_len, cpus)
+    packed = in_subprocess(method="lora", packing=True, **common)
+    full = in_subprocess(method="full", packing=False, **common)
+    print(json.dumps({
+        "model": args.model, "steps": args.steps, "micro_batch": args.micro_batch, "max_len": args.max_len, "cpus": cpus,
+        "ray_train_vs_bare": {"ours_tokens_per_s": ours["tokens_per_s"], "bare_tokens_per_s": bare["tokens_per_s"],
+                              "overhead": round(1 - ours["tokens_per_s"] / bare["tokens_per_s"], 3)},
+        "packed_vs_padded": {"packed_tokens_per_s": packed["tokens_per_s"], "padded_tokens_per_s": bare["tokens_per_s"],
+                             "speedup": round(packed["tokens_per_s"] / bare["tokens_per_s"], 2)},
+        "lora_vs_full": {"lora_trainable_share": bare["trainable_share"], "full_trainable_share": full["trainable_share"],
+                         "lora_peak_rss_gb": bare["peak_rss_gb"], "full_peak_rss_gb": full["peak_rss_gb"],
+                         "lora_tokens_per_s": bare["tokens_per_s"], "full_tokens_per_s": full["tokens_per_s"]}}))
+
+
+if __name__ == "__main__":
+    main()
