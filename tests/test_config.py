@@ -84,3 +84,10 @@ def test_every_shipped_yaml_starts_with_its_command():
     for path in files:
         first = path.read_text().splitlines()[0]
         assert first.startswith("# python -m jobs.") or first.startswith("# serve "), path
+
+
+def test_sft_numeric_choice_from_command_line():
+    from app.train.config import SFTConfig
+    assert load_config(SFTConfig, None, ["scaling.zero_stage=3"]).scaling.zero_stage == 3
+    with pytest.raises(ConfigError, match="scaling.zero_stage"):
+        load_config(SFTConfig, None, ["scaling.zero_stage=4"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from app.config import Config, JobConfig
 
@@ -63,7 +63,7 @@ class ScalingSection(Config):
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: int = 1  # also the worker's torch thread count (Ray sets OMP_NUM_THREADS from it)
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    zero_stage: int = Field(2, ge=0, le=3)
     offload: bool = False  # ZeRO optimizer (and, at stage 3, parameter) offload to CPU
     max_failures: int = 2  # worker group restarts from the last checkpoint before the run fails
 

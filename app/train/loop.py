@@ -145,9 +145,10 @@ def train_loop_per_worker(config: dict) -> None:
             continue
         pos["step"] += 1
         step = pos["step"]
+        elapsed = time.time() - t0
         metrics = {"step": step, "epoch": pos["epoch"], "train_loss": sum(losses) / len(losses),
-                   "lr": scheduler.get_last_lr()[0],
-                   "tokens_per_s": tokens * dist.get_world_size() / max(time.time() - t0, 1e-9)}
+                   "lr": scheduler.get_last_lr()[0], "tokens": tokens * dist.get_world_size(),
+                   "elapsed_s": elapsed, "tokens_per_s": tokens * dist.get_world_size() / max(elapsed, 1e-9)}
         losses = []
         stop = step >= total
         if a.has_val and (step % a.eval_every == 0 or step % a.save_every == 0 or stop):
