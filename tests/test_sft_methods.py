@@ -34,4 +34,4 @@ def test_prompt_tuning(ray_local, sft_data, tmp_path):  # noqa: F811
     assert losses[-1] < losses[0]
     model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter")
     ids = torch.tensor([[1, 2, 3]])
-    assert model(input_ids=ids).logits.shape[1] == 3
+    assert model(input_ids=ids).logits.shape[1] == 8 + 3  # the soft prompt comes first

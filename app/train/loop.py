@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
+from app.models import count_parameters
 from app.train import checkpoints
 from app.train.data import micro_batches
 from app.train.deepspeed import build_ds_config
@@ -117,6 +118,7 @@ def train_loop_per_worker(config: dict) -> None:
     a = SimpleNamespace(**config)
     torch.manual_seed(a.seed + ray.train.get_context().get_world_rank())
     model, pad_id = build_model(a)
+    counts = count_parameters(model)  # before ZeRO-3 partitions the parameters
     train, val = setup_data(a, pad_id)
     n_micro = len(micro_batches(train, a.micro_batch_size, a.max_len, a.packing, a.seed, 0, pad_id))
     steps_per_epoch = int(_agree(n_micro)) // a.grad_accum
@@ -126,7 +128,7 @@ def train_loop_per_worker(config: dict) -> None:
     patience = a.patience or 10 ** 9
     engine, scheduler = setup_engine(a, model, total)
     pos = restore(engine, a)
-    logger = start_logging(a, model) if dist.get_rank() == 0 else None
+    logger = start_logging(a, *counts) if dist.get_rank() == 0 else None
     if pos["step"] >= total or pos["bad_evals"] >= patience:
         return
     if pos["step"] == 0 and a.has_val:  # the "before" figure
@@ -168,11 +170,9 @@ def train_loop_per_worker(config: dict) -> None:
     logger and logger.close()
 
 
-def start_logging(a: SimpleNamespace, model):
-    from app.models import count_parameters
+def start_logging(a: SimpleNamespace, trainable: int, total: int):
     from app.train.metrics import MetricsLogger
     logger = MetricsLogger(a.out_dir, a.name, a.config, a.wandb, a.tensorboard)
-    trainable, total = count_parameters(model)
     print(f"trainable parameters: {trainable:,} of {total:,} ({trainable / total:.2%})", flush=True)
     logger.log({"step": 0, "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total})
     return logger
