@@ -125,7 +125,9 @@ def run(cfg: SFTConfig) -> dict:
     run_dir = (out / "ray" / "train").resolve()
     check_resume(run_dir, cfg, model_path)
     init_ray()
-    ray.data.DataContext.get_current().enable_progress_bars = False  # workers read small buffered parts
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # workers read small buffered parts
+    ctx.execution_options.preserve_order = True  # same blocks in the same order: same parts every run
     datasets = build_datasets(cfg, model_path)
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config(cfg, model_path, out, "val_0" in datasets),
