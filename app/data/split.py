@@ -6,14 +6,11 @@ so the same records always land in the same split, whatever order they arrive in
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections import defaultdict
 
 import numpy as np
 
-from app.data.text import tokens
-
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+from app.data.dedup import shingles
 
 
 def capped_counts(counts: dict[str, int], max_share: float | None) -> dict[str, int]:
@@ -64,16 +61,9 @@ def _by_class(ids: list[str], labels: list[str], seed: int) -> dict[str, list[st
 
 
 def ngram_hashes(text: str, n: int) -> np.ndarray:
-    """Sorted unique uint64 hashes of the text's token n-grams (words, or CJK characters)."""
-    toks = tokens(text)
-    if len(toks) < n:
-        return np.zeros(0, np.uint64)
-    th = np.array([zlib.crc32(t.encode("utf-8")) for t in toks], np.uint64)
-    acc = np.zeros(len(toks) - n + 1, np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(n):
-            acc = acc * GOLDEN + th[j:len(toks) - n + 1 + j]
-    return np.unique(acc)
+    """Sorted unique uint64 hashes of the text's token n-grams (words, or CJK characters); a text shorter
+    than n tokens is one n-gram of all its tokens."""
+    return np.unique(shingles([text], n, n)[0])
 
 
 def overlap(text: str, reference: np.ndarray, n: int) -> float:
