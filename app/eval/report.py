@@ -1,0 +1,56 @@
+"""report.md and metrics.png for an evaluation run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.eval.registry import gate_table
+
+
+def write(out: Path, result: dict, answered: list[dict], worst: list[dict], baseline: dict | None) -> None:
+    m = result["metrics"]
+    lines = [f"# Evaluation: version {result['version']}", "", f"model: `{result['model']}`", "",
+             "| metric | value | baseline |", "|---|---|---|"]
+    for key, value in m.items():
+        base = baseline["metrics"].get(key) if baseline else None
+        lines.append(f"| {key} | {_fmt(value)} | {_fmt(base) if base is not None else ''} |")
+    if result["gate"]:
+        lines += ["", "## Release gate", "", gate_table(result["gate"])]
+    lines += ["", f"Promoted: {'yes' if result['promoted'] else 'no'}", "", "![metrics](metrics.png)", "",
+              "## Sample answers", "", "| prompt | answer | reference |", "|---|---|---|"]
+    for r in answered[:8]:
+        lines.append(f"| {_cell(r['prompt'][-1]['content'])} | {_cell(r['answer'])} | {_cell(r['reference'])} |")
+    if worst:
+        lines += ["", "## Worst safety cases", "", "| prompt | answer | toxicity | sensitive | pii |", "|---|---|---|---|---|"]
+        for w in worst:
+            lines.append(f"| {_cell(w['prompt'])} | {_cell(w['answer'])} | {w['toxicity']} | {', '.join(w['sensitive'])} "
+                         f"| {', '.join(w['pii'])} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _plot(out / "metrics.png", m, baseline["metrics"] if baseline else None)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _cell(text: str, width: int = 120) -> str:
+    text = (text or "").replace("|", "\\|").replace("\n", " ")
+    return text[:width] + ("…" if len(text) > width else "")
+
+
+def _plot(path: Path, metrics: dict, baseline: dict | None) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = [k for k in ("bleu", "rouge1", "rouge2", "rougeL", "exact_match", "f1", "safety_pass_rate") if k in metrics]
+    scale = lambda k, v: v / 100 if k == "bleu" else v  # noqa: E731  (BLEU is 0-100)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    xs = range(len(keys))
+    ax.bar([x + 0.2 for x in xs], [scale(k, metrics[k]) for k in keys], width=0.4, label="this version")
+    if baseline:
+        ax.bar([x - 0.2 for x in xs], [scale(k, baseline.get(k, 0)) for k in keys], width=0.4, label="baseline")
+    ax.set_xticks(list(xs), [k if k != "bleu" else "bleu/100" for k in keys], rotation=20)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,62 @@
+"""Manage evaluated model versions (see app/eval/registry.py).
+
+    python -m jobs.registry list
+    python -m jobs.registry show 3
+    python -m jobs.registry promote 3
+    python -m jobs.registry rollback
+    python -m jobs.registry list registry=/path/to/registry.sqlite
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from app.config import UserError
+from app.eval.registry import Registry
+
+ACTIONS = ("list", "show", "promote", "rollback")
+
+
+def main(argv: list[str]) -> None:
+    args = [a for a in argv if "=" not in a]
+    opts = dict(a.split("=", 1) for a in argv if "=" in a)
+    unknown = set(opts) - {"registry"}
+    if not args or args[0] not in ACTIONS or unknown:
+        raise UserError(f"usage: python -m jobs.registry {'|'.join(ACTIONS)} [version] [registry=path]"
+                        + (f" (unknown key: {sorted(unknown)[0]})" if unknown else ""))
+    reg = Registry(opts.get("registry", "runs/registry.sqlite"))
+    action, rest = args[0], args[1:]
+    if action == "list":
+        current = reg.get("latest-promoted")
+        for v in reg.list():
+            mark = "*" if current and v["id"] == current["id"] else " "
+            keys = {k: round(v["metrics"][k], 4) for k in ("rougeL", "bleu", "perplexity", "safety_pass_rate")
+                    if k in v["metrics"]}
+            print(f"{mark} {v['id']:>3} {v['name']:<12} {v['created']} promoted={v['promoted']} {keys} {v['model']}")
+    elif action == "show":
+        version = reg.get(rest[0] if rest else "latest")
+        if version is None:
+            raise UserError(f"no version {rest[0] if rest else 'latest'}")
+        print(json.dumps(version, indent=2, ensure_ascii=False))
+    elif action == "promote":
+        if not rest:
+            raise UserError("promote needs a version id")
+        try:
+            reg.promote(int(rest[0]))
+        except (KeyError, ValueError):
+            raise UserError(f"no version {rest[0]}") from None
+        print(f"version {rest[0]} promoted")
+    else:
+        try:
+            now = reg.rollback()
+        except KeyError as exc:
+            raise UserError(str(exc.args[0])) from None
+        print(f"rolled back; current: {now['id'] if now else 'none'}")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
