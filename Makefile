@@ -28,7 +28,8 @@ demo: setup
 	$(PY) -m jobs.generate model=smollm2-135m-instruct prompt="What is the capital of France?"
 	$(PY) -m jobs.generate model=runs/sft-demo/final prompt="Where is my order LH12345678?"
 	$(PY) -m jobs.eval jobs/configs/eval_demo.yaml model=smollm2-135m-instruct name=base
-	$(PY) -m jobs.eval jobs/configs/eval_demo.yaml model=runs/sft-demo/final name=sft gate.baseline=latest-promoted
+	@# The gate's verdict is part of the demo: a regression prints its table and leaves the version unpromoted.
+	-$(PY) -m jobs.eval jobs/configs/eval_demo.yaml model=runs/sft-demo/final name=sft gate.baseline=latest-promoted
 
 test: setup
 	$(PY) -m pytest -q

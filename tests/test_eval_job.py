@@ -58,3 +58,17 @@ def test_registry_cli(tmp_path):
     bad = cli("promote", "99")
     assert bad.returncode == 2 and "no version 99" in bad.stderr
     assert cli("frobnicate").returncode == 2
+
+
+GSM8K = PROJECT_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+@pytest.mark.skipif(not GSM8K.is_file(), reason="../shared/data/gsm8k not present")
+def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
+    cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
+                      ["model=tiny", f"data={GSM8K}", "task=gsm8k", f"registry={tmp_path}/reg.sqlite", "max_samples=4",
+                       "max_new_tokens=8", "batch_size=4", "safety=false", "efficiency=false", f"output_dir={tmp_path}/g"])
+    result = run(cfg)
+    assert result["metrics"]["accuracy"] == 0.0  # a random model does not solve grade-school math
+    answers = [json.loads(line) for line in (tmp_path / "g" / "answers.jsonl").read_text().splitlines()]
+    assert "####" in answers[0]["reference"] and "step by step" in answers[0]["prompt"][0]["content"]

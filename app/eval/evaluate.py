@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import pyarrow.parquet as pq
 
@@ -19,7 +20,7 @@ from app.cluster import init_ray
 from app.config import Config, JobConfig, UserError
 from app.eval import report
 from app.eval.human import export_sheet
-from app.eval.metrics import perplexity, text_scores
+from app.eval.metrics import accuracy, final_number, perplexity, text_scores
 from app.eval.registry import Registry, gate, gate_table
 from app.eval.runner import answer_all, efficiency
 from app.eval.safety import load_redteam, score_answers, summarize
@@ -35,7 +36,8 @@ class GateConfig(Config):
 
 class EvalConfig(JobConfig):
     model: str = "smollm2-135m-instruct"
-    data: str = "runs/data-demo/test"  # Parquet SFT records: the last assistant turn is the reference
+    data: str = "runs/data-demo/test"  # Parquet SFT records (the last assistant turn is the reference),
+    task: Literal["chat", "gsm8k"] = "chat"  # or GSM8K JSONL {question, answer}: adds final-answer accuracy
     max_samples: int | None = 64
     batch_size: int = 8
     max_new_tokens: int = 96
@@ -49,10 +51,22 @@ class EvalConfig(JobConfig):
     gate: GateConfig = GateConfig()
 
 
-def load_records(folder: str, limit: int | None) -> list[dict]:
+GSM8K_PROMPT = "{question}\nSolve it step by step, then give the final number after ####."
+
+
+def load_gsm8k(path: str, limit: int | None) -> list[dict]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()[:limit]
+    return [{"id": f"gsm8k-{i:05d}", "reference": r["answer"],
+             "prompt": [{"role": "user", "content": GSM8K_PROMPT.format(question=r["question"])}]}
+            for i, r in enumerate(map(json.loads, lines))]
+
+
+def load_records(folder: str, limit: int | None, task: str = "chat") -> list[dict]:
     path = Path(folder)
     if not path.exists():
         raise UserError(f"eval data not found: {folder} (run python -m jobs.data first)")
+    if task == "gsm8k":
+        return load_gsm8k(folder, limit)
     rows = sorted(pq.read_table(path).to_pylist(), key=lambda r: r["id"])[:limit]
     records = [{"id": r["id"], "prompt": r["messages"][:-1], "reference": r["messages"][-1]["content"]}
                for r in rows if r["messages"] and r["messages"][-1]["role"] == "assistant" and len(r["messages"]) > 1]
@@ -65,12 +79,14 @@ def run(cfg: EvalConfig) -> dict:
     out = cfg.out("eval")
     out.mkdir(parents=True, exist_ok=True)
     model_path = str(resolve(cfg.model))
-    records = load_records(cfg.data, cfg.max_samples)
+    records = load_records(cfg.data, cfg.max_samples, cfg.task)
     init_ray()
     answered = answer_all(records, model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency)
     preds, refs = [r["answer"] for r in answered], [r["reference"] for r in answered]
     metrics = text_scores(preds, refs)
     metrics["perplexity"] = perplexity(sum(r["nll"] for r in answered), sum(r["n_tokens"] for r in answered))
+    if cfg.task == "gsm8k":
+        metrics["accuracy"] = accuracy([final_number(p) for p in preds], [final_number(r) for r in refs])
     worst = []
     if cfg.safety:
         prompts = load_redteam()
