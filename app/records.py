@@ -1,20 +1,17 @@
 """Record shapes: one `id` travels with every record from raw input to eval output.
 
-  raw         {id, text | messages | context+response, intent?, lang?, source?}
-  sft         {id, messages: [{role, content}], intent?}
+  raw         {id?, text | messages | context+response, intent?, lang?}  (columns mapped by input.fields)
+  sft         {id, messages: [{role, content}], intent, lang, flags}     (the data stage's output)
   preference  {id, prompt: [messages], chosen: str, rejected: str}
   prompt      {id, prompt: [messages], reference?: str}
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import pyarrow as pa
 
-INTENTS = ("order_status", "refund", "shipping", "product_info", "account", "complaint", "invoice")
-LANGS = ("en", "zh")
-
-
-def content_id(record: dict, prefix: str = "r") -> str:
-    """A stable id from content, for records that arrive without one."""
-    body = json.dumps(record, ensure_ascii=False, sort_keys=True)
-    return f"{prefix}-{hashlib.sha256(body.encode('utf-8')).hexdigest()[:16]}"
+RAW_KEYS = ("id", "messages", "text", "context", "response", "intent", "lang")
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+SFT_SCHEMA = pa.schema([("id", pa.string()), ("messages", MESSAGES), ("intent", pa.string()),
+                        ("lang", pa.string()), ("flags", pa.string())])
+REJECT_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+                           ("source", pa.string()), ("raw", pa.string())])

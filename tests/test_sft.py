@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from app.config import UserError, load_config
-from app.data.io import RECORD_SCHEMA, write_parquet
+from app.data.io import write_parquet
+from app.records import SFT_SCHEMA
 from app.demo.generate import dialog
 from app.train import checkpoints
 from app.train.config import SFTConfig
@@ -27,8 +28,8 @@ def sft_data(tmp_path_factory):
     rng = random.Random(0)
     recs = [{"id": f"r{i:04d}", "messages": dialog(rng, "refund" if i % 2 else "order_status", "en" if i % 3 else "zh"),
              "intent": "refund", "lang": "en", "flags": ""} for i in range(300)]
-    write_parquet(recs[:256], RECORD_SCHEMA, root / "train")
-    write_parquet(recs[256:], RECORD_SCHEMA, root / "val")
+    write_parquet(recs[:256], SFT_SCHEMA, root / "train")
+    write_parquet(recs[256:], SFT_SCHEMA, root / "val")
     return root
 
 
@@ -131,7 +132,7 @@ def test_bad_input_fails_at_start(run_a, sft_data, tmp_path):
         sft(tmp_path / "nowhere", tmp_path / "n")
     empty = tmp_path / "empty"
     write_parquet([{"id": "x", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a" * 5000}],
-                    "intent": "", "lang": "", "flags": ""}], RECORD_SCHEMA, empty / "train")
+                    "intent": "", "lang": "", "flags": ""}], SFT_SCHEMA, empty / "train")
     with pytest.raises(UserError, match="no usable training rows"):
         sft(empty, tmp_path / "e", "data.max_len=64")
     _, out_a = run_a

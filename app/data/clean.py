@@ -16,9 +16,6 @@ from app.data.filters import quality_reason
 from app.data.normalize import normalize
 from app.data.pii import SensitiveWords, redact
 
-RECORD_KEYS = ("id", "messages", "text", "context", "response", "intent", "lang")
-
-
 class Rejected(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}")

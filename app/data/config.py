@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import field_validator, model_validator
 
 from app.config import Config, JobConfig
-from app.data.clean import RECORD_KEYS
+from app.records import RAW_KEYS
 
 
 class InputConfig(Config):
@@ -17,9 +17,9 @@ class InputConfig(Config):
     @field_validator("fields")
     @classmethod
     def known_keys(cls, v: dict) -> dict:
-        bad = sorted(set(v) - set(RECORD_KEYS))
+        bad = sorted(set(v) - set(RAW_KEYS))
         if bad:
-            raise ValueError(f"unknown record key {bad[0]!r} (allowed: {', '.join(RECORD_KEYS)})")
+            raise ValueError(f"unknown record key {bad[0]!r} (allowed: {', '.join(RAW_KEYS)})")
         return v
 
 

@@ -93,13 +93,6 @@ def parquet_rows(data: bytes, path: str) -> list[dict]:
 
 PARSERS = {"jsonl": jsonl_rows, "csv": csv_rows, "parquet": parquet_rows}
 
-RECORD_SCHEMA = pa.schema([("id", pa.string()),
-                           ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-                           ("intent", pa.string()), ("lang", pa.string()), ("flags", pa.string())])
-REJECT_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
-                           ("source", pa.string()), ("raw", pa.string())])
-
-
 def write_parquet(rows: list[dict], schema: pa.Schema, folder: Path, rows_per_file: int = 100_000) -> list[Path]:
     """Rows (already in their final order) -> folder/part-00000.parquet...; same rows, same bytes."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -27,11 +27,12 @@ from app.config import UserError
 from app.data import dedup
 from app.data.clean import Rejected, clean, content_hash, conversation_text, record_id
 from app.data.config import DataConfig
-from app.data.io import PARSERS, RECORD_SCHEMA, REJECT_SCHEMA, file_hashes, input_files, write_parquet
+from app.data.io import PARSERS, file_hashes, input_files, write_parquet
 from app.data.normalize import compile_rules
 from app.data.pii import SensitiveWords
 from app.data.report import STAGES, manifest_counts, print_summary
 from app.data.split import assign, ngram_hashes, over_cap, overlap
+from app.records import REJECT_SCHEMA, SFT_SCHEMA
 from app.runinfo import write_manifest
 
 PROCESSED = pa.schema([("id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
@@ -213,7 +214,7 @@ def write_outputs(out, table: pa.Table, splits: dict, decisions: dict) -> list:
     for name, rows in splits.items():
         records = [{"id": r["id"], "messages": json.loads(r["messages"]), "intent": r["intent"], "lang": r["lang"],
                     "flags": r["flags"]} for r in rows.to_pylist()]
-        written += write_parquet(records, RECORD_SCHEMA, out / name)
+        written += write_parquet(records, SFT_SCHEMA, out / name)
     rejected = []
     for r in table.to_pylist():  # sorted by id
         reason, detail = (r["reason"], r["detail"]) if r["reason"] else decisions.get(r["id"], ("", ""))

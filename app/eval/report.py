@@ -1,6 +1,7 @@
 """report.md and metrics.png for an evaluation run."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from app.eval.registry import gate_table
@@ -15,8 +16,12 @@ def write(out: Path, result: dict, answered: list[dict], worst: list[dict], base
         lines.append(f"| {key} | {_fmt(value)} | {_fmt(base) if base is not None else ''} |")
     if result["gate"]:
         lines += ["", "## Release gate", "", gate_table(result["gate"])]
-    lines += ["", f"Promoted: {'yes' if result['promoted'] else 'no'}", "", "![metrics](metrics.png)", "",
-              "## Sample answers", "", "| prompt | answer | reference |", "|---|---|---|"]
+    lines += ["", f"Promoted: {'yes' if result['promoted'] else 'no'}", "", "![metrics](metrics.png)", ""]
+    curve = Path(result["model"]).parent / "training_curve.png"  # an SFT run's final/ sits beside its curve
+    if curve.is_file():
+        shutil.copy(curve, out / "training_curve.png")
+        lines += ["## Training curve", "", "![loss](training_curve.png)", ""]
+    lines += ["## Sample answers", "", "| prompt | answer | reference |", "|---|---|---|"]
     for r in answered[:8]:
         lines.append(f"| {_cell(r['prompt'][-1]['content'])} | {_cell(r['answer'])} | {_cell(r['reference'])} |")
     if worst:
