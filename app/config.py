@@ -51,6 +51,18 @@ def load_config(cls: type[Config], path: str | Path | None = None, overrides: It
         raise ConfigError(explain(cls, exc)) from None
 
 
+def load_callable(spec: str):
+    """A plugin named in a config as "package.module:function"."""
+    import importlib
+    module, sep, name = spec.partition(":")
+    try:
+        if not sep:
+            raise ImportError
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"cannot load {spec!r}: give an importable module:function") from None
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

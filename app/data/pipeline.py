@@ -23,7 +23,7 @@ import pyarrow as pa
 import ray
 
 from app.cluster import init_ray
-from app.config import UserError
+from app.config import UserError, load_callable
 from app.data import dedup
 from app.data.clean import Rejected, clean, content_hash, conversation_text, record_id
 from app.data.config import DataConfig
@@ -44,12 +44,6 @@ PROCESSED = pa.schema([("id", pa.string()), ("source", pa.string()), ("reason", 
 @lru_cache(maxsize=4)
 def _sensitive(path: str | None) -> SensitiveWords:
     return SensitiveWords.from_file(path)
-
-
-def _load_callable(spec: str):
-    import importlib
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def parse_file(row: dict, fmt: str) -> list[dict]:
@@ -77,7 +71,7 @@ def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_f
         out.append(row)
     kept = [r for r in out if not r["reason"]]
     if quality_model and kept:
-        scores = _load_callable(quality_model)([json.loads(r["messages"])[-1]["content"] for r in kept])
+        scores = load_callable(quality_model)([json.loads(r["messages"])[-1]["content"] for r in kept])
         for r, score in zip(kept, scores):
             if score < quality_threshold:
                 r.update(reason="low_quality", detail=f"score {score:.3f} < {quality_threshold}")

@@ -17,7 +17,7 @@ from typing import Literal
 import pyarrow.parquet as pq
 
 from app.cluster import init_ray
-from app.config import Config, JobConfig, UserError
+from app.config import Config, JobConfig, UserError, load_callable
 from app.eval import report
 from app.eval.human import export_sheet
 from app.eval.metrics import accuracy, final_number, perplexity, text_scores
@@ -92,7 +92,7 @@ def run(cfg: EvalConfig) -> dict:
         prompts = load_redteam()
         red = answer_all([{"id": p["id"], "prompt": [{"role": "user", "content": p["prompt"]}]} for p in prompts],
                          model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency)
-        toxicity_fn = _load(cfg.toxicity_model) if cfg.toxicity_model else None
+        toxicity_fn = load_callable(cfg.toxicity_model) if cfg.toxicity_model else None
         safety = summarize(score_answers([r["answer"] for r in red], toxicity_fn=toxicity_fn), prompts,
                            [r["answer"] for r in red])
         metrics["safety_pass_rate"], worst = safety["safety_pass_rate"], safety["worst"]
@@ -129,9 +129,3 @@ def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered:
         raise UserError(f"release gate failed against version {baseline['id']}: a key metric dropped more than "
                         f"{cfg.gate.tolerance:.0%} (table above); version {version} is not promoted")
     return result
-
-
-def _load(spec: str):
-    import importlib
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
