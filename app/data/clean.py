@@ -32,9 +32,9 @@ def parse_row(raw: str) -> dict:
     return row
 
 
-def record_id(row: dict, raw: str, fields: dict) -> str:
+def record_id(row: dict | None, raw: str, fields: dict) -> str:
     """The source's id when it has one, else a hash of the raw row."""
-    value = row.get(fields.get("id", "id")) if isinstance(row, dict) else None
+    value = row.get(fields.get("id", "id")) if row else None
     if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
         return str(value).strip()
     return "h-" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:16]
@@ -71,10 +71,9 @@ def to_messages(row: dict, fields: dict) -> list[dict]:
     raise Rejected("malformed", f"no {wanted} field")
 
 
-def clean(raw: str, fields: dict, rules=(), pii_action: str = "redact", sensitive: SensitiveWords | None = None,
+def clean(row: dict, fields: dict, rules=(), pii_action: str = "redact", sensitive: SensitiveWords | None = None,
           sensitive_action: str = "drop", filters: dict | None = None) -> dict:
-    """A cleaned record {messages, intent, lang, flags}; raises Rejected."""
-    row = parse_row(raw)
+    """A parsed row (parse_row) -> a cleaned record {messages, intent, lang, flags}; raises Rejected."""
     messages = to_messages(row, fields)
     intent, lang = _text(row, fields, "intent"), _text(row, fields, "lang")
     for m in messages:

@@ -25,7 +25,7 @@ import ray
 from app.cluster import init_ray
 from app.config import UserError, load_callable
 from app.data import dedup
-from app.data.clean import Rejected, clean, content_hash, conversation_text, record_id
+from app.data.clean import Rejected, clean, content_hash, conversation_text, parse_row, record_id
 from app.data.config import DataConfig
 from app.data.io import PARSERS, file_hashes, input_files, write_parquet
 from app.data.normalize import compile_rules
@@ -58,12 +58,17 @@ def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_f
     words = _sensitive(words_file) if sensitive_action != "off" else None
     out = []
     for raw, source, error in zip(batch["raw"], batch["source"], batch["error"]):
-        row = {"id": record_id(_safe_json(raw), raw, fields), "source": source, "raw": raw, "reason": "",
-               "detail": "", "messages": "", "intent": "", "lang": "", "flags": "", "hash": "", "sig": b""}
+        parsed, rejected = None, Rejected(*error.split(": ", 1)) if error else None
         try:
-            if error:
-                raise Rejected(*error.split(": ", 1))
-            rec = clean(raw, fields, rules, pii_action, words, sensitive_action, filters)
+            parsed = parse_row(raw)  # once: for the id (even of an undecodable line) and for cleaning
+        except Rejected as rej:
+            rejected = rejected or rej
+        row = {"id": record_id(parsed, raw, fields), "source": source, "raw": raw, "reason": "", "detail": "",
+               "messages": "", "intent": "", "lang": "", "flags": "", "hash": "", "sig": b""}
+        try:
+            if rejected:
+                raise rejected
+            rec = clean(parsed, fields, rules, pii_action, words, sensitive_action, filters)
             row.update(messages=json.dumps(rec["messages"], ensure_ascii=False), intent=rec["intent"],
                        lang=rec["lang"], flags=rec["flags"], hash=content_hash(rec["messages"]), raw="")
         except Rejected as rej:
@@ -81,14 +86,6 @@ def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_f
     for r, sig in zip(kept, dedup.signatures(hashes, counts, *dedup.permutations(num_perm))):
         r["sig"] = sig.tobytes()
     return pa.Table.from_pylist(out, schema=PROCESSED)
-
-
-def _safe_json(raw: str) -> dict:
-    try:
-        row = json.loads(raw)
-        return row if isinstance(row, dict) else {}
-    except ValueError:
-        return {}
 
 
 def unique_ids(table: pa.Table) -> tuple[pa.Table, int]:
