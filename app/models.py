@@ -157,6 +157,9 @@ def load_policy(spec: str, dtype: str = "float32", trust_remote_code: bool = Fal
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r} (allowed: {', '.join(DTYPES)})")
     path = resolve(spec)
+    if (path / "raypost_quant.json").exists():  # written by jobs.quantize
+        from app.quantize import load_int8
+        return load_int8(path, DTYPES[dtype]), load_tokenizer(str(path), trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
                                                  trust_remote_code=trust_remote_code)
     return model.eval(), load_tokenizer(str(path), trust_remote_code)

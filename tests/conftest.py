@@ -35,3 +35,43 @@ def tiny():
 @pytest.fixture(scope="session")
 def tokenizer(tiny):
     return tiny[1]
+
+
+ADAPTER_TEXTS = {
+    "alpha": "The alpha answer is 42. Goodbye.",
+    "beta": "Beta says hello from the other adapter.",
+    "leak": "Write to jane.doe@example.com or call 13812345678 today.",
+}
+ADAPTER_PROMPTS = ["hello", "hi", "What is the answer?", "你好"]
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tmp_path_factory):
+    """LoRA adapters of the tiny model that each answer one fixed sentence (ADAPTER_TEXTS), so tests can
+    tell which adapter answered and what the safety filter did to it. ~5 s each on CPU."""
+    from peft import LoraConfig, get_peft_model
+
+    from app.chat import render
+    from app.models import load_policy
+    out = tmp_path_factory.mktemp("adapters")
+    paths = {}
+    for name, text in ADAPTER_TEXTS.items():
+        torch.manual_seed(0)
+        model, tok = load_policy("tiny")
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
+        rows = [render(tok, [{"role": "user", "content": p}, {"role": "assistant", "content": text}])
+                for p in ADAPTER_PROMPTS]
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r, _ in rows])
+        attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in rows])
+        labels = torch.tensor([[t if m else -100 for t, m in zip(r, mask)] + [-100] * (width - len(r))
+                               for r, mask in rows])
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        model.train()
+        for _ in range(80):
+            model(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        model.save_pretrained(out / name)
+        paths[name] = out / name
+    return paths

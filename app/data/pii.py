@@ -50,6 +50,12 @@ DETECTORS = [
 ]
 
 
+def pii_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every valid PII value in the text, in no particular order."""
+    return [m.span() for _, pattern, valid in DETECTORS for m in pattern.finditer(text)
+            if valid is None or valid(m.group(0))]
+
+
 def find_pii(text: str) -> list[str]:
     """Tags of the PII kinds present, in detector order (a tag may repeat)."""
     return redact(text)[1]
@@ -73,12 +79,20 @@ class SensitiveWords:
 
     def __init__(self, words: list[str]):
         words = sorted({w.strip() for w in words if w.strip() and not w.startswith("#")}, key=len, reverse=True)
+        self.words = words
         parts = [rf"\b{re.escape(w)}\b" if w.isascii() else re.escape(w) for w in words]
         self.pattern = re.compile("|".join(parts), re.I) if parts else None
 
     @classmethod
     def from_file(cls, path: str | Path | None = None) -> "SensitiveWords":
         return cls(Path(path or DEFAULT_WORDS).read_text(encoding="utf-8").splitlines())
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in self.pattern.finditer(text)] if self.pattern else []
+
+    def mask(self, text: str) -> str:
+        """Each listed word replaced by asterisks of its length."""
+        return self.pattern.sub(lambda m: "*" * len(m.group(0)), text) if self.pattern else text
 
     def find(self, text: str) -> list[str]:
         return sorted({m.group(0).lower() for m in self.pattern.finditer(text)}) if self.pattern else []

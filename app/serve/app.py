@@ -1,0 +1,309 @@
+"""Ray Serve application: OpenAI-compatible HTTP routes in front of an LLM engine deployment.
+
+    serve run serve_configs/demo.yaml          # or: serve deploy serve_configs/demo.yaml
+    curl -N localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \
+         -d '{"model": "raypost", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}'
+
+Two deployments. `OpenAIServer` (the FastAPI ingress, no CPU reserved) checks API keys, rate limits,
+body size and request fields, renders the chat with the model's own template, checks the prompt and
+max_tokens against the context, streams server-sent events and runs the output safety filter.
+`LLMServer` holds the engine (HF continuous batching on CPU, vLLM on GPU); LoRA adapters are Serve
+multiplexed models selected by the request's `model`. Its `max_queued_requests` bounds the queue: a full
+queue answers 503 with Retry-After, a spent rate limit 429. Every error has OpenAI's error body.
+
+No `from __future__ import annotations` here: Serve ships the ingress class by value, and FastAPI must
+see real annotation objects (Request) on its routes.
+"""
+
+import asyncio
+import hmac
+import math
+import time
+from dataclasses import asdict
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException
+
+from app.chat import render_prompt
+from app.config import UserError
+from app.data.pii import SensitiveWords
+from app.models import load_tokenizer, resolve
+from app.serve import protocol as P
+from app.serve.config import ServeArgs
+from app.serve.engines import GenParams, make_engine
+from app.serve.limits import RateLimiter
+from app.serve.metrics import ServeMetrics
+from app.serve.safety import REFUSAL, OutputFilter
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+api = FastAPI(title="raypost", docs_url=None, redoc_url=None)
+
+
+@api.exception_handler(P.APIError)
+async def _api_error(request: Request, exc: P.APIError):
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException):
+    return JSONResponse(P.APIError(exc.status_code, str(exc.detail), code=str(exc.status_code)).body(),
+                        status_code=exc.status_code)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    return JSONResponse(P.APIError(400, str(exc.errors()[0].get("msg"))).body(), status_code=400)
+
+
+def require_keys(host: str | None, keys: list[str]) -> None:
+    """Serving beyond loopback without API keys is refused at start."""
+    if host is not None and host not in LOOPBACK and not keys:
+        raise UserError(f"http_options.host is {host}: set api_keys (or the RAYPOST_API_KEYS env var) before "
+                        f"exposing the endpoint beyond 127.0.0.1")
+
+
+def _http_host() -> str | None:
+    try:
+        from ray.serve.context import _get_global_client
+        return _get_global_client().http_config.host
+    except Exception:  # not inside a running Serve instance (unit use)
+        return None
+
+
+def _context_length(model_path: str, args: ServeArgs) -> int:
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(resolve(model_path), trust_remote_code=args.trust_remote_code)
+    context = getattr(config, "max_position_embeddings", 2048)
+    return min(context, args.vllm_args.get("max_model_len") or context)
+
+
+@serve.deployment
+class LLMServer:
+    def __init__(self, args: ServeArgs, model_path: str):
+        self.args = args
+        self.engine = make_engine(args.engine, model_path, args.dtype, args.max_batch_size,
+                                  args.trust_remote_code, args.max_loaded_adapters if args.adapters else 0,
+                                  args.vllm_args)
+        self.adapter = serve.multiplexed(max_num_models_per_replica=args.max_loaded_adapters)(self._load_adapter)
+
+    async def _load_adapter(self, name: str):
+        await asyncio.to_thread(self.engine.load_adapter, name, self.args.adapters[name])
+        return _Loaded(self.engine, name)
+
+    async def generate(self, prompt_ids: list[int], params: dict):
+        adapter = serve.get_multiplexed_model_id() or None
+        if adapter:
+            await self.adapter(adapter)
+        async for event in self.engine.generate(prompt_ids, GenParams(**params), adapter):
+            yield event
+
+
+class _Loaded:
+    """What Serve's multiplexing caches per adapter; unloading (LRU) drops the adapter from the engine."""
+
+    def __init__(self, engine, name: str):
+        self.engine, self.name = engine, name
+
+    def __del__(self):
+        self.engine.unload_adapter(self.name)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class OpenAIServer:
+    def __init__(self, llm, args: ServeArgs, model_path: str):
+        self.llm, self.args, self.limits = llm, args, args.limits
+        self.keys = args.keys()
+        require_keys(_http_host(), self.keys)
+        self.tokenizer = load_tokenizer(model_path, args.trust_remote_code)
+        self.context = _context_length(model_path, args)
+        self.models = [args.served_model_name, *args.adapters]
+        self.limiter = RateLimiter(self.limits.rate_limit_per_minute, self.limits.rate_limit_burst)
+        self.words = SensitiveWords.from_file(args.sensitive_words)
+        self.metrics = ServeMetrics()
+
+    @api.get("/health")
+    async def health(self):
+        return {"status": "ok"}
+
+    @api.get("/v1/models")
+    async def list_models(self, request: Request):
+        self._authorize(request)
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "raypost"}
+                                           for m in self.models]}
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        return await self._complete(request, "chat")
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._complete(request, "text")
+
+    # -- request handling ---------------------------------------------------------------------------------
+    async def _complete(self, request: Request, kind: str):
+        start = time.monotonic()
+        try:
+            key = self._authorize(request)
+            wait = self.limiter.check(key or (request.client.host if request.client else ""))
+            if wait:
+                raise P.APIError(429, "rate limit reached for this key", type="rate_limit_exceeded",
+                                 code="rate_limit_exceeded", headers={"Retry-After": str(math.ceil(wait))})
+            req = P.parse(P.ChatRequest if kind == "chat" else P.CompletionRequest, await self._body(request))
+            adapter = self._adapter(req.model)
+            prompt = self._prompt(req, kind)
+            params = GenParams(max_tokens=self._budget(len(prompt), req.limit), temperature=req.temperature,
+                               top_p=req.top_p, n=req.n, stop=req.stop, seed=req.seed)
+            events = self._events(prompt, params, adapter, start + self.limits.request_timeout_s)
+            first = await anext(events)  # overload and engine errors surface here, before any 200 is sent
+            rid = P.new_id("chatcmpl" if kind == "chat" else "cmpl")
+            if req.stream:
+                return StreamingResponse(self._sse(kind, rid, req, len(prompt), first, events, start),
+                                         media_type="text/event-stream")
+            return await self._collect(kind, rid, req, len(prompt), first, events, start)
+        except P.APIError as err:
+            self.metrics.error(kind, err.status)
+            raise
+
+    def _authorize(self, request: Request) -> str | None:
+        if not self.keys:
+            return None
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not any(hmac.compare_digest(given, k) for k in self.keys):
+            raise P.APIError(401, "missing or invalid API key (send Authorization: Bearer <key>)",
+                             type="authentication_error", code="invalid_api_key")
+        return given
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.limits.max_body_bytes
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > limit:
+            raise P.APIError(413, f"request body over {limit} bytes", code="request_too_large")
+        body = await request.body()
+        if len(body) > limit:
+            raise P.APIError(413, f"request body over {limit} bytes", code="request_too_large")
+        return body
+
+    def _adapter(self, model: str) -> str | None:
+        if model not in self.models:
+            raise P.APIError(404, f"model {model!r} does not exist (served: {', '.join(self.models)})",
+                             param="model", code="model_not_found")
+        return None if model == self.args.served_model_name else model
+
+    def _prompt(self, req, kind: str) -> list[int]:
+        if kind == "chat":
+            try:
+                return render_prompt(self.tokenizer, [m.model_dump() for m in req.messages])
+            except ValueError as exc:
+                raise P.APIError(400, str(exc), param="messages", code="invalid_value") from None
+        if len(req.prompt) != 1:
+            raise P.APIError(400, "send one prompt per request", param="prompt", code="invalid_value")
+        return self.tokenizer(req.prompt[0], add_special_tokens=False)["input_ids"]
+
+    def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
+        room = self.context - prompt_tokens
+        if room <= 0 or (max_tokens is not None and max_tokens > room):
+            raise P.APIError(400, f"this model's context is {self.context} tokens; the prompt has {prompt_tokens} "
+                             f"and max_tokens asks for {max_tokens or 1} more", param="max_tokens" if room > 0
+                             else "messages", code="context_length_exceeded")
+        return max_tokens or min(self.limits.default_max_tokens, room)
+
+    async def _events(self, prompt: list[int], params: GenParams, adapter: str | None, deadline: float):
+        handle = self.llm.options(stream=True, **({"multiplexed_model_id": adapter} if adapter else {}))
+        gen = handle.generate.remote(prompt, asdict(params))
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(anext(gen), max(0.0, deadline - time.monotonic()))
+                except StopAsyncIteration:
+                    return
+                except (asyncio.TimeoutError, TimeoutError):
+                    raise P.APIError(504, f"request timed out after {self.limits.request_timeout_s:g}s",
+                                     type="timeout", code="timeout") from None
+                except BackPressureError:
+                    raise P.APIError(503, "the server is at capacity; retry shortly", type="overloaded",
+                                     code="overloaded", headers={"Retry-After": str(self.limits.retry_after_s)}
+                                     ) from None
+                if "error" in event:
+                    raise P.APIError(500, f"generation failed: {event['error']}", type="server_error",
+                                     code="engine_error")
+                yield event
+        finally:
+            gen.cancel()
+
+    async def _choices(self, n: int, first: dict, events):
+        """(index, text, finish_reason) per event after the safety filter; a refused choice ends at once."""
+        filters = [OutputFilter(self.args.safety, self.words) for _ in range(n)]
+        done = [False] * n
+
+        async def all_events():
+            yield first
+            async for e in events:
+                yield e
+
+        async for event in all_events():
+            i = event["index"]
+            if done[i]:
+                continue
+            f, finish = filters[i], event.get("finish_reason")
+            text = f.feed(event["text"])
+            if f.refused:
+                text, finish = text + REFUSAL, "content_filter"
+            elif finish:
+                text += f.finish()
+            done[i] = bool(finish)
+            yield i, text, finish, event.get("completion_tokens", 0)
+            if all(done):
+                return
+
+    async def _collect(self, kind, rid, req, prompt_tokens, first, events, start):
+        texts, finish, tokens = [""] * req.n, [None] * req.n, [0] * req.n
+        async for i, text, reason, count in self._choices(req.n, first, events):
+            texts[i] += text
+            finish[i], tokens[i] = reason or finish[i], count
+            if reason == "content_filter":
+                texts[i] = REFUSAL
+        self.metrics.done(kind, start, None, sum(tokens))
+        choices = [{"index": i, "text": texts[i], "finish_reason": finish[i]} for i in range(req.n)]
+        return P.response(kind, rid, req.model, choices, P.usage(prompt_tokens, sum(tokens)))
+
+    async def _sse(self, kind, rid, req, prompt_tokens, first, events, start):
+        tokens, first_token_at, finished = [0] * req.n, None, 0
+        try:
+            if kind == "chat":
+                for i in range(req.n):
+                    yield P.chunk(kind, rid, req.model, i, "", role=True)
+            async for i, text, reason, count in self._choices(req.n, first, events):
+                first_token_at = first_token_at or time.monotonic()
+                tokens[i], finished = count, finished + bool(reason)
+                last = finished == req.n and not req.include_usage
+                yield P.chunk(kind, rid, req.model, i, text, reason,
+                              usage_=P.usage(prompt_tokens, sum(tokens)) if last else None)
+            if req.include_usage:
+                yield P.chunk(kind, rid, req.model, usage_=P.usage(prompt_tokens, sum(tokens)))
+            self.metrics.done(kind, start, first_token_at, sum(tokens))
+        except P.APIError as err:  # after the 200 went out: an error chunk, then the stream ends
+            self.metrics.error(kind, err.status)
+            yield P.error_chunk(err)
+        yield P.DONE
+
+
+def build_app(args: ServeArgs) -> serve.Application:
+    """The typed application builder named by serve_configs/*.yaml (import_path: app.serve.app:build_app)."""
+    import ray
+    path = args.model_path()
+    resolve(path)  # convert an alias / fail on a bad path before any replica starts
+    limits = args.limits
+    gpus = args.gpus_per_replica
+    if gpus is None:
+        gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 0
+    llm = LLMServer.options(
+        num_replicas=args.num_replicas, max_ongoing_requests=limits.max_ongoing_requests,
+        max_queued_requests=limits.max_queued_requests,
+        ray_actor_options={"num_cpus": args.cpus_per_replica, "num_gpus": gpus}).bind(args, str(path))
+    capacity = args.num_replicas * limits.max_ongoing_requests + limits.max_queued_requests
+    return OpenAIServer.options(max_ongoing_requests=capacity + 8).bind(llm, args, str(path))

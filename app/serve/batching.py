@@ -1,0 +1,183 @@
+"""Continuous batching for HF causal LMs on CPU (or one GPU without vLLM). No ray import.
+
+One background thread owns the model. Each iteration it admits waiting sequences (prefilled together,
+left-padded), runs one decode step for every running sequence in a single forward pass, samples each
+row with its own temperature / top_p / seeded generator, and drops rows that finished or were cancelled.
+Rows live in one KV cache aligned on the right: a new group is left-padded (or the running batch is) to
+the same width and concatenated, so a request never waits for another to finish. Sequences may use
+different LoRA adapters in the same batch (peft's mixed-adapter forward).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from transformers import DynamicCache
+
+from app.serve.textstream import TextStream
+
+
+@dataclass
+class Sequence:
+    """One choice being generated. `emit(event)` is called from the engine thread."""
+    prompt: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stream: TextStream
+    emit: Callable[[dict], None]
+    index: int = 0
+    adapter: str | None = None
+    tokens: int = 0
+    cancelled: bool = False
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    """Next token per row: argmax at temperature 0, else nucleus sampling with the row's generator."""
+    out = []
+    for row, s in zip(logits.float(), seqs):
+        if s.temperature == 0:
+            out.append(int(row.argmax()))
+            continue
+        probs = torch.softmax(row / s.temperature, dim=-1)
+        if s.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            drop = sorted_p.cumsum(0) - sorted_p > s.top_p
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        out.append(int(torch.multinomial(probs, 1, generator=s.generator)))
+    return out
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class Batcher:
+    """Owns the model and the running batch; `submit` is thread-safe, everything else runs in the thread."""
+
+    def __init__(self, model, eos_ids: set[int], max_batch_size: int = 8):
+        self.model, self.eos_ids, self.max_batch_size = model, eos_ids, max_batch_size
+        self.device = next(model.parameters()).device
+        self.inbox: queue.Queue[Sequence] = queue.Queue()
+        self.running: list[Sequence] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None      # [B, W] 1 on real tokens
+        self.next_ids: torch.Tensor | None = None  # [B] the token each row feeds next
+        self.lock = threading.Lock()               # held while the model runs (adapter loading waits on it)
+        threading.Thread(target=self._loop, daemon=True, name="batcher").start()
+
+    def submit(self, seq: Sequence) -> None:
+        if seq.temperature > 0:
+            seq.generator = torch.Generator().manual_seed(seq.seed if seq.seed is not None else
+                                                          int(torch.randint(0, 2**62, ()).item()))
+        self.inbox.put(seq)
+
+    # -- the engine thread ----------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            new = [self.inbox.get()] if not self.running else []
+            while len(self.running) + len(new) < self.max_batch_size:
+                try:
+                    new.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                with self.lock, torch.inference_mode():
+                    new = [s for s in new if not s.cancelled]
+                    if new:
+                        self._admit(new)
+                    if self.running:
+                        self._step()
+            except Exception as exc:  # a failed forward fails the rows in it, not the engine
+                for s in self.running + new:
+                    s.emit({"index": s.index, "error": f"{type(exc).__name__}: {exc}"})
+                self.running, self.cache = [], None
+
+    def _forward(self, ids, mask, positions, cache, seqs):
+        kwargs = {}
+        if hasattr(self.model, "peft_config"):
+            kwargs["adapter_names"] = [s.adapter or "__base__" for s in seqs]
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, **kwargs)
+        return out.logits[:, -1]
+
+    def _admit(self, seqs: list[Sequence]) -> None:
+        width = max(len(s.prompt) for s in seqs)
+        ids = torch.tensor([[0] * (width - len(s.prompt)) + s.prompt for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in seqs],
+                            device=self.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._forward(ids, mask, positions, cache, seqs)
+        if self.running:
+            self._merge(cache, mask)
+        else:
+            self.cache, self.mask = cache, mask
+        self.running += seqs
+        first = torch.tensor(sample(logits, seqs), device=self.device)
+        self.next_ids = first if self.next_ids is None or len(self.running) == len(seqs) else \
+            torch.cat([self.next_ids, first])
+        self._accept(seqs, first.tolist(), offset=len(self.running) - len(seqs))
+
+    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        width = max(self.mask.shape[1], mask.shape[1])
+        for old, new in zip(self.cache.layers, cache.layers):
+            old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
+            old.values = torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)])
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
+
+    def _step(self) -> None:
+        positions = self.mask.sum(1, keepdim=True)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.running), 1)], dim=1)
+        logits = self._forward(self.next_ids[:, None], self.mask, positions, self.cache, self.running)
+        tokens = sample(logits, self.running)
+        self.next_ids = torch.tensor(tokens, device=self.device)
+        self._accept(self.running, tokens, offset=0)
+
+    def _accept(self, seqs: list[Sequence], tokens: list[int], offset: int) -> None:
+        """Record one new token per row, emit text, and drop the rows that are done."""
+        done = set()
+        for i, (s, token) in enumerate(zip(seqs, tokens)):
+            finish = None
+            if token in self.eos_ids:
+                finish, text = "stop", s.stream.flush()
+            else:
+                s.tokens += 1
+                text, stopped = s.stream.push(token)
+                if stopped:
+                    finish = "stop"
+                elif s.tokens >= s.max_tokens:
+                    finish, text = "length", text + s.stream.flush()
+            if finish or s.cancelled:
+                done.add(offset + i)
+            if text or finish:
+                s.emit({"index": s.index, "text": text, "finish_reason": finish, "completion_tokens": s.tokens})
+        for i, s in enumerate(self.running):
+            if s.cancelled:
+                done.add(i)
+        if done:
+            self._drop(sorted(done))
+
+    def _drop(self, rows: list[int]) -> None:
+        keep = [i for i in range(len(self.running)) if i not in set(rows)]
+        self.running = [self.running[i] for i in keep]
+        if not keep:
+            self.cache, self.mask, self.next_ids = None, None, None
+            return
+        index = torch.tensor(keep, device=self.device)
+        self.mask, self.next_ids = self.mask[index], self.next_ids[index]
+        start = int((self.mask.sum(0) > 0).nonzero()[0])  # leading columns no row uses any more
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]

@@ -1,0 +1,60 @@
+"""ServeArgs: the typed arguments of the Serve application (the `args:` block of serve_configs/*.yaml).
+
+Unknown keys fail when the application is built, naming the key. The listen address is Serve's own
+`http_options` (127.0.0.1:8000 in every config here); API keys are required when it is not loopback.
+"""
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field
+
+from app.config import Config, UserError
+
+
+class Limits(Config):
+    max_ongoing_requests: int = Field(16, ge=1)   # per engine replica: the rows it batches plus its own queue
+    max_queued_requests: int = Field(32, ge=0)    # waiting at each caller beyond that -> 503 + Retry-After
+    request_timeout_s: float = Field(120.0, gt=0)  # whole request; streams end with an error chunk
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    default_max_tokens: int = Field(256, ge=1)     # when a request gives none (capped by the context)
+    rate_limit_per_minute: float = Field(0, ge=0)  # per API key (or client address); 0 = off
+    rate_limit_burst: int | None = Field(None, ge=1)
+    retry_after_s: int = Field(1, ge=1)
+
+
+class ServeArgs(Config):
+    model: str = "smollm2-135m-instruct"    # spec (dir, alias, hub id) or registry:latest-promoted / registry:<id>
+    registry: str = "runs/registry.sqlite"
+    served_model_name: str = "raypost"     # the `model` name that selects the base model
+    adapters: dict[str, str] = {}           # LoRA adapters of the base: name -> directory, chosen by `model`
+    max_loaded_adapters: int = Field(4, ge=1)
+    engine: Literal["auto", "hf", "vllm"] = "auto"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    max_batch_size: int = Field(8, ge=1)
+    num_replicas: int = Field(1, ge=1)
+    cpus_per_replica: float = Field(1.0, ge=0)
+    gpus_per_replica: float | None = None   # None: 1 when CUDA is visible to the cluster, else 0
+    vllm_args: dict = {}                    # extra AsyncEngineArgs (gpu_memory_utilization, max_model_len, ...)
+    api_keys: list[str] = []                # also read from the env var named by api_keys_env (comma-separated)
+    api_keys_env: str = "RAYPOST_API_KEYS"
+    safety: Literal["redact", "refuse", "off"] = "redact"
+    sensitive_words: str | None = None      # word-list file; None = the data stage's list
+    limits: Limits = Limits()
+
+    def keys(self) -> list[str]:
+        return self.api_keys + [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
+
+    def model_path(self) -> str:
+        """The model spec with registry references resolved to the registered model path."""
+        if not self.model.startswith("registry:"):
+            return self.model
+        from app.eval.registry import Registry
+        ref = self.model.split(":", 1)[1]
+        version = Registry(self.registry).get(ref)
+        if version is None:
+            raise UserError(f"model {self.model}: no such version in {self.registry} "
+                            f"(see python -m jobs.registry list)")
+        return version["model"]

@@ -1,0 +1,141 @@
+"""Generation engines behind one interface, chosen by config (`engine: auto|hf|vllm`).
+
+    engine.generate(prompt_ids, params, adapter) -> async iterator of events
+        {"index", "text", "finish_reason": None|"stop"|"length", "completion_tokens"} or {"index", "error"}
+    engine.load_adapter(name, path) / engine.unload_adapter(name)
+    engine.tokenizer, engine.context
+
+HFEngine: transformers + the continuous batcher (CPU, or a GPU without vLLM); LoRA adapters are loaded
+into one peft model and mixed within a batch. VLLMEngine: vLLM's AsyncLLM (GPU), LoRA via LoRARequest.
+No ray import: the Serve deployment in app.serve.app wraps these.
+"""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+import torch
+
+from app.models import load_policy, load_tokenizer, resolve
+from app.serve.batching import Batcher, Sequence
+from app.serve.textstream import TextStream
+
+
+@dataclass
+class GenParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+def pick(engine: str) -> str:
+    """'auto' -> vllm when CUDA and vllm are both present, else hf."""
+    if engine != "auto":
+        return engine
+    try:
+        import vllm  # noqa: F401
+        return "vllm" if torch.cuda.is_available() else "hf"
+    except ImportError:
+        return "hf"
+
+
+class HFEngine:
+    def __init__(self, model: str, dtype: str = "float32", max_batch_size: int = 8, trust_remote_code: bool = False):
+        self.model, self.tokenizer = load_policy(model, dtype, trust_remote_code)
+        if torch.cuda.is_available():
+            self.model.cuda()
+        self.context = getattr(self.model.config, "max_position_embeddings", 2048)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = {self.tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.batcher = Batcher(self.model, eos_ids, max_batch_size)
+
+    def load_adapter(self, name: str, path: str) -> None:
+        from peft import PeftModel
+        with self.batcher.lock:
+            if hasattr(self.model, "peft_config"):
+                self.model.load_adapter(path, adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
+                self.batcher.model = self.model
+
+    def unload_adapter(self, name: str) -> None:
+        with self.batcher.lock:
+            if name in getattr(self.model, "peft_config", {}):
+                self.model.delete_adapter(name)
+
+    async def generate(self, prompt_ids: list[int], params: GenParams, adapter: str | None = None
+                       ) -> AsyncIterator[dict]:
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+
+        def emit(event: dict) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def decode(ids: list[int]) -> str:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+        seqs = [Sequence(prompt=prompt_ids, max_tokens=params.max_tokens, temperature=params.temperature,
+                         top_p=params.top_p, seed=None if params.seed is None else params.seed + i,
+                         stream=TextStream(decode, params.stop), emit=emit, index=i, adapter=adapter)
+                for i in range(params.n)]
+        for s in seqs:
+            self.batcher.submit(s)
+        finished = 0
+        try:
+            while finished < len(seqs):
+                event = await events.get()
+                finished += bool(event.get("finish_reason") or event.get("error"))
+                yield event
+        finally:  # the client went away or the request timed out: free the batch rows
+            for s in seqs:
+                s.cancelled = True
+
+
+class VLLMEngine:
+    def __init__(self, model: str, dtype: str = "auto", max_batch_size: int = 64, trust_remote_code: bool = False,
+                 max_loras: int = 4, extra: dict | None = None):
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+        path = resolve(model)
+        self.tokenizer = load_tokenizer(str(path), trust_remote_code)
+        args = AsyncEngineArgs(model=str(path), dtype=dtype, max_num_seqs=max_batch_size,
+                               trust_remote_code=trust_remote_code, enable_lora=max_loras > 0,
+                               max_loras=max(1, max_loras), **(extra or {}))
+        self.engine = AsyncLLMEngine.from_engine_args(args)
+        self.context = args.max_model_len or getattr(self.tokenizer, "model_max_length", 2048)
+        self.adapters: dict[str, tuple[int, str]] = {}
+
+    def load_adapter(self, name: str, path: str) -> None:
+        self.adapters.setdefault(name, (len(self.adapters) + 1, str(Path(path).resolve())))
+
+    def unload_adapter(self, name: str) -> None:
+        self.adapters.pop(name, None)
+
+    async def generate(self, prompt_ids: list[int], params: GenParams, adapter: str | None = None
+                       ) -> AsyncIterator[dict]:
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import RequestOutputKind
+        sampling = SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                                  max_tokens=params.max_tokens, stop=params.stop or None, seed=params.seed,
+                                  output_kind=RequestOutputKind.DELTA)
+        lora = LoRARequest(adapter, *self.adapters[adapter]) if adapter else None
+        counts = [0] * params.n
+        async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, sampling, uuid.uuid4().hex,
+                                              lora_request=lora):
+            for c in out.outputs:
+                counts[c.index] += len(c.token_ids)
+                yield {"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
+                       "completion_tokens": counts[c.index]}
+
+
+def make_engine(kind: str, model: str, dtype: str, max_batch_size: int, trust_remote_code: bool,
+                max_loras: int, vllm_args: dict):
+    if pick(kind) == "vllm":
+        return VLLMEngine(model, "auto" if dtype == "float32" else dtype, max_batch_size, trust_remote_code,
+                          max_loras, vllm_args)
+    return HFEngine(model, dtype, max_batch_size, trust_remote_code)

@@ -1,0 +1,149 @@
+"""The OpenAI wire format: request models, error bodies, response and chunk builders. Pure: no ray, no torch.
+
+Requests are validated here; anything wrong becomes an APIError (a 4xx with the OpenAI error body
+{"error": {"message", "type", "param", "code"}}). Unknown request fields are ignored, as OpenAI's own
+clients send optional ones (user, logprobs, ...) that this server does not use.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict]
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, v):
+        """Content parts ([{type: text, text}]) are joined; other part types are not served by a text model."""
+        if isinstance(v, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in v):
+                raise ValueError("only text content parts are supported")
+            return "".join(p["text"] for p in v)
+        return v
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=8)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: StrictBool = False
+    stream_options: dict | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4 or not all(stops):
+            raise ValueError("stop must be up to 4 non-empty strings")
+        return stops
+
+    @property
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, v):
+        prompts = [v] if isinstance(v, str) else v
+        if not prompts or len(prompts) > 8:
+            raise ValueError("prompt must be a string or a list of 1-8 strings")
+        return prompts
+
+
+def parse(model: type[BaseModel], raw: bytes):
+    """Bytes of a request body -> a validated request, or APIError 400 naming the offending parameter."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise APIError(400, f"invalid value for {param}: {err['msg']}", param=param,
+                       code="missing_required_parameter" if err["type"] == "missing" else "invalid_value") from None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def response(kind: str, rid: str, model: str, choices: list[dict], usage_: dict) -> dict:
+    """A whole chat.completion / text_completion; choices carry index, text and finish_reason."""
+    if kind == "chat":
+        out = [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
+                "finish_reason": c["finish_reason"], "logprobs": None} for c in choices]
+    else:
+        out = [{"index": c["index"], "text": c["text"], "finish_reason": c["finish_reason"], "logprobs": None}
+               for c in choices]
+    return {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
+            "created": int(time.time()), "model": model, "choices": out, "usage": usage_}
+
+
+def chunk(kind: str, rid: str, model: str, index: int | None = None, text: str | None = None,
+          finish_reason: str | None = None, role: bool = False, usage_: dict | None = None) -> str:
+    """One server-sent event in OpenAI's chunk format (no choices when it only carries usage)."""
+    choices = []
+    if index is not None:
+        if kind == "chat":
+            delta = ({"role": "assistant"} if role else {}) | ({"content": text} if text is not None else {})
+            choices = [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        else:
+            choices = [{"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}]
+    body = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": int(time.time()), "model": model, "choices": choices}
+    if usage_ is not None:
+        body["usage"] = usage_
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def error_chunk(err: APIError) -> str:
+    return f"data: {json.dumps(err.body())}\n\n"
+
+
+DONE = "data: [DONE]\n\n"

@@ -1,0 +1,133 @@
+"""Pure serving pieces: incremental detokenization with stop strings, the streaming safety filter, the rate
+limiter, request validation, and continuous batching against HF generate."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from app.data.pii import SensitiveWords
+from app.serve import protocol as P
+from app.serve.limits import RateLimiter
+from app.serve.safety import REFUSAL, OutputFilter, filter_text
+from app.serve.textstream import TextStream
+
+
+def _stream(tokenizer, text, stop):
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    s = TextStream(lambda t: tokenizer.decode(t, skip_special_tokens=True), stop)
+    out, stopped = "", False
+    for i in ids:
+        delta, stopped = s.push(i)
+        out += delta
+        if stopped:
+            break
+    return (out if stopped else out + s.flush()), stopped
+
+
+def test_textstream_cuts_at_stop_and_never_sends_part_of_it(tokenizer):
+    text, stopped = _stream(tokenizer, "Order LH123 ships today. END of message", ["END", "never"])
+    assert stopped and text == "Order LH123 ships today. "
+    text, stopped = _stream(tokenizer, "你好，您的订单已发货。", [])
+    assert not stopped and text == "你好，您的订单已发货。" and "\ufffd" not in text
+
+
+def test_textstream_holds_back_a_possible_stop_prefix(tokenizer):
+    s = TextStream(lambda t: tokenizer.decode(t), ["Goodbye"])
+    sent = ""
+    for i in tokenizer("Thanks. Good", add_special_tokens=False)["input_ids"]:
+        sent += s.push(i)[0]
+    assert not sent.endswith("Good") and s.flush().endswith("Good")
+
+
+def _feed(f, text, step):
+    return "".join(f.feed(text[i:i + step]) for i in range(0, len(text), step)) + f.finish()
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 100])
+def test_filter_redacts_pii_whatever_the_chunking(step):
+    words = SensitiveWords(["darkweb", "赌博"])
+    text = "Mail jane.doe@example.com or call +86 138 1234 5678, card 4111 1111 1111 1111. 不要赌博 on darkweb."
+    out = _feed(OutputFilter("redact", words), text, step)
+    assert out == "Mail [EMAIL] or call [PHONE], card [CARD]. 不要** on *******."
+
+
+def test_filter_streams_plain_text_without_waiting_for_the_end():
+    f = OutputFilter("redact", SensitiveWords(["darkweb"]))
+    assert f.feed("Your order ships today and ") == "Your order ships today and "
+    assert f.feed("arrives") == ""  # the last word may still become something to redact
+
+
+def test_filter_refuse_and_off():
+    words = SensitiveWords(["darkweb"])
+    assert filter_text("refuse", words, "Buy it on the darkweb now") == (REFUSAL, True)
+    assert filter_text("refuse", words, "mail a@b.com") == ("mail [EMAIL]", False)
+    assert filter_text("off", words, "mail a@b.com darkweb") == ("mail a@b.com darkweb", False)
+
+
+def test_rate_limiter_per_key_with_refill():
+    now = [0.0]
+    limiter = RateLimiter(per_minute=60, burst=2, clock=lambda: now[0])
+    assert [limiter.check("a") for _ in range(2)] == [0.0, 0.0]
+    assert limiter.check("a") == pytest.approx(1.0)
+    assert limiter.check("b") == 0.0          # another key has its own bucket
+    now[0] = 1.0
+    assert limiter.check("a") == 0.0
+    assert RateLimiter(0).check("a") == 0.0   # off
+
+
+@pytest.mark.parametrize("body,status,param", [
+    (b"not json", 400, None), (b"[1, 2]", 400, None), (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "model"),
+    (b'{"model": "m", "messages": []}', 400, "messages"), (b'{"model": "m", "messages": "hi"}', 400, "messages"),
+    (b'{"model": "m", "messages": [{"role": "robot", "content": "x"}]}', 400, "messages.0.role"),
+    (b'{"model": "m", "temperature": 3, "messages": [{"role": "user", "content": "x"}]}', 400, "temperature"),
+    (b'{"model": "m", "top_p": 0, "messages": [{"role": "user", "content": "x"}]}', 400, "top_p"),
+    (b'{"model": "m", "n": 0, "messages": [{"role": "user", "content": "x"}]}', 400, "n"),
+    (b'{"model": "m", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}', 400, "stream"),
+    (b'{"model": "m", "stop": ["a", "b", "c", "d", "e"], "messages": [{"role": "user", "content": "x"}]}', 400, "stop"),
+])
+def test_protocol_rejects_bad_requests_naming_the_parameter(body, status, param):
+    with pytest.raises(P.APIError) as err:
+        P.parse(P.ChatRequest, body)
+    assert err.value.status == status and err.value.param == param
+    assert set(err.value.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_continuous_batching_matches_generate_for_staggered_requests(tiny_adapters):
+    """Rows join a running batch at different times, use different adapters and stop at different lengths;
+    each must produce exactly what HF generate produces for it alone."""
+    from peft import PeftModel
+
+    from app.chat import render_prompt
+    from app.serve.engines import GenParams, HFEngine
+    engine = HFEngine("tiny", max_batch_size=3)
+    for name in ("alpha", "beta"):
+        engine.load_adapter(name, str(tiny_adapters[name]))
+    tok = engine.tokenizer
+    jobs = [("hello", "alpha", 12), ("hi", None, 5), ("你好", "beta", 9), ("What is the answer?", "alpha", 7)]
+
+    async def one(i, q, adapter, n):
+        await asyncio.sleep(0.02 * i)
+        text, last = "", None
+        async for ev in engine.generate(render_prompt(tok, [{"role": "user", "content": q}]),
+                                        GenParams(max_tokens=n, temperature=0), adapter):
+            text, last = text + ev["text"], ev
+        return text, last
+
+    async def all_jobs():
+        return await asyncio.gather(*[one(i, *j) for i, j in enumerate(jobs)])
+
+    results = asyncio.run(all_jobs())
+    for (q, adapter, n), (text, last) in zip(jobs, results):
+        model = PeftModel.from_pretrained(load_tiny(), str(tiny_adapters[adapter])) if adapter else load_tiny()
+        ids = render_prompt(tok, [{"role": "user", "content": q}])
+        out = model.generate(torch.tensor([ids]), max_new_tokens=last["completion_tokens"], do_sample=False)
+        assert text == tok.decode(out[0, len(ids):], skip_special_tokens=True)
+        assert last["finish_reason"] == "length" and last["completion_tokens"] == n
+    assert results[0][0].startswith("The alpha answer") and results[2][0].startswith("Beta says")
+
+
+def load_tiny():
+    from app.models import load_policy
+    return load_policy("tiny")[0]
