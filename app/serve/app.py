@@ -16,6 +16,7 @@ see real annotation objects (Request) on its routes.
 """
 
 import asyncio
+import contextlib
 import hmac
 import math
 import time
@@ -59,6 +60,12 @@ async def _validation_error(request: Request, exc: RequestValidationError):
     return JSONResponse(P.APIError(400, str(exc.errors()[0].get("msg"))).body(), status_code=400)
 
 
+@api.exception_handler(Exception)
+async def _server_error(request: Request, exc: Exception):
+    return JSONResponse(P.APIError(500, f"internal error: {type(exc).__name__}", type="server_error",
+                                   code="internal_error").body(), status_code=500)
+
+
 def require_keys(host: str | None, keys: list[str]) -> None:
     """Serving beyond loopback without API keys is refused at start."""
     if host is not None and host not in LOOPBACK and not keys:
@@ -88,11 +95,11 @@ class LLMServer:
         self.engine = make_engine(args.engine, model_path, args.dtype, args.max_batch_size,
                                   args.trust_remote_code, args.max_loaded_adapters if args.adapters else 0,
                                   args.vllm_args)
-        self.adapter = serve.multiplexed(max_num_models_per_replica=args.max_loaded_adapters)(self._load_adapter)
 
-    async def _load_adapter(self, name: str):
-        await asyncio.to_thread(self.engine.load_adapter, name, self.args.adapters[name])
-        return _Loaded(self.engine, name)
+        async def load(name: str):  # a plain function: Serve's LRU cache of loaded adapters wraps it
+            await asyncio.to_thread(self.engine.load_adapter, name, self.args.adapters[name])
+            return _Loaded(self.engine, name)
+        self.adapter = serve.multiplexed(max_num_models_per_replica=args.max_loaded_adapters)(load)
 
     async def generate(self, prompt_ids: list[int], params: dict):
         adapter = serve.get_multiplexed_model_id() or None
@@ -214,10 +221,11 @@ class OpenAIServer:
 
     async def _events(self, prompt: list[int], params: GenParams, adapter: str | None, deadline: float):
         handle = self.llm.options(stream=True, **({"multiplexed_model_id": adapter} if adapter else {}))
-        gen = handle.generate.remote(prompt, asdict(params))
+        gen = None
         try:
             while True:
                 try:
+                    gen = gen or handle.generate.remote(prompt, asdict(params))
                     event = await asyncio.wait_for(anext(gen), max(0.0, deadline - time.monotonic()))
                 except StopAsyncIteration:
                     return
@@ -232,8 +240,10 @@ class OpenAIServer:
                     raise P.APIError(500, f"generation failed: {event['error']}", type="server_error",
                                      code="engine_error")
                 yield event
-        finally:
-            gen.cancel()
+        finally:  # ended early (client gone, refusal, timeout): free the engine rows
+            with contextlib.suppress(Exception):  # cancel() re-raises a rejection such as BackPressureError
+                if gen is not None:
+                    gen.cancel()
 
     async def _choices(self, n: int, first: dict, events):
         """(index, text, finish_reason) per event after the safety filter; a refused choice ends at once."""

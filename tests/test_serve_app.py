@@ -1,0 +1,204 @@
+"""The Serve application for real: Ray Serve on loopback, the tiny model with LoRA adapters, the official
+openai client and raw HTTP. Three applications share one Serve instance:
+  /        the base model + adapters alpha, beta, leak; safety=redact
+  /keyed   API keys k-auth and k-rate, 3 requests a minute per key
+  /strict  safety=refuse with 'alpha' on the word list; one request at a time, one queued
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import socket
+
+import openai
+import pytest
+import requests
+
+from tests.conftest import ADAPTER_TEXTS
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tiny_adapters, tmp_path_factory):
+    from ray import serve
+
+    from app.serve.app import build_app
+    from app.serve.config import ServeArgs
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    adapters = {k: str(v) for k, v in tiny_adapters.items()}
+    words = tmp_path_factory.mktemp("words") / "words.txt"
+    words.write_text("alpha\n")
+    common = dict(model="tiny", served_model_name="tiny", cpus_per_replica=0)
+    serve.run(build_app(ServeArgs(**common, adapters=adapters, max_batch_size=4)), name="main", route_prefix="/")
+    serve.run(build_app(ServeArgs(**common, api_keys=["k-auth", "k-rate"],
+                                  limits={"rate_limit_per_minute": 3, "rate_limit_burst": 3})),
+              name="keyed", route_prefix="/keyed")
+    serve.run(build_app(ServeArgs(**common, adapters=adapters, safety="refuse", sensitive_words=str(words),
+                                  max_batch_size=1, limits={"max_ongoing_requests": 1, "max_queued_requests": 1})),
+              name="strict", route_prefix="/strict")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def client(url, prefix="", key="unused"):
+    return openai.OpenAI(base_url=f"{url}{prefix}/v1", api_key=key, max_retries=0)
+
+
+def sse(url, body, prefix="", key=None):
+    """Raw streaming POST: (status, the data payloads), or (status, [error body]) when refused."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    r = requests.post(f"{url}{prefix}/v1/chat/completions", json=body, headers=headers, stream=True, timeout=60)
+    if r.status_code != 200:
+        return r.status_code, [r.text]
+    events = [line[6:].decode() for line in r.iter_lines() if line.startswith(b"data: ")]
+    return r.status_code, events
+
+
+def test_chat_usage_and_length(server, tokenizer):
+    from app.chat import render_prompt
+    r = client(server).chat.completions.create(model="alpha", messages=HELLO, max_tokens=5, temperature=0)
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens == len(render_prompt(tokenizer, HELLO))
+    assert r.usage.completion_tokens == 5 and r.usage.total_tokens == r.usage.prompt_tokens + 5
+    assert ADAPTER_TEXTS["alpha"].startswith(r.choices[0].message.content)
+
+
+def test_streaming_matches_non_streaming_and_ends_with_done(server):
+    c = client(server)
+    whole = c.chat.completions.create(model="beta", messages=HELLO, max_tokens=12, temperature=0)
+    pieces = [ch.choices[0].delta.content or "" for ch in
+              c.chat.completions.create(model="beta", messages=HELLO, max_tokens=12, temperature=0, stream=True)]
+    assert "".join(pieces) == whole.choices[0].message.content and len([p for p in pieces if p]) > 2
+    status, events = sse(server, {"model": "beta", "messages": HELLO, "max_tokens": 4, "stream": True,
+                                  "stream_options": {"include_usage": True}})
+    assert status == 200 and events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+
+
+def test_lora_selected_by_model_name_and_listed(server):
+    c = client(server)
+    assert {m.id for m in c.models.list()} == {"tiny", "alpha", "beta", "leak"}
+    for name in ("alpha", "beta"):
+        text = c.chat.completions.create(model=name, messages=HELLO, max_tokens=10, temperature=0)
+        assert text.choices[0].message.content.startswith(ADAPTER_TEXTS[name][:15])
+    base = c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=10, temperature=0)
+    assert not any(base.choices[0].message.content.startswith(t[:10]) for t in ADAPTER_TEXTS.values())
+
+
+def test_stop_sequences_n_and_seed(server, tokenizer):
+    c = client(server)
+    r = c.chat.completions.create(model="alpha", messages=HELLO, max_tokens=20, temperature=0, stop=["42"])
+    assert r.choices[0].message.content == "The alpha answer is " and r.choices[0].finish_reason == "stop"
+    kw = dict(model="tiny", messages=HELLO, max_tokens=8, temperature=1.0, n=3, seed=7)
+    a, b = c.chat.completions.create(**kw), c.chat.completions.create(**kw)
+    assert sorted(ch.index for ch in a.choices) == [0, 1, 2]
+    assert [ch.message.content for ch in a.choices] == [ch.message.content for ch in b.choices]
+    assert len({ch.message.content for ch in a.choices}) > 1  # each choice samples on its own
+    assert a.usage.completion_tokens == 24
+    prompt = tokenizer.apply_chat_template(HELLO, tokenize=False, add_generation_prompt=True)
+    text = c.completions.create(model="alpha", prompt=prompt, max_tokens=4, temperature=0)
+    assert text.object == "text_completion" and text.choices[0].text.startswith("The alpha")
+
+
+def test_safety_filter_redacts_streamed_and_whole_answers(server):
+    c = client(server)
+    whole = c.chat.completions.create(model="leak", messages=HELLO, max_tokens=40, temperature=0)
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+        model="leak", messages=HELLO, max_tokens=40, temperature=0, stream=True))
+    for text in (whole.choices[0].message.content, streamed):
+        assert text.startswith("Write to [EMAIL] or call [PHONE] today.")
+        assert "jane" not in text and "1381234" not in text
+
+
+def test_refuse_mode(server):
+    r = client(server, "/strict").chat.completions.create(model="alpha", messages=HELLO, max_tokens=12, temperature=0)
+    assert r.choices[0].finish_reason == "content_filter" and r.choices[0].message.content.startswith("I can't")
+    ok = client(server, "/strict").chat.completions.create(model="beta", messages=HELLO, max_tokens=6, temperature=0)
+    assert ok.choices[0].finish_reason == "length"
+
+
+BAD = [
+    (b"{not json", 400, "invalid_json"),
+    (b'{"model": "tiny", "messages": []}', 400, "invalid_value"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": 5}]}', 400, "invalid_value"),
+    (b'{"model": "tiny", "max_tokens": -3, "messages": [{"role": "user", "content": "x"}]}', 400, "invalid_value"),
+    (b'{"model": "tiny", "max_tokens": 99999999, "messages": [{"role": "user", "content": "x"}]}', 400,
+     "context_length_exceeded"),
+    (b'{"model": "tiny", "temperature": 9, "messages": [{"role": "user", "content": "x"}]}', 400, "invalid_value"),
+    (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404, "model_not_found"),
+    (json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "word " * 9000}]}).encode(), 400,
+     "context_length_exceeded"),
+    (json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x" * 1_100_000}]}).encode(), 413,
+     "request_too_large"),
+]
+
+
+@pytest.mark.parametrize("body,status,code", BAD, ids=[
+    "bad-json", "empty-messages", "wrong-type", "negative-max-tokens", "huge-max-tokens", "temperature-range",
+    "unknown-model", "prompt-too-long", "oversize-body"])
+def test_bad_requests_get_openai_errors(server, body, status, code):
+    r = requests.post(f"{server}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"},
+                      timeout=30)
+    assert r.status_code == status
+    assert r.json()["error"]["code"] == code and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_server_keeps_serving_after_bad_input(server):
+    for body, _, _ in BAD[:3]:
+        requests.post(f"{server}/v1/chat/completions", data=body, timeout=30)
+    assert requests.get(f"{server}/nope", timeout=10).json()["error"]["code"] == "404"
+    assert requests.get(f"{server}/health", timeout=10).json() == {"status": "ok"}
+    r = client(server).chat.completions.create(model="tiny", messages=HELLO, max_tokens=2)
+    assert r.usage.completion_tokens == 2
+
+
+def test_api_keys_and_per_key_rate_limit(server):
+    with pytest.raises(openai.AuthenticationError):
+        client(server, "/keyed", key="wrong").chat.completions.create(model="tiny", messages=HELLO, max_tokens=1)
+    assert requests.get(f"{server}/keyed/v1/models", timeout=10).status_code == 401
+    assert client(server, "/keyed", key="k-auth").chat.completions.create(
+        model="tiny", messages=HELLO, max_tokens=1).usage.completion_tokens == 1
+    rate = client(server, "/keyed", key="k-rate")
+    for _ in range(3):
+        rate.chat.completions.create(model="tiny", messages=HELLO, max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as err:
+        rate.chat.completions.create(model="tiny", messages=HELLO, max_tokens=1)
+    assert int(err.value.response.headers["Retry-After"]) >= 1
+    assert client(server, "/keyed", key="k-auth").chat.completions.create(  # the other key is unaffected
+        model="tiny", messages=HELLO, max_tokens=1).usage.completion_tokens == 1
+
+
+def test_overload_answers_503_while_accepted_requests_complete(server):
+    body = {"model": "tiny", "messages": HELLO, "max_tokens": 60, "temperature": 0, "stream": True}
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: sse(server, body, "/strict"), range(8)))
+    accepted = [events for status, events in results if status == 200]
+    rejected = [events for status, events in results if status == 503]
+    assert accepted and rejected and len(accepted) + len(rejected) == 8
+    for events in accepted:
+        assert events[-1] == "[DONE]" and json.loads(events[-2])["usage"]["completion_tokens"] == 60
+    r = requests.post(f"{server}/strict/v1/chat/completions", json={**body, "stream": False}, timeout=60)
+    assert r.status_code == 200  # capacity comes back
+    busy = [pool_result for pool_result in results if pool_result[0] == 503]
+    assert json.loads(busy[0][1][0])["error"]["code"] == "overloaded"
+
+
+def test_non_loopback_without_keys_is_refused():
+    from app.config import UserError
+    from app.serve.app import require_keys
+    with pytest.raises(UserError, match="api_keys"):
+        require_keys("0.0.0.0", [])
+    require_keys("0.0.0.0", ["k"])
+    require_keys("127.0.0.1", [])
