@@ -30,6 +30,8 @@ demo: setup
 	$(PY) -m jobs.eval jobs/configs/eval_demo.yaml model=smollm2-135m-instruct name=base
 	@# The gate's verdict is part of the demo: a regression prints its table and leaves the version unpromoted.
 	-$(PY) -m jobs.eval jobs/configs/eval_demo.yaml model=runs/sft-demo/final name=sft gate.baseline=latest-promoted
+	@# The promoted version behind the OpenAI-compatible endpoint: one streamed answer, then shut down.
+	$(PY) -m jobs.serve_demo
 
 test: setup
 	$(PY) -m pytest -q

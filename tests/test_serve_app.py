@@ -1,7 +1,7 @@
 """The Serve application for real: Ray Serve on loopback, the tiny model with LoRA adapters, the official
 openai client and raw HTTP. Three applications share one Serve instance:
   /        the base model + adapters alpha, beta, leak; safety=redact
-  /keyed   API keys k-auth and k-rate, 3 requests a minute per key
+  /keyed   API keys k-auth, k-rate and k-slow, 3 requests a minute per key, 1.5 s request timeout
   /strict  safety=refuse with 'alpha' on the word list; one request at a time, one queued
 """
 from __future__ import annotations
@@ -38,8 +38,9 @@ def server(ray_local, tiny_adapters, tmp_path_factory):
     words.write_text("alpha\n")
     common = dict(model="tiny", served_model_name="tiny", cpus_per_replica=0)
     serve.run(build_app(ServeArgs(**common, adapters=adapters, max_batch_size=4)), name="main", route_prefix="/")
-    serve.run(build_app(ServeArgs(**common, api_keys=["k-auth", "k-rate"],
-                                  limits={"rate_limit_per_minute": 3, "rate_limit_burst": 3})),
+    serve.run(build_app(ServeArgs(**common, api_keys=["k-auth", "k-rate", "k-slow"],
+                                  limits={"rate_limit_per_minute": 3, "rate_limit_burst": 3,
+                                          "request_timeout_s": 1.5})),
               name="keyed", route_prefix="/keyed")
     serve.run(build_app(ServeArgs(**common, adapters=adapters, safety="refuse", sensitive_words=str(words),
                                   max_batch_size=1, limits={"max_ongoing_requests": 1, "max_queued_requests": 1})),
@@ -202,3 +203,33 @@ def test_non_loopback_without_keys_is_refused():
         require_keys("0.0.0.0", [])
     require_keys("0.0.0.0", ["k"])
     require_keys("127.0.0.1", [])
+
+
+def test_timeout_mid_stream_is_an_error_chunk(server):
+    body = {"model": "tiny", "messages": HELLO, "max_tokens": 1900, "temperature": 0, "stream": True}
+    status, events = sse(server, body, "/keyed", key="k-slow")
+    assert status == 200 and events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "timeout"
+    assert any(json.loads(e).get("choices") for e in events[:-2])  # content went out before the timeout
+    r = requests.post(f"{server}/keyed/v1/chat/completions", json={**body, "stream": False},
+                      headers={"Authorization": "Bearer k-slow"}, timeout=30)
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+
+
+@pytest.mark.gpu
+def test_vllm_engine_streams_events():
+    import asyncio
+
+    from app.chat import render_prompt
+    from app.serve.engines import GenParams, VLLMEngine
+    engine = VLLMEngine("smollm2-135m-instruct", max_batch_size=8, max_loras=0,
+                        extra={"gpu_memory_utilization": 0.3, "max_model_len": 2048})
+    ids = render_prompt(engine.tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
+
+    async def answer():
+        return [e async for e in engine.generate(ids, GenParams(max_tokens=16, temperature=0, n=2))]
+    events = asyncio.run(answer())
+    finals = [e for e in events if e["finish_reason"]]
+    assert sorted(e["index"] for e in finals) == [0, 1]
+    text = "".join(e["text"] for e in events if e["index"] == 0)
+    assert "Paris" in text

@@ -94,7 +94,7 @@ class LLMServer:
         self.args = args
         self.engine = make_engine(args.engine, model_path, args.dtype, args.max_batch_size,
                                   args.trust_remote_code, args.max_loaded_adapters if args.adapters else 0,
-                                  args.vllm_args)
+                                  args.vllm_args, int(args.cpus_per_replica))
 
         async def load(name: str):  # a plain function: Serve's LRU cache of loaded adapters wraps it
             await asyncio.to_thread(self.engine.load_adapter, name, self.args.adapters[name])
@@ -236,6 +236,9 @@ class OpenAIServer:
                     raise P.APIError(503, "the server is at capacity; retry shortly", type="overloaded",
                                      code="overloaded", headers={"Retry-After": str(self.limits.retry_after_s)}
                                      ) from None
+                except Exception as exc:  # the engine replica died or failed: a 500, never a hang
+                    raise P.APIError(500, f"engine failed: {type(exc).__name__}", type="server_error",
+                                     code="engine_error") from None
                 if "error" in event:
                     raise P.APIError(500, f"generation failed: {event['error']}", type="server_error",
                                      code="engine_error")

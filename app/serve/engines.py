@@ -46,7 +46,10 @@ def pick(engine: str) -> str:
 
 
 class HFEngine:
-    def __init__(self, model: str, dtype: str = "float32", max_batch_size: int = 8, trust_remote_code: bool = False):
+    def __init__(self, model: str, dtype: str = "float32", max_batch_size: int = 8, trust_remote_code: bool = False,
+                 threads: int = 0):
+        if threads > 0:  # Ray caps a worker's OMP threads at its CPU reservation; use what was reserved
+            torch.set_num_threads(threads)
         self.model, self.tokenizer = load_policy(model, dtype, trust_remote_code)
         if torch.cuda.is_available():
             self.model.cuda()
@@ -134,8 +137,8 @@ class VLLMEngine:
 
 
 def make_engine(kind: str, model: str, dtype: str, max_batch_size: int, trust_remote_code: bool,
-                max_loras: int, vllm_args: dict):
+                max_loras: int, vllm_args: dict, threads: int = 0):
     if pick(kind) == "vllm":
         return VLLMEngine(model, "auto" if dtype == "float32" else dtype, max_batch_size, trust_remote_code,
                           max_loras, vllm_args)
-    return HFEngine(model, dtype, max_batch_size, trust_remote_code)
+    return HFEngine(model, dtype, max_batch_size, trust_remote_code, threads)

@@ -1,0 +1,132 @@
+"""Serving load test: the Serve endpoint at several concurrencies against sequential unbatched `generate`
+on the same model, prompts and token budget, measured in the same run. Prints one JSON line.
+
+    .venv/bin/python benchmarks/serve_load.py                         # SmolLM2-135M-Instruct, 1/8/32 clients
+    .venv/bin/python benchmarks/serve_load.py --model runs/quantize-int8/model --concurrency 8
+
+Per level: requests/s, output tokens/s, TTFT and per-token latency p50/p90/p99 (streamed, official openai
+client), failures. Baseline: HF `generate` one request after another (batch 1, greedy) in this process with
+the same thread count as the engine replica. Target: at 8 clients >= 3x the baseline's tokens/s.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPTS = [
+    "Where is my order LH12345678? It has been a week.", "How do I return a lamp that arrived broken?",
+    "Can I change the delivery address of my order?", "Do you ship to Canada, and how long does it take?",
+    "我的订单什么时候发货？", "退货需要多长时间到账？", "发票怎么开？", "沙发可以换颜色吗？",
+    "What payment methods do you accept?", "My coupon code does not work at checkout.",
+    "How do I clean a linen sofa cover?", "Is the oak table solid wood or veneer?",
+    "快递显示已签收但我没收到。", "可以修改订单里的商品数量吗？", "你们的保修期是多久？", "怎么联系人工客服？",
+]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 1)
+
+
+def baseline(model_spec: str, n: int, max_tokens: int, threads: int) -> dict:
+    import torch
+
+    from app.chat import render_prompt
+    from app.models import load_policy
+    torch.set_num_threads(threads)
+    model, tok = load_policy(model_spec)
+    tokens, start = 0, time.perf_counter()
+    for p in (PROMPTS * 8)[:n]:
+        ids = torch.tensor([render_prompt(tok, [{"role": "user", "content": p}])])
+        out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
+        tokens += out.shape[1] - ids.shape[1]
+    seconds = time.perf_counter() - start
+    return {"requests": n, "tokens_per_s": round(tokens / seconds, 1), "requests_per_s": round(n / seconds, 3)}
+
+
+async def load(url: str, concurrency: int, n: int, max_tokens: int) -> dict:
+    import httpx
+    import openai
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600,
+                                http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency + 4)))
+    gate = asyncio.Semaphore(concurrency)
+    ttft, per_token, tokens, failures = [], [], 0, 0
+
+    async def one(prompt: str):
+        nonlocal tokens, failures
+        async with gate:
+            start, first, last, count = time.perf_counter(), None, None, 0
+            try:
+                stream = await client.chat.completions.create(
+                    model="raypost", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                    temperature=0, stream=True, stream_options={"include_usage": True})
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        first = first or time.perf_counter()
+                        last = time.perf_counter()
+                    if chunk.usage:
+                        count = chunk.usage.completion_tokens
+            except openai.APIError:
+                failures += 1
+                return
+            tokens += count
+            if first:
+                ttft.append((first - start) * 1000)
+                if count > 1:
+                    per_token.append((last - first) * 1000 / (count - 1))
+
+    start = time.perf_counter()
+    await asyncio.gather(*[one(p) for p in (PROMPTS * 8)[:n]])
+    seconds = time.perf_counter() - start
+    return {"requests": n, "requests_per_s": round(n / seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
+            "ttft_ms": {"p50": pct(ttft, .5), "p90": pct(ttft, .9), "p99": pct(ttft, .99)},
+            "per_token_ms": {"p50": pct(per_token, .5), "p90": pct(per_token, .9), "p99": pct(per_token, .99)},
+            "failures": failures}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+
+    from ray import serve
+
+    from app.cluster import init_ray
+    from app.serve.app import build_app
+    from app.serve.config import ServeArgs
+    base = baseline(args.model, 8, args.max_tokens, args.threads)
+    init_ray(num_cpus=args.threads)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(ServeArgs(model=args.model, cpus_per_replica=args.threads, max_batch_size=args.batch,
+                                  limits={"max_ongoing_requests": max(args.concurrency) + 4})), route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    asyncio.run(load(url, 2, 2, 8))  # warm-up
+    levels = {}
+    for c in args.concurrency:
+        levels[str(c)] = asyncio.run(load(url, c, max(8, 2 * c), args.max_tokens))
+        levels[str(c)]["speedup_vs_baseline"] = round(levels[str(c)]["tokens_per_s"] / base["tokens_per_s"], 2)
+    serve.shutdown()
+    print(json.dumps({"benchmark": "serve_load", "model": args.model, "max_tokens": args.max_tokens,
+                      "threads": args.threads, "max_batch_size": args.batch, "baseline_sequential_generate": base,
+                      "serve": levels}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""Quantize a model to INT8 and compare it with the original (size, decode speed, perplexity).
+
+    python -m jobs.quantize model=smollm2-135m-instruct
+    python -m jobs.quantize model=runs/sft-demo/final name=sft-int8 data=runs/data-demo/test
+
+CPU: weight-only int8 with per-channel scales (see app/quantize.py for why not dynamic quantization);
+GPU: bitsandbytes 8-bit. Output: runs/quantize-<name>/model (serve it with serve_configs/int8.yaml) and
+comparison.json.
+"""
+from app.cli import run_job
+from app.quantize import QuantizeConfig, run
+
+if __name__ == "__main__":
+    run_job(QuantizeConfig, run)

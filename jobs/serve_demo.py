@@ -1,0 +1,79 @@
+"""Start the endpoint with `serve run`, stream one chat answer through the openai client, shut down.
+
+    python -m jobs.serve_demo                                   # serve_configs/demo.yaml
+    python -m jobs.serve_demo config=serve_configs/int8.yaml prompt="订单到哪了？"
+
+The last step of `make demo`: the registry's promoted model answers a customer question over HTTP.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import requests
+import yaml
+
+from app.cli import run_job
+from app.config import JobConfig, UserError
+
+
+class ServeDemoConfig(JobConfig):
+    config: str = "serve_configs/demo.yaml"
+    prompt: str = "Where is my order LH12345678? It has been a week."
+    max_tokens: int = 96
+    startup_timeout_s: float = 300
+
+
+def run(cfg: ServeDemoConfig) -> str:
+    spec = yaml.safe_load(Path(cfg.config).read_text())
+    http = spec.get("http_options", {})
+    url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    app_args = spec["applications"][0].get("args", {})
+    log = cfg.out("serve")
+    log.mkdir(parents=True, exist_ok=True)
+    with open(log / "serve.log", "w") as out:
+        server = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", cfg.config],
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(url, server, cfg.startup_timeout_s, log / "serve.log")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("RAYPOST_API_KEY", "none"))
+        print(f"user: {cfg.prompt}\nassistant: ", end="", flush=True)
+        answer = ""
+        for chunk in client.chat.completions.create(model=app_args.get("served_model_name", "raypost"),
+                                                    messages=[{"role": "user", "content": cfg.prompt}],
+                                                    max_tokens=cfg.max_tokens, temperature=0, stream=True):
+            piece = chunk.choices[0].delta.content or "" if chunk.choices else ""
+            answer += piece
+            print(piece, end="", flush=True)
+        print(f"\nserve_demo: streamed {len(answer)} characters from {url}; shutting down")
+        return answer
+    finally:
+        os.killpg(server.pid, signal.SIGINT)  # serve run shuts Serve and its Ray instance down on Ctrl-C
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        failed = [line for line in log.read_text(errors="replace").splitlines() if "Error:" in line]
+        if server.poll() is not None or failed:
+            raise UserError(f"serve run failed ({log}):\n" + "\n".join(failed[-3:] or [log.read_text()[-2000:]]))
+        try:
+            if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:  # not up yet
+            pass
+        time.sleep(1)
+    raise UserError(f"the endpoint at {url} was not healthy after {timeout:.0f}s (log: {log})")
+
+
+if __name__ == "__main__":
+    run_job(ServeDemoConfig, run)
