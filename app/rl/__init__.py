@@ -1,0 +1,1 @@
+"""RLHF: reward model (pairwise ranking loss) and the pure PPO math. See app/rl/losses.py."""

@@ -1,0 +1,110 @@
+"""The math of RLHF, pure torch (no ray, no deepspeed): reward-model loss and the PPO pieces.
+
+Shapes: per-token tensors are [batch, T] over the response tokens, `mask` 1 on real response tokens.
+Conventions follow OpenRLHF / the InstructGPT recipe in seed 000: per-token KL penalty against the
+reference policy with the sequence reward added on the last response token, GAE, whitened advantages,
+clipped surrogate (eps 0.2), clipped value loss (coefficient 0.5 applied by the caller), entropy bonus.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """-log sigmoid(r_chosen - r_rejected - margin), averaged."""
+    return -F.logsigmoid(chosen - rejected - margin).mean()
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (mean kept when shift_mean is False)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return (out if shift_mean else out + mean) * mask
+
+
+def token_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                  kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token rewards, per-token KL): -kl_coef * (logp - ref_logp) on every response token, plus the
+    sequence score on its last token."""
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = (mask.cumsum(1) == mask.sum(1, keepdim=True)) & mask.bool()
+    rewards = rewards + last.to(rewards.dtype) * score[:, None]
+    return rewards, kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, returns) by generalized advantage estimation over the masked response tokens."""
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    T = rewards.shape[1]
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        running = running * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clipped surrogate loss, fraction of tokens where the clip was active)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped, clipped = ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages
+    loss = masked_mean(-torch.min(unclipped, clipped), mask)
+    return loss, masked_mean((clipped < unclipped).to(logprobs.dtype), mask)
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float = 0.2) -> torch.Tensor:
+    """0.5 * max((v - R)^2, (v_clipped - R)^2), v_clipped within `clip` of the rollout's value."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean per-token entropy of the policy's distributions (logits [B, T, V])."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return masked_mean(-(logp.exp() * logp).sum(-1), mask)
+
+
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) for each position: logits [B, T, V], tokens [B, T] -> [B, T]."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+class KLController:
+    """Fixed (target None) or adaptive KL coefficient (Ziegler et al.): the proportional error, clipped to
+    ±0.2, moves the coefficient by error * n_steps / horizon."""
+
+    def __init__(self, init: float = 0.05, target: float | None = None, horizon: int = 10000):
+        self.value, self.target, self.horizon = init, target, horizon
+
+    def update(self, kl: float, n_steps: int) -> float:
+        if self.target is not None:
+            error = max(-0.2, min(0.2, kl / self.target - 1))
+            self.value *= 1 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value, self.target, self.horizon = state["value"], state["target"], state["horizon"]
+
+
+def approx_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean per-sequence summed KL estimate (k1), the figure the KL controller tracks."""
+    return float(((logprobs - ref_logprobs) * mask).sum(1).mean())

@@ -1,0 +1,84 @@
+"""PPO and reward-model math against values worked out by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from app.rl.losses import (KLController, entropy, gae, gather_logprobs, masked_mean, pairwise_loss, policy_loss,
+                           token_rewards, value_loss, whiten)
+
+T = torch.tensor
+
+
+def close(x: torch.Tensor, expected) -> bool:
+    return torch.allclose(x.float(), torch.tensor(expected, dtype=torch.float32), atol=1e-4)
+
+
+def test_pairwise_loss():
+    # -log sigmoid(2 - 0) = log(1 + e^-2); with margin 1: log(1 + e^-1)
+    assert float(pairwise_loss(T([2.0]), T([0.0]))) == pytest.approx(math.log(1 + math.exp(-2)))
+    assert float(pairwise_loss(T([2.0]), T([0.0]), 1.0)) == pytest.approx(math.log(1 + math.exp(-1)))
+    assert float(pairwise_loss(T([0.0, 0.0]), T([0.0, 0.0]))) == pytest.approx(math.log(2))
+
+
+def test_token_rewards_kl_on_every_token_score_on_the_last():
+    logp, ref = T([[-1.0, -2.0, -0.5, 0.0]]), T([[-1.5, -2.0, -1.0, 0.0]])
+    mask = T([[1.0, 1.0, 1.0, 0.0]])  # 3 response tokens, then padding
+    rewards, kl = token_rewards(T([2.0]), logp, ref, mask, kl_coef=0.1)
+    assert close(kl, [[0.5, 0.0, 0.5, 0.0]])
+    assert close(rewards, [[-0.05, 0.0, -0.05 + 2.0, 0.0]])
+
+
+def test_gae_by_hand():
+    # r = [0, 1], V = [0.5, 0.2], gamma 0.9, lambda 0.8:
+    # d1 = 1 + 0 - 0.2 = 0.8 -> A1 = 0.8
+    # d0 = 0 + 0.9 * 0.2 - 0.5 = -0.32 -> A0 = -0.32 + 0.9 * 0.8 * 0.8 = 0.256
+    adv, ret = gae(T([[0.0, 1.0]]), T([[0.5, 0.2]]), T([[1.0, 1.0]]), gamma=0.9, lam=0.8)
+    assert close(adv, [[0.256, 0.8]])
+    assert close(ret, [[0.756, 1.0]])
+    # padding after the response contributes nothing
+    adv_p, _ = gae(T([[0.0, 1.0, 5.0]]), T([[0.5, 0.2, 9.0]]), T([[1.0, 1.0, 0.0]]), gamma=0.9, lam=0.8)
+    assert close(adv_p, [[0.256, 0.8, 0.0]])
+
+
+def test_policy_loss_clips_and_counts():
+    # ratios e^{0.5} = 1.6487 (A = +1: clipped to 1.2) and e^{-0.5} = 0.6065 (A = -1: clipped to 0.8)
+    logp, old = T([[0.5, -0.5]]), T([[0.0, 0.0]])
+    loss, clip_frac = policy_loss(logp, old, T([[1.0, -1.0]]), T([[1.0, 1.0]]), clip=0.2)
+    # min(1.6487, 1.2) = 1.2 -> -1.2 ; min(-0.6065, -0.8) = -0.8 -> +0.8 ; mean = -0.2
+    assert float(loss) == pytest.approx(-0.2, abs=1e-5) and float(clip_frac) == pytest.approx(1.0)
+    loss, clip_frac = policy_loss(T([[0.1]]), T([[0.0]]), T([[2.0]]), T([[1.0]]))
+    assert float(loss) == pytest.approx(-2 * math.exp(0.1)) and float(clip_frac) == 0.0
+
+
+def test_value_loss_takes_the_worse_of_clipped_and_unclipped():
+    # v = 1.0, old = 0.0 -> clipped 0.2; R = 1.0: max((0)^2, (0.8)^2) * 0.5 = 0.32
+    assert float(value_loss(T([[1.0]]), T([[0.0]]), T([[1.0]]), T([[1.0]]))) == pytest.approx(0.32)
+    # v = 0.1 (inside the clip), R = 0.5: 0.5 * 0.16 = 0.08
+    assert float(value_loss(T([[0.1]]), T([[0.0]]), T([[0.5]]), T([[1.0]]))) == pytest.approx(0.08)
+
+
+def test_whiten_entropy_logprobs():
+    x, mask = T([[1.0, 3.0, 100.0]]), T([[1.0, 1.0, 0.0]])
+    w = whiten(x, mask)
+    assert close(w, [[-1.0, 1.0, 0.0]])
+    assert float(masked_mean(x, mask)) == 2.0
+    uniform = torch.zeros(1, 1, 4)
+    assert float(entropy(uniform, T([[1.0]]))) == pytest.approx(math.log(4))
+    logits = T([[[0.0, math.log(3.0)]]])  # p = [0.25, 0.75]
+    assert close(gather_logprobs(logits, torch.tensor([[1]])), [[math.log(0.75)]])
+
+
+def test_kl_controller():
+    fixed = KLController(0.1)
+    assert fixed.update(50.0, 256) == 0.1
+    adaptive = KLController(0.1, target=6.0, horizon=1000)
+    # kl 12 -> error clipped to 0.2 -> 0.1 * (1 + 0.2 * 100 / 1000) = 0.102
+    assert adaptive.update(12.0, 100) == pytest.approx(0.102)
+    # kl 3 -> error -0.5 clipped to -0.2 -> 0.102 * 0.98
+    assert adaptive.update(3.0, 100) == pytest.approx(0.102 * 0.98)
+    restored = KLController()
+    restored.load_state_dict(adaptive.state_dict())
+    assert restored.value == adaptive.value and restored.target == 6.0
