@@ -1,0 +1,88 @@
+"""Preference pairs: reading them (our JSONL, or Anthropic HH-RLHF transcripts), splitting, tokenizing. Pure.
+
+A pair is {id, prompt: [messages], chosen: str, rejected: str, dimension?, margin?}. HH-RLHF records hold
+two whole transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."); their shared turns become the prompt and
+the last assistant turns the two answers. A record that cannot be read is skipped with a reason.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from app.chat import ChatTooLong, render
+
+TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def parse_hh(transcript: str) -> list[dict]:
+    parts = TURN.split("\n\n" + transcript.lstrip("\n"))
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[r], "content": c.strip()} for r, c in zip(parts[1::2], parts[2::2])]
+
+
+def to_pair(record: dict, index: int) -> dict:
+    """One raw record -> a pair; ValueError says why it cannot be one."""
+    if "prompt" in record:
+        prompt = record["prompt"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        chosen, rejected = record.get("chosen"), record.get("rejected")
+    else:  # HH-RLHF: two transcripts sharing all but the last assistant turn
+        a, b = parse_hh(record.get("chosen", "")), parse_hh(record.get("rejected", ""))
+        if not a or not b or a[-1]["role"] != "assistant" or b[-1]["role"] != "assistant" or a[:-1] != b[:-1]:
+            raise ValueError("transcripts do not share a prompt ending before the last assistant turn")
+        prompt, chosen, rejected = a[:-1], a[-1]["content"], b[-1]["content"]
+    if not isinstance(chosen, str) or not isinstance(rejected, str) or not chosen.strip() or not rejected.strip():
+        raise ValueError("chosen and rejected must be non-empty strings")
+    if chosen == rejected:
+        raise ValueError("chosen equals rejected")
+    if not prompt or prompt[-1].get("role") != "user":
+        raise ValueError("the prompt must end with a user turn")
+    pair = {"id": str(record.get("id", f"pair-{index:06d}")), "prompt": prompt, "chosen": chosen,
+            "rejected": rejected}
+    for key in ("dimension", "margin"):
+        if key in record:
+            pair[key] = record[key]
+    return pair
+
+
+def read_pairs(path: str | Path) -> tuple[list[dict], dict[str, int]]:
+    """(pairs, skipped count by reason) from a .jsonl or .jsonl.gz file."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    pairs, skipped = [], {}
+    with opener(path, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            try:
+                pairs.append(to_pair(json.loads(line), i))
+            except (ValueError, AttributeError, TypeError) as exc:
+                reason = "malformed" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                skipped[reason] = skipped.get(reason, 0) + 1
+    return pairs, skipped
+
+
+def split(pairs: list[dict], val_share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A stable split by a hash of (seed, id): the same pair lands on the same side every run."""
+    def bucket(p):
+        return int(hashlib.sha256(f"{seed}:{p['id']}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return [p for p in pairs if bucket(p) >= val_share], [p for p in pairs if bucket(p) < val_share]
+
+
+def tokenize(tokenizer, pairs: list[dict], heads: list[str], max_len: int) -> tuple[list[dict], int]:
+    """(rows {chosen ids, rejected ids, head index, margin}, number dropped as too long or unknown head)."""
+    rows, dropped = [], 0
+    for p in pairs:
+        head = p.get("dimension", heads[0])
+        if head not in heads:
+            dropped += 1
+            continue
+        try:
+            chosen = render(tokenizer, p["prompt"] + [{"role": "assistant", "content": p["chosen"]}], max_len)[0]
+            rejected = render(tokenizer, p["prompt"] + [{"role": "assistant", "content": p["rejected"]}], max_len)[0]
+        except ChatTooLong:
+            dropped += 1
+            continue
+        rows.append({"chosen": chosen, "rejected": rejected, "head": heads.index(head),
+                     "margin": float(p.get("margin", 0.0))})
+    return rows, dropped

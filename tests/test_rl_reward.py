@@ -1,0 +1,68 @@
+"""Reward model: reading pairs (ours and HH-RLHF), and a real Ray Train run on a separable toy set."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from app.rl.preferences import parse_hh, read_pairs, split, to_pair
+
+
+def test_hh_transcripts_become_prompt_and_two_answers():
+    chosen = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how do I pick a lock?\n\nAssistant: I can't help with that."
+    rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how do I pick a lock?\n\nAssistant: Use a tension wrench."
+    pair = to_pair({"chosen": chosen, "rejected": rejected}, 3)
+    assert pair["prompt"] == parse_hh(chosen)[:-1] and pair["prompt"][-1]["content"] == "how do I pick a lock?"
+    assert (pair["chosen"], pair["rejected"], pair["id"]) == ("I can't help with that.", "Use a tension wrench.",
+                                                              "pair-000003")
+    with pytest.raises(ValueError, match="share a prompt"):
+        to_pair({"chosen": chosen, "rejected": "\n\nHuman: other\n\nAssistant: x"}, 0)
+
+
+def test_bad_records_are_skipped_with_a_reason(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"id": "a", "prompt": "q", "chosen": "good", "rejected": "bad"}),
+        "{not json",
+        json.dumps({"id": "b", "prompt": "q", "chosen": "same", "rejected": "same"}),
+        json.dumps({"id": "c", "prompt": "q", "chosen": "", "rejected": "bad"}),
+    ]) + "\n")
+    pairs, skipped = read_pairs(path)
+    assert [p["id"] for p in pairs] == ["a"]
+    assert skipped == {"malformed": 1, "chosen equals rejected": 1, "chosen and rejected must be non-empty strings": 1}
+    train, val = split(pairs * 1, 0.5, seed=0)
+    assert len(train) + len(val) == 1
+
+
+GOOD = ["Thank you, happy to help with your order today.", "Sure, your parcel ships tomorrow, thanks for waiting.",
+        "谢谢您的耐心，订单明天发货。", "Happy to help: the refund arrives in three days."]
+BAD = ["No. Figure it out yourself, idiot.", "Go away, stupid question.", "滚，别烦我。", "Whatever, idiot, no."]
+
+
+@pytest.fixture(scope="module")
+def toy_pairs(tmp_path_factory):
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    rows = [{"id": f"t{i:03d}", "prompt": f"Question {i} about my order?", "chosen": rng.choice(GOOD),
+             "rejected": rng.choice(BAD), "dimension": ["helpfulness", "safety"][i % 2]} for i in range(96)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_reward_model_learns_a_separable_set(ray_local, toy_pairs, tmp_path):
+    from app.config import load_config
+    from app.rl.reward import RewardConfig, RewardModel, run
+    cfg = load_config(RewardConfig, "jobs/configs/reward_tiny.yaml",
+                      [f"data={toy_pairs}", f"output_dir={tmp_path / 'rm'}"])
+    summary = run(cfg)
+    assert summary["last_loss"] < summary["first_loss"]
+    assert summary["val_accuracy"] >= 0.8 and summary["val_pairs"] > 10
+    model = RewardModel(summary["final"])
+    assert model.names == ["helpfulness", "safety"]
+    good, bad = model.score(["Where is my order?"] * 2, [GOOD[1], BAD[0]])
+    assert good > bad
+    assert model.score_heads(["q"], ["a"]).shape == (1, 2)
+    manifest = json.loads((tmp_path / "rm" / "manifest.json").read_text())
+    assert manifest["data_sha256"] and manifest["summary"]["val_accuracy"] == summary["val_accuracy"]
