@@ -55,3 +55,4 @@ def test_ppo_raises_toy_reward_with_versioned_sync(ray_local, prompts_file, tmp_
     assert (tmp_path / "ppo" / "ppo_curve.png").exists() and summary["policy_version"] == cfg.steps
     from app.models import load_policy
     assert load_policy(summary["final"])[0](torch.tensor([[1, 2]])).logits.shape[-1] == 49152
+    assert ray.available_resources().get("CPU", 0) >= 1.5  # actors and placement group released

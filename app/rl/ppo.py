@@ -86,7 +86,7 @@ def _actors(cfg: PPOConfig, policy: str):
     rollouts = [place(RolloutActor, i, policy, cfg.seed) for i in range(cfg.rollout_actors)]
     k = cfg.rollout_actors
     critic_init = cfg.critic_init or cfg.reward_model or policy
-    return (rollouts, place(ReferenceActor, k, policy, cfg.temperature),
+    return pg, (rollouts, place(ReferenceActor, k, policy, cfg.temperature),
             place(RewardActor, k + 1, cfg.reward_model, cfg.reward_function, cfg.safety_penalty,
                   cfg.toxicity_threshold),
             place(CriticActor, k + 2, critic_init, cfg.critic_lr, cfg.value_clip),
@@ -159,7 +159,6 @@ def ppo_step(cfg: PPOConfig, actors, batches: list[dict], prompts: list[list[dic
 def run(cfg: PPOConfig) -> dict:
     from app.cluster import init_ray
     from app.models import load_tokenizer, resolve
-    from app.runinfo import sha256_file, write_manifest
     if not (cfg.reward_model or cfg.reward_function):
         raise UserError("set reward_model (a jobs.reward output) or reward_function (module:function)")
     policy = str(resolve(cfg.policy))
@@ -168,7 +167,20 @@ def run(cfg: PPOConfig) -> dict:
     out = cfg.out("ppo")
     out.mkdir(parents=True, exist_ok=True)
     init_ray()
-    actors = _actors(cfg, policy)
+    pg, actors = _actors(cfg, policy)
+    try:
+        return _train(cfg, actors, data, tokenizer, policy, out)
+    finally:  # free the placement group's CPUs for whatever runs next on this cluster
+        import ray
+        from ray.util.placement_group import remove_placement_group
+        for actor in actors[0] + list(actors[1:]):
+            ray.kill(actor)
+        remove_placement_group(pg)
+
+
+def _train(cfg: PPOConfig, actors, data, tokenizer, policy: str, out: Path) -> dict:
+    from app.models import load_policy
+    from app.runinfo import sha256_file, write_manifest
     rollouts, learner = actors[0], actors[4]
     kl_ctl = losses.KLController(cfg.kl.init, cfg.kl.target, cfg.kl.horizon)
     version, checksum = 0, sync(learner, rollouts, 0, cfg.sync_timeout_s)  # everyone starts from the same v0
@@ -200,7 +212,6 @@ def run(cfg: PPOConfig) -> dict:
                   f"v{version} gap {figures['sync_logprob_gap']:.2e}", flush=True)
     final = out / "final"
     state = ray_get(learner.state.remote(), cfg.sync_timeout_s, "learner state")["model"]
-    from app.models import load_policy
     model, _ = load_policy(policy)
     model.load_state_dict(state)
     model.save_pretrained(final, safe_serialization=True)
