@@ -115,7 +115,6 @@ def sync(learner, rollouts, version: int, timeout: float) -> str:
 
 def ppo_step(cfg: PPOConfig, actors, batches: list[dict], prompts: list[list[dict]], tokenizer, kl_ctl) -> dict:
     """Score the sampled batches and run K epochs of updates; returns the step's figures."""
-    import ray
     _, reference, reward, critic, learner = actors
     t0 = time.perf_counter()
     texts = [tokenizer.batch_decode(b["sequences"][:, b["prompt_width"]:] * b["response_mask"],
