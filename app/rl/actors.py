@@ -87,16 +87,15 @@ class RewardActor:
         return {"reward": [r - self.penalty * u for r, u in zip(raw, unsafe)], "raw": raw, "unsafe": unsafe}
 
 
-class _Trainable:
-    def _step(self, loss: torch.Tensor) -> None:
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.opt.step()
-        self.opt.zero_grad()
+def _step(opt, params, loss: torch.Tensor, max_grad_norm: float) -> None:
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    opt.zero_grad()
 
 
 @ray.remote
-class CriticActor(_Trainable):
+class CriticActor:
     def __init__(self, init_path: str, lr: float, clip: float, max_grad_norm: float = 1.0, threads: int = 1):
         from transformers import AutoModelForSequenceClassification
         torch.set_num_threads(threads)
@@ -114,7 +113,7 @@ class CriticActor(_Trainable):
     def update(self, batch: dict, returns: torch.Tensor, old_values: torch.Tensor) -> float:
         loss = losses.value_loss(token_values(self.model, batch), old_values, returns, batch["response_mask"],
                                  self.clip)
-        self._step(loss)
+        _step(self.opt, self.params, loss, self.max_grad_norm)
         return float(loss.detach())
 
     def state(self) -> dict:
@@ -126,7 +125,7 @@ class CriticActor(_Trainable):
 
 
 @ray.remote
-class LearnerActor(_Trainable):
+class LearnerActor:
     def __init__(self, model_path: str, lr: float, clip: float, entropy_coef: float, temperature: float = 1.0,
                  max_grad_norm: float = 1.0, seed: int = 0, threads: int = 1):
         torch.set_num_threads(threads)
@@ -146,7 +145,7 @@ class LearnerActor(_Trainable):
         mask = batch["response_mask"]
         pg, clip_frac = losses.policy_loss(logprobs, old_logprobs, advantages, mask, self.clip)
         ent = losses.entropy(logits, mask)
-        self._step(pg - self.entropy_coef * ent)
+        _step(self.opt, self.params, pg - self.entropy_coef * ent, self.max_grad_norm)
         return {"policy_loss": float(pg.detach()), "clip_frac": float(clip_frac), "entropy": float(ent.detach())}
 
     def weights(self) -> tuple[dict, str]:
