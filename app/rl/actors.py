@@ -1,12 +1,17 @@
 """The PPO roles as Ray actors: Rollout (sampling), Reference (frozen policy), Reward (reward model or a
-function, plus the safety penalty), Critic (values, initialised from the reward model) and Learner (the
-policy update). Each is a thin shell over app.rl.rollout and app.rl.losses.
+function, plus the safety penalty), Critic (values, initialised from the reward model) and Learner (one rank
+of the DeepSpeed group that updates the policy). Each is a thin shell over app.rl.rollout and app.rl.losses.
 
-Weight sync is versioned and checked: the learner publishes (version, state, sha256); a rollout actor
-verifies the checksum before loading and refuses to sample for any version but the one the controller
-expects, so a sync that never arrived fails loudly instead of sampling the old policy.
+Weight sync is versioned and checked: the learner publishes (version, state, sha256) - the whole policy, or
+only the LoRA adapter when the policy is LoRA; a rollout actor verifies the checksum before loading and
+refuses to sample for any version but the one the controller expects, so a sync that never arrived fails
+loudly instead of sampling the old policy. A restarted rollout actor comes back at version 0 and is
+refused until the controller reloads the current version into it.
 """
 from __future__ import annotations
+
+import os
+import socket
 
 import ray
 import torch
@@ -19,25 +24,53 @@ class StaleWeights(RuntimeError):
     """A rollout actor was asked to sample for a policy version it does not hold."""
 
 
-def _load_policy(path: str, seed: int):
+def _load_policy(path: str, seed: int, lora: dict | None = None):
+    """(policy, tokenizer); with `lora` (r, alpha, dropout, target_modules) the base wrapped in a LoRA adapter."""
     from app.models import load_policy
     torch.manual_seed(seed)
-    return load_policy(path)
+    model, tokenizer = load_policy(path)
+    if lora:
+        from peft import get_peft_model
+        from app.train.model import peft_config
+        model = get_peft_model(model, peft_config("lora", lora["r"], lora["alpha"], lora["dropout"],
+                                                  lora["target_modules"], 0))
+    return model, tokenizer
+
+
+def policy_weights(model, lora: bool) -> dict[str, torch.Tensor]:
+    """What a sync carries: the LoRA adapter only, or every weight."""
+    if lora:
+        from peft import get_peft_model_state_dict
+        state = get_peft_model_state_dict(model)
+    else:
+        state = model.state_dict()
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def load_policy_weights(model, state: dict, lora: bool) -> None:
+    if lora:
+        from peft import set_peft_model_state_dict
+        result = set_peft_model_state_dict(model, state)
+        if result.unexpected_keys:
+            raise RuntimeError(f"adapter keys not in the policy: {result.unexpected_keys[:3]}")
+    else:
+        model.load_state_dict(state, strict=True)
 
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, model_path: str, seed: int = 0, threads: int = 1):
+    def __init__(self, model_path: str, seed: int = 0, lora: dict | None = None, threads: int = 1):
         torch.set_num_threads(threads)
-        self.model, self.tokenizer = _load_policy(model_path, seed)
+        self.model, self.tokenizer = _load_policy(model_path, seed, lora)
+        self.lora = bool(lora)
         self.eos = sorted({self.tokenizer.eos_token_id})
-        self.version, self.checksum = 0, weights_checksum(self.model.state_dict())
+        self.version, self.checksum = 0, weights_checksum(policy_weights(self.model, self.lora))
 
     def load_weights(self, version: int, state: dict, checksum: str) -> dict:
         got = weights_checksum(state)
         if got != checksum:
             raise RuntimeError(f"policy v{version}: checksum mismatch ({got[:12]} != {checksum[:12]})")
-        self.model.load_state_dict(state, strict=True)
+        load_policy_weights(self.model, state, self.lora)
         self.version, self.checksum = version, got
         return self.status()
 
@@ -87,13 +120,6 @@ class RewardActor:
         return {"reward": [r - self.penalty * u for r, u in zip(raw, unsafe)], "raw": raw, "unsafe": unsafe}
 
 
-def _step(opt, params, loss: torch.Tensor, max_grad_norm: float) -> None:
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    opt.step()
-    opt.zero_grad()
-
-
 @ray.remote
 class CriticActor:
     def __init__(self, init_path: str, lr: float, clip: float, max_grad_norm: float = 1.0, threads: int = 1):
@@ -113,48 +139,90 @@ class CriticActor:
     def update(self, batch: dict, returns: torch.Tensor, old_values: torch.Tensor) -> float:
         loss = losses.value_loss(token_values(self.model, batch), old_values, returns, batch["response_mask"],
                                  self.clip)
-        _step(self.opt, self.params, loss, self.max_grad_norm)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.opt.step()
+        self.opt.zero_grad()
         return float(loss.detach())
 
-    def state(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
+    def save(self, folder: str) -> None:
+        from safetensors.torch import save_file
+        os.makedirs(folder, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, f"{folder}/critic.safetensors")
+        torch.save(self.opt.state_dict(), f"{folder}/critic_optim.pt")
 
-    def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
+    def load(self, folder: str) -> None:
+        from safetensors.torch import load_file
+        self.model.load_state_dict(load_file(f"{folder}/critic.safetensors"))
+        self.opt.load_state_dict(torch.load(f"{folder}/critic_optim.pt", weights_only=True))
 
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, model_path: str, lr: float, clip: float, entropy_coef: float, temperature: float = 1.0,
-                 max_grad_norm: float = 1.0, seed: int = 0, threads: int = 1):
+    """One rank of the learner group: the policy (full or LoRA) under DeepSpeed ZeRO 0-2 across the group's
+    actors (gloo on CPU, NCCL on GPU). The controller gives each rank its rows of every minibatch; DeepSpeed
+    averages the gradients, clips and steps. Rank 0 answers log-prob passes and publishes the weights."""
+
+    def __init__(self, model_path: str, rank: int, world: int, lr: float, clip: float, entropy_coef: float,
+                 temperature: float = 1.0, zero_stage: int = 0, lora: dict | None = None, max_grad_norm: float = 1.0,
+                 seed: int = 0, threads: int = 1):
         torch.set_num_threads(threads)
-        self.temperature = temperature
-        self.model, _ = _load_policy(model_path, seed)
-        self.model.train()
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=lr)
-        self.clip, self.entropy_coef, self.max_grad_norm = clip, entropy_coef, max_grad_norm
+        self.args = dict(model_path=model_path, lr=lr, zero_stage=zero_stage, lora=lora, seed=seed,
+                         max_grad_norm=max_grad_norm)
+        self.rank, self.world, self.lora = rank, world, bool(lora)
+        self.clip, self.entropy_coef, self.temperature = clip, entropy_coef, temperature
+
+    def address(self) -> tuple[str, int]:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        """Join the group (every rank at once: a rendezvous) and wrap the policy in a DeepSpeed engine."""
+        import deepspeed
+        from app.train.deepspeed import build_ds_config
+        a = self.args
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world), LOCAL_RANK="0")
+        deepspeed.init_distributed("nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
+        model, _ = _load_policy(a["model_path"], a["seed"], a["lora"])
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=params, optimizer=torch.optim.AdamW(params, lr=a["lr"]),
+            config=build_ds_config(1, 1, a["max_grad_norm"], a["zero_stage"]))
+        self.engine.train()
 
     @torch.inference_mode()
     def logprobs(self, batch: dict) -> torch.Tensor:
-        return response_logprobs(self.model, batch, self.temperature)[0]
+        return response_logprobs(self.engine.module, batch, self.temperature)[0]
 
     def update(self, batch: dict, old_logprobs: torch.Tensor, advantages: torch.Tensor) -> dict:
-        logprobs, logits = response_logprobs(self.model, batch, self.temperature)
+        logprobs, logits = response_logprobs(self.engine, batch, self.temperature)
         mask = batch["response_mask"]
         pg, clip_frac = losses.policy_loss(logprobs, old_logprobs, advantages, mask, self.clip)
         ent = losses.entropy(logits, mask)
-        _step(self.opt, self.params, pg - self.entropy_coef * ent, self.max_grad_norm)
+        self.engine.backward(pg - self.entropy_coef * ent)
+        self.engine.step()
         return {"policy_loss": float(pg.detach()), "clip_frac": float(clip_frac), "entropy": float(ent.detach())}
 
     def weights(self) -> tuple[dict, str]:
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        state = policy_weights(self.engine.module, self.lora)
         return state, weights_checksum(state)
 
-    def state(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
+    def merged_state(self) -> dict:
+        """The full policy's weights (a LoRA adapter merged into a copy of the base), for final/."""
+        if not self.lora:
+            return self.engine.module.state_dict()
+        import copy
+        return copy.deepcopy(self.engine.module).merge_and_unload().state_dict()
 
-    def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
+    def save(self, folder: str) -> None:
+        """DeepSpeed's checkpoint of this rank (every rank at once), plus its RNG state."""
+        from app.train.checkpoints import rng_state
+        self.engine.save_checkpoint(folder, tag="learner", client_state={"rng": rng_state()},
+                                    exclude_frozen_parameters=self.lora)
+
+    def load(self, folder: str) -> None:
+        from app.train.checkpoints import set_rng_state
+        _, client = self.engine.load_checkpoint(folder, tag="learner", load_module_strict=not self.lora)
+        set_rng_state(client["rng"])

@@ -73,3 +73,8 @@ def token_values(value_model, batch: dict) -> torch.Tensor:
     width = batch["prompt_width"]
     values = value_model.score(hidden[:, width - 1:-1]).float().sum(-1)
     return values * batch["response_mask"]
+
+
+def shard(batch: dict, rank: int, world: int) -> dict:
+    """Rows rank, rank + world, ... of a batch: a learner rank's share."""
+    return {k: v[rank::world] if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: str, name: str, config: dict, wandb: bool, tensorboard: bool):
+    def __init__(self, out_dir: str, name: str, config: dict, wandb: bool, tensorboard: bool,
+                 job_type: str = "sft"):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tb = self.run = None
@@ -15,7 +16,7 @@ class MetricsLogger:
             self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
         if wandb:
             import wandb as wb
-            self.run = wb.init(project="raypost", job_type="sft", name=name, config=config, dir=out_dir,
+            self.run = wb.init(project="raypost", job_type=job_type, name=name, config=config, dir=out_dir,
                                reinit="finish_previous")
 
     def log(self, metrics: dict) -> None:
@@ -26,7 +27,7 @@ class MetricsLogger:
             if self.tb is not None and isinstance(value, (int, float)) and key != "step":
                 self.tb.add_scalar(key, value, step)
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}, step=step)
 
     def close(self) -> None:
         if self.tb is not None:
