@@ -88,7 +88,7 @@ def test_lora_learner_group_survives_a_killed_rollout_actor(ray_local, prompts_f
     assert all(s["sampled_versions"] == [s["policy_version"] - 1] for s in steps)  # never a stale sample
     for n, s in enumerate(steps):  # the step's 8 prompts of the 16, each once: none lost or repeated
         assert sorted(s["prompt_ids"]) == sorted(f"p{(8 * n + i) % 16}" for i in range(8))
-    assert all(s["sync_mb"] < 0.1 for s in steps)  # only the adapter travels (the full tiny policy: 14 MB)
+    assert all(s["sync_mb"] < 0.1 for s in steps)  # only the adapter travels (the full tiny policy: 26 MB)
     from app.models import load_policy
     assert load_policy(result[0]["final"])[0].config.num_hidden_layers == 2  # merged, plain HF directory
 
@@ -105,3 +105,19 @@ def test_resume_continues_at_the_checkpointed_step_exactly(ray_local, prompts_fi
     assert resumed["resumed_from"] == 2 and straight["resumed_from"] is None
     assert [s["step"] for s in _steps(tmp_path / "b")] == [1, 2, 3]
     assert resumed["checksum"] == straight["checksum"]  # same weights as the run that was never interrupted
+
+
+def test_ppo_configs_parse_and_bad_keys_are_named():
+    from pathlib import Path
+    from app.config import ConfigError, load_config
+    from app.rl.ppo import PPOConfig
+    for path in sorted(Path("jobs/configs").glob("ppo_*.yaml")):
+        load_config(PPOConfig, path)
+    gpu = load_config(PPOConfig, "jobs/configs/ppo_8b_gpu.yaml")
+    assert gpu.engine() == "vllm" and gpu.gpus["learner"] == 1
+    with pytest.raises(ConfigError, match="gpus"):
+        load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", ["gpus={actor: 1}"])
+    with pytest.raises(ConfigError, match="LoRA policy"):
+        load_config(PPOConfig, "jobs/configs/ppo_8b_gpu.yaml", ["lora={r: 8}"])
+    with pytest.raises(ConfigError, match="must be >= learners"):
+        load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", ["learners=8"])

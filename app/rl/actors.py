@@ -17,11 +17,16 @@ import ray
 import torch
 
 from app.rl import losses
-from app.rl.rollout import response_logprobs, sample, token_values, weights_checksum
+from app.rl.rollout import response_logprobs, sample, to_device, token_values, weights_checksum
 
 
 class StaleWeights(RuntimeError):
     """A rollout actor was asked to sample for a policy version it does not hold."""
+
+
+def _device() -> torch.device:
+    """The GPU Ray gave this actor (it sees only that one), else the CPU."""
+    return torch.device("cuda" if ray.get_gpu_ids() else "cpu")
 
 
 def _load_policy(path: str, seed: int, lora: dict | None = None):
@@ -29,6 +34,7 @@ def _load_policy(path: str, seed: int, lora: dict | None = None):
     from app.models import load_policy
     torch.manual_seed(seed)
     model, tokenizer = load_policy(path)
+    model.to(_device())
     if lora:
         from peft import get_peft_model
         from app.train.model import peft_config
@@ -59,18 +65,32 @@ def load_policy_weights(model, state: dict, lora: bool) -> None:
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, model_path: str, seed: int = 0, lora: dict | None = None, threads: int = 1):
+    """Samples with HF `generate` (CPU, or the actor's GPU) or a vLLM engine (`engine="vllm"`, GPU)."""
+
+    def __init__(self, model_path: str, seed: int = 0, lora: dict | None = None, engine: str = "hf",
+                 threads: int = 1):
         torch.set_num_threads(threads)
-        self.model, self.tokenizer = _load_policy(model_path, seed, lora)
-        self.lora = bool(lora)
+        self.lora, self.llm = bool(lora), None
+        if engine == "vllm":
+            from app.models import load_tokenizer
+            from app.rl.rollout import vllm_engine
+            self.llm, self.tokenizer = vllm_engine(model_path, seed), load_tokenizer(model_path)
+            self.checksum = "initial"
+        else:
+            self.model, self.tokenizer = _load_policy(model_path, seed, lora)
+            self.checksum = weights_checksum(policy_weights(self.model, self.lora))
         self.eos = sorted({self.tokenizer.eos_token_id})
-        self.version, self.checksum = 0, weights_checksum(policy_weights(self.model, self.lora))
+        self.version = 0
 
     def load_weights(self, version: int, state: dict, checksum: str) -> dict:
         got = weights_checksum(state)
         if got != checksum:
             raise RuntimeError(f"policy v{version}: checksum mismatch ({got[:12]} != {checksum[:12]})")
-        load_policy_weights(self.model, state, self.lora)
+        if self.llm is not None:
+            self.llm.collective_rpc("load_policy_state", args=(state,))
+            self.llm.reset_prefix_cache()  # cached KV of the old weights must not be reused
+        else:
+            load_policy_weights(self.model, state, self.lora)
         self.version, self.checksum = version, got
         return self.status()
 
@@ -81,8 +101,13 @@ class RolloutActor:
                  top_p: float, seed: int) -> dict:
         if self.version != expected_version:
             raise StaleWeights(f"holds policy v{self.version}, asked to sample v{expected_version}")
-        batch = sample(self.model, prompts, self.tokenizer.pad_token_id, self.eos, max_new_tokens, temperature,
-                       top_p, seed)
+        if self.llm is not None:
+            from app.rl.rollout import sample_vllm
+            batch = sample_vllm(self.llm, prompts, self.tokenizer.pad_token_id, self.eos, max_new_tokens,
+                                temperature, top_p, seed)
+        else:
+            batch = to_device(sample(self.model, prompts, self.tokenizer.pad_token_id, self.eos, max_new_tokens,
+                                     temperature, top_p, seed), "cpu")
         batch["version"] = self.version
         return batch
 
@@ -96,7 +121,7 @@ class ReferenceActor:
 
     @torch.inference_mode()
     def logprobs(self, batch: dict) -> torch.Tensor:
-        return response_logprobs(self.model, batch, self.temperature)[0]
+        return response_logprobs(self.model, to_device(batch, _device()), self.temperature)[0].cpu()
 
 
 @ray.remote
@@ -108,7 +133,7 @@ class RewardActor:
         from app.config import load_callable
         from app.data.pii import SensitiveWords
         from app.rl.reward import RewardModel
-        self.model = RewardModel(reward_model) if reward_model else None
+        self.model = RewardModel(reward_model, device=str(_device())) if reward_model else None
         self.function = load_callable(function) if function else None
         self.words = SensitiveWords.from_file()
         self.penalty, self.threshold = penalty, toxicity_threshold
@@ -126,18 +151,19 @@ class CriticActor:
         from transformers import AutoModelForSequenceClassification
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        self.model = AutoModelForSequenceClassification.from_pretrained(init_path, num_labels=1,
-                                                                        ignore_mismatched_sizes=True)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            init_path, num_labels=1, ignore_mismatched_sizes=True, use_safetensors=True).to(_device())
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr)
         self.clip, self.max_grad_norm = clip, max_grad_norm
 
     @torch.inference_mode()
     def values(self, batch: dict) -> torch.Tensor:
-        return token_values(self.model, batch)
+        return token_values(self.model, to_device(batch, _device())).cpu()
 
     def update(self, batch: dict, returns: torch.Tensor, old_values: torch.Tensor) -> float:
-        loss = losses.value_loss(token_values(self.model, batch), old_values, returns, batch["response_mask"],
+        b = to_device({**batch, "returns": returns, "old_values": old_values}, _device())
+        loss = losses.value_loss(token_values(self.model, b), b["old_values"], b["returns"], b["response_mask"],
                                  self.clip)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
@@ -194,12 +220,13 @@ class LearnerActor:
 
     @torch.inference_mode()
     def logprobs(self, batch: dict) -> torch.Tensor:
-        return response_logprobs(self.engine.module, batch, self.temperature)[0]
+        return response_logprobs(self.engine.module, to_device(batch, self.engine.device), self.temperature)[0].cpu()
 
     def update(self, batch: dict, old_logprobs: torch.Tensor, advantages: torch.Tensor) -> dict:
-        logprobs, logits = response_logprobs(self.engine, batch, self.temperature)
-        mask = batch["response_mask"]
-        pg, clip_frac = losses.policy_loss(logprobs, old_logprobs, advantages, mask, self.clip)
+        b = to_device({**batch, "old": old_logprobs, "adv": advantages}, self.engine.device)
+        logprobs, logits = response_logprobs(self.engine, b, self.temperature)
+        mask = b["response_mask"]
+        pg, clip_frac = losses.policy_loss(logprobs, b["old"], b["adv"], mask, self.clip)
         ent = losses.entropy(logits, mask)
         self.engine.backward(pg - self.entropy_coef * ent)
         self.engine.step()
@@ -211,10 +238,9 @@ class LearnerActor:
 
     def merged_state(self) -> dict:
         """The full policy's weights (a LoRA adapter merged into a copy of the base), for final/."""
-        if not self.lora:
-            return self.engine.module.state_dict()
         import copy
-        return copy.deepcopy(self.engine.module).merge_and_unload().state_dict()
+        model = copy.deepcopy(self.engine.module).merge_and_unload() if self.lora else self.engine.module
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     def save(self, folder: str) -> None:
         """DeepSpeed's checkpoint of this rank (every rank at once), plus its RNG state."""

@@ -28,6 +28,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -75,6 +76,8 @@ class PPOConfig(JobConfig):
     resume: bool = True
     wandb: bool = True                   # offline unless WANDB_MODE says otherwise
     tensorboard: bool = False
+    rollout_engine: Literal["auto", "hf", "vllm"] = "auto"  # auto: vLLM when rollout actors have a GPU
+    gpus: dict[Literal["rollout", "reference", "reward", "critic", "learner"], float] = {}  # per actor
     cpus_per_actor: float = 0.3
     sync_timeout_s: float = 300
 
@@ -83,7 +86,16 @@ class PPOConfig(JobConfig):
         if self.prompts_per_actor < self.learners:
             raise ValueError(f"prompts_per_actor ({self.prompts_per_actor}) must be >= learners "
                              f"({self.learners}): every learner rank trains on rows of each batch")
+        if self.engine() == "vllm" and self.lora:
+            raise ValueError("rollout_engine vllm with a LoRA policy is not supported yet: use lora: null or "
+                             "rollout_engine: hf")
         return self
+
+    def engine(self) -> str:
+        if self.rollout_engine != "auto":
+            return self.rollout_engine
+        import importlib.util
+        return "vllm" if self.gpus.get("rollout", 0) >= 1 and importlib.util.find_spec("vllm") else "hf"
 
 
 def _prompts(path: str, tokenizer, limit_len: int = 512) -> list[tuple[str, list[dict], list[int]]]:
@@ -113,20 +125,23 @@ class Roles:
 
 
 def _actors(cfg: PPOConfig, policy: str):
-    """(placement group, Roles): one CPU bundle per actor, packed."""
+    """(placement group, Roles): one bundle per actor (its CPUs and the role's `gpus`), packed."""
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from app.rl.actors import CriticActor, LearnerActor, ReferenceActor, RewardActor, RolloutActor
     k, lora = cfg.rollout_actors, cfg.lora.model_dump() if cfg.lora else None
-    pg = placement_group([{"CPU": cfg.cpus_per_actor}] * (k + 3 + cfg.learners), strategy="PACK")
-    ray_get(pg.ready(), 120, "placement group")
+    order = ["rollout"] * k + ["reference", "reward", "critic"] + ["learner"] * cfg.learners
+    bundles = [{"CPU": cfg.cpus_per_actor, **({"GPU": cfg.gpus[r]} if cfg.gpus.get(r) else {})} for r in order]
+    pg = placement_group(bundles, strategy="PACK")
+    ray_get(pg.ready(), 600, "placement group")
 
     def place(cls, i, *args, options=None, **kwargs):
-        return cls.options(num_cpus=cfg.cpus_per_actor, scheduling_strategy=PlacementGroupSchedulingStrategy(
-            pg, placement_group_bundle_index=i), **(options or {})).remote(*args, **kwargs)
+        return cls.options(num_cpus=cfg.cpus_per_actor, num_gpus=bundles[i].get("GPU", 0),
+                           scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+                           **(options or {})).remote(*args, **kwargs)
     roles = Roles(
-        rollouts=[place(RolloutActor, j, policy, cfg.seed, lora, options=dict(
+        rollouts=[place(RolloutActor, j, policy, cfg.seed, lora, cfg.engine(), options=dict(
             name=f"ppo-{cfg.name}-rollout-{j}", max_restarts=cfg.max_restarts)) for j in range(k)],
         reference=place(ReferenceActor, k, policy, cfg.temperature),
         reward=place(RewardActor, k + 1, cfg.reward_model, cfg.reward_function, cfg.safety_penalty,

@@ -78,3 +78,44 @@ def token_values(value_model, batch: dict) -> torch.Tensor:
 def shard(batch: dict, rank: int, world: int) -> dict:
     """Rows rank, rank + world, ... of a batch: a learner rank's share."""
     return {k: v[rank::world] if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class VLLMWeightLoader:
+    """vLLM worker extension (`worker_extension_cls`): loads published weights into the running engine."""
+
+    def load_policy_state(self, state: dict) -> None:
+        self.model_runner.model.load_weights(weights=list(state.items()))
+
+
+def vllm_engine(model_path: str, seed: int, gpu_memory_utilization: float = 0.85):
+    """A vLLM engine whose returned log-probs are those of the processed (temperature/top-p) distribution,
+    like `sample`'s, and whose weights `load_policy_state` can replace."""
+    from vllm import LLM
+    return LLM(model_path, seed=seed, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=True,
+               logprobs_mode="processed_logprobs", worker_extension_cls="app.rl.rollout.VLLMWeightLoader")
+
+
+def sample_vllm(llm, prompts: list[list[int]], pad_id: int, eos_ids: list[int], max_new_tokens: int,
+                temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> dict:
+    """`sample` on a vLLM engine: the same batch layout, the sampler's log-probs from vLLM."""
+    from vllm import SamplingParams, TokensPrompt
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed, logprobs=0,
+                            stop_token_ids=list(eos_ids))
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+    width = max(map(len, prompts))
+    completions = [o.outputs[0] for o in outs]
+    length = max(1, max(len(c.token_ids) for c in completions))
+    sequences, prompt_mask, response_mask, logprobs = [], [], [], []
+    for p, c in zip(prompts, completions):
+        tokens, pad = list(c.token_ids), length - len(c.token_ids)
+        sequences.append([pad_id] * (width - len(p)) + p + tokens + [pad_id] * pad)
+        prompt_mask.append([0] * (width - len(p)) + [1] * len(p))
+        response_mask.append([1] * len(tokens) + [0] * pad)
+        logprobs.append([lp[t].logprob for lp, t in zip(c.logprobs, tokens)] + [0.0] * pad)
+    response = torch.tensor(response_mask)
+    return {"sequences": torch.tensor(sequences), "attention_mask": torch.cat([torch.tensor(prompt_mask), response], 1),
+            "response_mask": response, "prompt_width": width, "rollout_logprobs": torch.tensor(logprobs)}
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
