@@ -1,6 +1,9 @@
 """Shared fixtures: a real local Ray instance, the tiny model, CUDA-gated `gpu` marker."""
 from __future__ import annotations
 
+import json
+import random
+
 import pytest
 import torch
 
@@ -75,3 +78,30 @@ def tiny_adapters(tmp_path_factory):
         model.save_pretrained(out / name)
         paths[name] = out / name
     return paths
+
+
+@pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory):
+    """16 RL prompts (ids p0..p15), English and Chinese."""
+    path = tmp_path_factory.mktemp("ppo") / "prompts.jsonl"
+    questions = ["订单发货了吗？", "Where is my parcel?", "How do I return a lamp?", "发票怎么开？",
+                 "Can I change my address?", "退款多久到账？", "Is the sofa in stock?", "怎么联系客服？"]
+    path.write_text("\n".join(json.dumps({"id": f"p{i}", "prompt": [{"role": "user", "content": q}]})
+                              for i, q in enumerate(questions * 2)) + "\n")
+    return path
+
+
+GOOD = ["Thank you, happy to help with your order today.", "Sure, your parcel ships tomorrow, thanks for waiting.",
+        "谢谢您的耐心，订单明天发货。", "Happy to help: the refund arrives in three days."]
+BAD = ["No. Figure it out yourself, idiot.", "Go away, stupid question.", "滚，别烦我。", "Whatever, idiot, no."]
+
+
+@pytest.fixture(scope="session")
+def toy_pairs(tmp_path_factory):
+    """96 separable preference pairs: polite answers chosen over rude ones (two dimensions)."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    rows = [{"id": f"t{i:03d}", "prompt": f"Question {i} about my order?", "chosen": rng.choice(GOOD),
+             "rejected": rng.choice(BAD), "dimension": ["helpfulness", "safety"][i % 2]} for i in range(96)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path

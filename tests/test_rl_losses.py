@@ -82,3 +82,33 @@ def test_kl_controller():
     restored = KLController()
     restored.load_state_dict(adaptive.state_dict())
     assert restored.value == adaptive.value and restored.target == 6.0
+
+
+def test_group_advantages_by_hand():
+    from app.rl.losses import group_advantages
+    # group 1: mean 0.5, unbiased std sqrt(1/3); group 2: all equal -> no signal, 0
+    adv = group_advantages(T([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0]), 4)
+    s = 0.5 / math.sqrt(1 / 3)
+    assert close(adv, [s, -s, -s, s, 0.0, 0.0, 0.0, 0.0])
+    with pytest.raises(RuntimeError):
+        group_advantages(T([1.0, 2.0, 3.0]), 2)  # not whole groups
+
+
+def test_kl_k3_by_hand():
+    from app.rl.losses import kl_k3
+    # d = ref - logp = -1 -> e^-1 + 1 - 1 = 0.3679; d = 0.5 -> e^0.5 - 1.5 = 0.1487; masked third ignored
+    value = kl_k3(T([[-1.0, -2.0, -9.0]]), T([[-2.0, -1.5, 0.0]]), T([[1.0, 1.0, 0.0]]))
+    assert float(value) == pytest.approx((math.exp(-1) + math.exp(0.5) - 1.5) / 2, rel=1e-5)
+    assert float(kl_k3(T([[-1.0]]), T([[-1.0]]), T([[1.0]]))) == 0.0
+
+
+def test_dpo_losses_by_hand():
+    from app.rl.losses import dpo_loss
+    # chosen log-ratio 1 - 0 = 1, rejected -1 - 0 = -1: margin 2
+    loss, rc, rr = dpo_loss(T([1.0]), T([-1.0]), T([0.0]), T([0.0]), beta=0.5)
+    assert float(loss) == pytest.approx(math.log(1 + math.exp(-1.0)))  # -log sigmoid(0.5 * 2)
+    assert float(rc) == 0.5 and float(rr) == -0.5
+    ipo, _, _ = dpo_loss(T([1.0]), T([-1.0]), T([0.0]), T([0.0]), beta=0.5, variant="ipo")
+    assert float(ipo) == pytest.approx((2 - 1 / (2 * 0.5)) ** 2)  # (margin - 1/(2 beta))^2 = 1
+    with pytest.raises(ValueError, match="hinge"):
+        dpo_loss(T([1.0]), T([-1.0]), T([0.0]), T([0.0]), variant="hinge")

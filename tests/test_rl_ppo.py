@@ -9,16 +9,6 @@ import ray
 import torch
 
 
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ppo") / "prompts.jsonl"
-    questions = ["订单发货了吗？", "Where is my parcel?", "How do I return a lamp?", "发票怎么开？",
-                 "Can I change my address?", "退款多久到账？", "Is the sofa in stock?", "怎么联系客服？"]
-    path.write_text("\n".join(json.dumps({"id": f"p{i}", "prompt": [{"role": "user", "content": q}]})
-                              for i, q in enumerate(questions * 2)) + "\n")
-    return path
-
-
 def test_rollout_actor_refuses_stale_versions_and_bad_checksums(ray_local):
     from app.rl.actors import RolloutActor, StaleWeights
     from app.rl.rollout import weights_checksum
@@ -79,11 +69,15 @@ def test_lora_learner_group_survives_a_killed_rollout_actor(ray_local, prompts_f
     worker.start()
     while worker.is_alive() and not ((out / "metrics.jsonl").exists() and _steps(out)):
         time.sleep(0.2)
-    ray.kill(ray.get_actor("ppo-kill-rollout-0"), no_restart=False)
+    victim = ray.get_actor("ppo-kill-rollout-0")
+    ray.kill(victim, no_restart=False)
     worker.join(timeout=600)
     assert result, "the run did not finish"
+    from ray.util.state import list_actors
+    [state] = list_actors(filters=[("actor_id", "=", victim._actor_id.hex())], detail=True)
+    assert state.num_restarts >= 1  # it came back (then the controller or the next sync reloaded it)
     steps = _steps(out)
-    assert [s["policy_version"] for s in steps] == [1, 2, 3, 4, 5] and result[0]["rollout_restarts"] >= 1
+    assert [s["policy_version"] for s in steps] == [1, 2, 3, 4, 5]
     assert len({s["checksum"] for s in steps}) == 5
     assert all(s["sampled_versions"] == [s["policy_version"] - 1] for s in steps)  # never a stale sample
     for n, s in enumerate(steps):  # the step's 8 prompts of the 16, each once: none lost or repeated
@@ -121,3 +115,31 @@ def test_ppo_configs_parse_and_bad_keys_are_named():
         load_config(PPOConfig, "jobs/configs/ppo_8b_gpu.yaml", ["lora={r: 8}"])
     with pytest.raises(ConfigError, match="must be >= learners"):
         load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", ["learners=8"])
+
+
+def test_sampler_resamples_the_chunk_of_an_actor_killed_mid_generation(ray_local, prompts_file):
+    """Killed with its generate call in flight: the actor restarts at v0, is reloaded with the published
+    version and samples the same chunk again with the same seed."""
+    from app.config import load_config
+    from app.models import load_tokenizer
+    from app.rl.actors import LearnerActor, RolloutActor
+    from app.rl.controller import Sampler, _prompts, publish, sync
+    from app.rl.ppo import PPOConfig
+    cfg = load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", [f"prompts={prompts_file}", "max_new_tokens=6"])
+    data = _prompts(str(prompts_file), load_tokenizer("tiny"))
+    rollouts = [RolloutActor.options(num_cpus=0, max_restarts=2).remote("tiny", 0) for _ in range(2)]
+    learner = LearnerActor.options(num_cpus=0).remote("tiny", 0, 1, 1e-4, 0.2, 0.0)
+    ray.get(learner.setup.remote("127.0.0.1", ray.get(learner.address.remote())[1]))
+    pub = publish(learner, 3, 60)
+    sync(rollouts, pub, 60, 2)
+    sampler = Sampler(cfg, rollouts, data)
+    reference = sampler.collect(sampler.launch(1, 3), pub)
+    pending = sampler.launch(1, 3)
+    ray.kill(rollouts[0], no_restart=False)
+    batches = sampler.collect(pending, pub)
+    assert sampler.restarts == 1 and [b["version"] for b in batches] == [3, 3]
+    assert ray.get(rollouts[0].status.remote()) == {"version": 3, "checksum": pub.checksum}
+    for again, first in zip(batches, reference):  # the same prompts, the same samples
+        assert torch.equal(again["sequences"], first["sequences"])
+    for actor in rollouts + [learner]:
+        ray.kill(actor)

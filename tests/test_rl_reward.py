@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
 from app.rl.preferences import parse_hh, read_pairs, split, to_pair
+from tests.conftest import BAD, GOOD
 
 
 def test_hh_transcripts_become_prompt_and_two_answers():
@@ -33,21 +33,6 @@ def test_bad_records_are_skipped_with_a_reason(tmp_path):
     assert skipped == {"malformed": 1, "chosen equals rejected": 1, "chosen and rejected must be non-empty strings": 1}
     train, val = split(pairs * 1, 0.5, seed=0)
     assert len(train) + len(val) == 1
-
-
-GOOD = ["Thank you, happy to help with your order today.", "Sure, your parcel ships tomorrow, thanks for waiting.",
-        "谢谢您的耐心，订单明天发货。", "Happy to help: the refund arrives in three days."]
-BAD = ["No. Figure it out yourself, idiot.", "Go away, stupid question.", "滚，别烦我。", "Whatever, idiot, no."]
-
-
-@pytest.fixture(scope="module")
-def toy_pairs(tmp_path_factory):
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    rows = [{"id": f"t{i:03d}", "prompt": f"Question {i} about my order?", "chosen": rng.choice(GOOD),
-             "rejected": rng.choice(BAD), "dimension": ["helpfulness", "safety"][i % 2]} for i in range(96)]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
 
 
 @pytest.mark.slow

@@ -168,9 +168,23 @@ def pairs_and_prompts(rng: random.Random, n_pairs: int, n_prompts: int) -> tuple
     return pairs, prompts
 
 
+def arithmetic(rng: random.Random, n: int) -> list[str]:
+    """GSM8K-shaped word-free sums and differences ({id, question, answer '... #### n'}) for GRPO's
+    verifiable reward when ../shared/data/gsm8k is absent; English and Chinese."""
+    out = []
+    for i in range(n):
+        a, b, op = rng.randint(2, 30), rng.randint(2, 30), rng.choice("+-")
+        a, b = (a, b) if op == "+" or a >= b else (b, a)
+        value = a + b if op == "+" else a - b
+        question = rng.choice([f"What is {a} {op} {b}?", f"计算 {a} {op} {b} 等于多少？"])
+        out.append(json.dumps({"id": f"math-{i:05d}", "question": question, "answer": f"{a} {op} {b} = {value}\n"
+                               f"#### {value}"}, ensure_ascii=False))
+    return out
+
+
 def generate(out_dir: str | Path, n_dialogs: int = 4000, n_tickets: int = 1000, n_preferences: int = 1500,
-             n_prompts: int = 500, seed: int = 0) -> dict:
-    """Write the four files under out_dir; return counts (what was planted, per kind)."""
+             n_prompts: int = 500, seed: int = 0, n_arithmetic: int = 300) -> dict:
+    """Write the five files under out_dir; return counts (what was planted, per kind)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -181,4 +195,7 @@ def generate(out_dir: str | Path, n_dialogs: int = 4000, n_tickets: int = 1000, 
     pairs, prompts = pairs_and_prompts(rng, n_preferences, n_prompts)
     (out / "preferences.jsonl").write_text("\n".join(pairs) + "\n", encoding="utf-8")
     (out / "prompts.jsonl").write_text("\n".join(prompts) + "\n", encoding="utf-8")
-    return {"dialogs": dict(planted), "tickets": n_tickets, "preferences": n_preferences, "prompts": n_prompts}
+    (out / "arithmetic.jsonl").write_text("\n".join(arithmetic(random.Random(seed + 1), n_arithmetic)) + "\n",
+                                          encoding="utf-8")
+    return {"dialogs": dict(planted), "tickets": n_tickets, "preferences": n_preferences, "prompts": n_prompts,
+            "arithmetic": n_arithmetic}

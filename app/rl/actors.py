@@ -126,33 +126,42 @@ class ReferenceActor:
 
 @ray.remote
 class RewardActor:
-    """score = reward model (or a `module:function(prompts, responses) -> list[float]`) - penalty on a
+    """score = reward model + sum of weight * function(prompts, responses[, references]) - penalty on a
     sensitive-word hit or a toxicity score >= the threshold."""
 
-    def __init__(self, reward_model: str | None, function: str | None, penalty: float, toxicity_threshold: float):
+    def __init__(self, reward_model: str | None, functions: dict[str, float], penalty: float,
+                 toxicity_threshold: float):
+        import inspect
         from app.config import load_callable
         from app.data.pii import SensitiveWords
         from app.rl.reward import RewardModel
         self.model = RewardModel(reward_model, device=str(_device())) if reward_model else None
-        self.function = load_callable(function) if function else None
+        self.functions = [(load_callable(name), weight) for name, weight in functions.items()]
+        self.wants_refs = [len(inspect.signature(f).parameters) >= 3 for f, _ in self.functions]
         self.words = SensitiveWords.from_file()
         self.penalty, self.threshold = penalty, toxicity_threshold
 
-    def score(self, prompts: list, responses: list[str]) -> dict:
+    def score(self, prompts: list, responses: list[str], references: list | None = None) -> dict:
         from app.eval.safety import toxicity
-        raw = self.model.score(prompts, responses) if self.model else list(self.function(prompts, responses))
+        raw = self.model.score(prompts, responses) if self.model else [0.0] * len(responses)
+        for (function, weight), wants in zip(self.functions, self.wants_refs):
+            values = function(prompts, responses, references) if wants else function(prompts, responses)
+            raw = [r + weight * float(v) for r, v in zip(raw, values)]
         unsafe = [bool(self.words.find(r)) or toxicity(r) >= self.threshold for r in responses]
         return {"reward": [r - self.penalty * u for r, u in zip(raw, unsafe)], "raw": raw, "unsafe": unsafe}
 
 
 @ray.remote
 class CriticActor:
-    def __init__(self, init_path: str, lr: float, clip: float, max_grad_norm: float = 1.0, threads: int = 1):
+    def __init__(self, init_path: str, lr: float, clip: float, top_layers: int | None = None,
+                 max_grad_norm: float = 1.0, threads: int = 1):
         from transformers import AutoModelForSequenceClassification
+        from app.rl.reward import freeze_below
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             init_path, num_labels=1, ignore_mismatched_sizes=True, use_safetensors=True).to(_device())
+        freeze_below(self.model, top_layers)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr)
         self.clip, self.max_grad_norm = clip, max_grad_norm
@@ -222,15 +231,19 @@ class LearnerActor:
     def logprobs(self, batch: dict) -> torch.Tensor:
         return response_logprobs(self.engine.module, to_device(batch, self.engine.device), self.temperature)[0].cpu()
 
-    def update(self, batch: dict, old_logprobs: torch.Tensor, advantages: torch.Tensor) -> dict:
-        b = to_device({**batch, "old": old_logprobs, "adv": advantages}, self.engine.device)
+    def update(self, batch: dict, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+               ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0) -> dict:
+        """One clipped-surrogate step (- entropy bonus); GRPO adds kl_coef * KL(policy || reference)."""
+        b = to_device({**batch, "old": old_logprobs, "adv": advantages, "ref": ref_logprobs}, self.engine.device)
         logprobs, logits = response_logprobs(self.engine, b, self.temperature)
         mask = b["response_mask"]
         pg, clip_frac = losses.policy_loss(logprobs, b["old"], b["adv"], mask, self.clip)
         ent = losses.entropy(logits, mask)
-        self.engine.backward(pg - self.entropy_coef * ent)
+        kl = losses.kl_k3(logprobs, b["ref"], mask) if ref_logprobs is not None else torch.zeros(())
+        self.engine.backward(pg - self.entropy_coef * ent + kl_coef * kl)
         self.engine.step()
-        return {"policy_loss": float(pg.detach()), "clip_frac": float(clip_frac), "entropy": float(ent.detach())}
+        return {"policy_loss": float(pg.detach()), "clip_frac": float(clip_frac), "entropy": float(ent.detach()),
+                "kl_loss": float(kl.detach())}
 
     def weights(self) -> tuple[dict, str]:
         state = policy_weights(self.engine.module, self.lora)

@@ -1,4 +1,5 @@
-"""The math of RLHF, pure torch (no ray, no deepspeed): reward-model loss and the PPO pieces.
+"""The math of RLHF, pure torch (no ray, no deepspeed): reward-model loss, the PPO pieces, GRPO's group
+advantages and KL estimate, the DPO / IPO losses.
 
 Shapes: per-token tensors are [batch, T] over the response tokens, `mask` 1 on real response tokens.
 Conventions follow OpenRLHF / the InstructGPT recipe in seed 000: per-token KL penalty against the
@@ -78,6 +79,37 @@ def entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean per-token entropy of the policy's distributions (logits [B, T, V])."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return masked_mean(-(logp.exp() * logp).sum(-1), mask)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO: each sample's reward standardised within its group of `group_size` samples of one prompt
+    (rewards laid out group by group); a group whose samples all score the same gets 0."""
+    groups = rewards.view(-1, group_size)
+    mean, std = groups.mean(1, keepdim=True), groups.std(1, keepdim=True)
+    return ((groups - mean) / (std + eps)).view(-1)
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(policy || reference) estimate exp(d) - d - 1 with d = ref - logp (non-negative,
+    unbiased), masked mean: the KL term GRPO puts in its loss."""
+    d = ref_logprobs - logprobs
+    return masked_mean(torch.exp(d) - d - 1, mask)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float = 0.1, variant: str = "sigmoid") -> tuple[torch.Tensor, ...]:
+    """(loss, chosen rewards, rejected rewards) from summed response log-probs [B]. Implicit reward:
+    beta * (policy - reference). sigmoid: -log sigma(beta * margin) (Rafailov et al.); ipo:
+    (margin - 1 / (2 beta))^2 (Azar et al.), margin = the log-ratio difference."""
+    chosen, rejected = policy_chosen - ref_chosen, policy_rejected - ref_rejected
+    margin = chosen - rejected
+    if variant == "sigmoid":
+        loss = -F.logsigmoid(beta * margin).mean()
+    elif variant == "ipo":
+        loss = ((margin - 1 / (2 * beta)) ** 2).mean()
+    else:
+        raise ValueError(f"unknown DPO loss variant {variant!r} (sigmoid, ipo)")
+    return loss, beta * chosen.detach(), beta * rejected.detach()
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,433 +1,49 @@
-"""Actor-based PPO: a controller driving Rollout, Reference, Reward, Critic and Learner actors.
+"""PPO's step on the shared RL controller (app.rl.controller): per-token KL rewards against the reference,
+GAE over the critic's values, whitened advantages, K epochs of clipped policy and value updates with an
+entropy bonus, each rollout batch split across the DeepSpeed learner ranks.
 
     python -m jobs.ppo jobs/configs/ppo_demo.yaml
     python -m jobs.ppo jobs/configs/ppo_tiny.yaml            # tests: tiny policy, a function reward
-    python -m jobs.ppo jobs/configs/ppo_demo.yaml            # again after a crash: resumes at the last checkpoint
-
-Each step: the rollout actors sample responses for the step's prompts (refusing any policy version but the
-current one) -> reference log-probs, critic values, learner log-probs and rewards (reward model or
-function, minus the safety penalty) -> per-token KL rewards, GAE, whitened advantages (app.rl.losses) ->
-K epochs of clipped policy / value updates, each rollout batch split across the DeepSpeed learner ranks ->
-the learner publishes version v+1 (the policy, or only its LoRA adapter) with a checksum, every rollout
-actor loads and reports it; every wait has a timeout. `sync_logprob_gap` (rollout vs learner log-probs of
-the same tokens) is the visible proof that rollouts sample the policy being trained.
-
-A rollout actor that dies restarts (Ray `max_restarts`), is reloaded with the current version and re-samples
-its chunk with the same seed: prompts are neither lost nor repeated (`prompt_ids` per step in
-metrics.jsonl). `overlap: true` samples step t+1 while the learners train on step t (one step
-off-policy). Every `checkpoint_every` steps the run saves the learners (DeepSpeed: weights, optimizer, RNG),
-the critic and its optimizer, the KL controller, step, policy version and data position; the same command
-resumes from the latest one (`resume: false` starts over).
-Outputs: runs/ppo-<name>/metrics.jsonl, ppo_curve.png, samples.jsonl, final/ (policy), checkpoints/,
-manifest.json; wandb (offline) and TensorBoard when enabled.
 """
 from __future__ import annotations
 
-import json
-import shutil
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
-
 import torch
-from pydantic import Field, model_validator
 
-from app.config import Config, JobConfig, UserError
 from app.rl import losses
-from app.train.config import LoraSection
+from app.rl.controller import RLConfig, Roles, score, step_figures, update
 
 
-class KLConfig(Config):
-    init: float = 0.05
-    target: float | None = None   # None: fixed coefficient; else adaptive towards this KL
-    horizon: int = 10000
-
-
-class PPOConfig(JobConfig):
-    policy: str = "runs/sft-demo/final"
-    reward_model: str | None = "runs/reward-demo/final"
-    reward_function: str | None = None   # module:function(prompts, responses) -> list[float], instead of a model
+class PPOConfig(RLConfig):
+    algorithm = "ppo"
+    uses_critic = True
     critic_init: str | None = None       # default: the reward model, else the policy
-    prompts: str = "data/demo/raw/prompts.jsonl"
-    steps: int = Field(8, ge=1)
-    rollout_actors: int = Field(2, ge=1)
-    prompts_per_actor: int = Field(4, ge=1)
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    epochs: int = Field(4, ge=1)         # K passes over the step's minibatches
-    lr: float = 1e-5
     critic_lr: float = 1e-5
-    clip: float = 0.2
+    critic_top_layers: int | None = None  # train only the critic's last N layers + head (None: all)
     value_clip: float = 0.2
-    entropy_coef: float = 0.01
     gamma: float = 1.0
     lam: float = 0.95
-    kl: KLConfig = KLConfig()
-    safety_penalty: float = 1.0
-    toxicity_threshold: float = 0.3
-    lora: LoraSection | None = None      # LoRA policy: only the adapter trains and travels at each sync
-    learners: int = Field(1, ge=1)       # DeepSpeed ranks of the learner group
-    zero_stage: int = Field(0, ge=0, le=2)
-    overlap: bool = False                # sample step t+1 while the learners train on step t
-    max_restarts: int = Field(3, ge=0)   # per rollout actor
-    checkpoint_every: int = Field(1, ge=0)  # steps; 0: never
-    resume: bool = True
-    wandb: bool = True                   # offline unless WANDB_MODE says otherwise
-    tensorboard: bool = False
-    rollout_engine: Literal["auto", "hf", "vllm"] = "auto"  # auto: vLLM when rollout actors have a GPU
-    gpus: dict[Literal["rollout", "reference", "reward", "critic", "learner"], float] = {}  # per actor
-    cpus_per_actor: float = 0.3
-    sync_timeout_s: float = 300
-
-    @model_validator(mode="after")
-    def _rows_for_every_learner(self):
-        if self.prompts_per_actor < self.learners:
-            raise ValueError(f"prompts_per_actor ({self.prompts_per_actor}) must be >= learners "
-                             f"({self.learners}): every learner rank trains on rows of each batch")
-        if self.engine() == "vllm" and self.lora:
-            raise ValueError("rollout_engine vllm with a LoRA policy is not supported yet: use lora: null or "
-                             "rollout_engine: hf")
-        return self
-
-    def engine(self) -> str:
-        if self.rollout_engine != "auto":
-            return self.rollout_engine
-        import importlib.util
-        return "vllm" if self.gpus.get("rollout", 0) >= 1 and importlib.util.find_spec("vllm") else "hf"
 
 
-def _prompts(path: str, tokenizer, limit_len: int = 512) -> list[tuple[str, list[dict], list[int]]]:
-    """(id, messages, prompt tokens) per record of a prompts file (`id` defaults to the line number)."""
-    from app.chat import render_prompt
-    if not Path(path).is_file():
-        raise UserError(f"prompts {path} not found (python -m jobs.demo_data writes data/demo/raw/prompts.jsonl)")
-    out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
-        record = json.loads(line)
-        messages = record["prompt"] if isinstance(record["prompt"], list) else \
-            [{"role": "user", "content": record["prompt"]}]
-        out.append((str(record.get("id", n)), messages, render_prompt(tokenizer, messages, limit_len)))
-    return out
-
-
-@dataclass
-class Roles:
-    rollouts: list
-    reference: object
-    reward: object
-    critic: object
-    learners: list
-
-    def all(self) -> list:
-        return [*self.rollouts, self.reference, self.reward, self.critic, *self.learners]
-
-
-def _actors(cfg: PPOConfig, policy: str):
-    """(placement group, Roles): one bundle per actor (its CPUs and the role's `gpus`), packed."""
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    from app.rl.actors import CriticActor, LearnerActor, ReferenceActor, RewardActor, RolloutActor
-    k, lora = cfg.rollout_actors, cfg.lora.model_dump() if cfg.lora else None
-    order = ["rollout"] * k + ["reference", "reward", "critic"] + ["learner"] * cfg.learners
-    bundles = [{"CPU": cfg.cpus_per_actor, **({"GPU": cfg.gpus[r]} if cfg.gpus.get(r) else {})} for r in order]
-    pg = placement_group(bundles, strategy="PACK")
-    ray_get(pg.ready(), 600, "placement group")
-
-    def place(cls, i, *args, options=None, **kwargs):
-        return cls.options(num_cpus=cfg.cpus_per_actor, num_gpus=bundles[i].get("GPU", 0),
-                           scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-                           **(options or {})).remote(*args, **kwargs)
-    roles = Roles(
-        rollouts=[place(RolloutActor, j, policy, cfg.seed, lora, cfg.engine(), options=dict(
-            name=f"ppo-{cfg.name}-rollout-{j}", max_restarts=cfg.max_restarts)) for j in range(k)],
-        reference=place(ReferenceActor, k, policy, cfg.temperature),
-        reward=place(RewardActor, k + 1, cfg.reward_model, cfg.reward_function, cfg.safety_penalty,
-                     cfg.toxicity_threshold),
-        critic=place(CriticActor, k + 2, cfg.critic_init or cfg.reward_model or policy, cfg.critic_lr,
-                     cfg.value_clip),
-        learners=[place(LearnerActor, k + 3 + r, policy, r, cfg.learners, cfg.lr, cfg.clip, cfg.entropy_coef,
-                        cfg.temperature, cfg.zero_stage, lora, seed=cfg.seed) for r in range(cfg.learners)])
-    addr, port = ray_get(roles.learners[0].address.remote(), 120, "learner 0")
-    ray_get([learner.setup.remote(addr, port) for learner in roles.learners], 600, "learner group set-up")
-    return pg, roles
-
-
-def ray_get(refs, timeout: float, what: str):
-    import ray
-    try:
-        return ray.get(refs, timeout=timeout)
-    except ray.exceptions.GetTimeoutError:
-        raise RuntimeError(f"{what} did not answer within {timeout:.0f}s") from None
-
-
-@dataclass
-class Published:
-    """A policy version as the learner published it: the weights in the object store and their sha256."""
-    version: int
-    ref: object
-    checksum: str
-    megabytes: float
-
-
-def publish(learner, version: int, timeout: float) -> Published:
-    import ray
-    state, checksum = ray_get(learner.weights.remote(), timeout, "learner weights")
-    return Published(version, ray.put(state), checksum, sum(v.nbytes for v in state.values()) / 1e6)
-
-
-def load_into(actor, pub: Published, timeout: float, tries: int) -> None:
-    """Load a published version into one rollout actor, waiting out a restart; the actor must report it."""
-    import ray
-    for attempt in range(tries + 1):
-        try:
-            status = ray_get(actor.load_weights.remote(pub.version, pub.ref, pub.checksum), timeout, "weight sync")
-            break
-        except ray.exceptions.RayActorError:
-            if attempt == tries:
-                raise
-            time.sleep(1)
-    if status != {"version": pub.version, "checksum": pub.checksum}:
-        raise RuntimeError(f"rollout actor reports {status}, expected v{pub.version} {pub.checksum[:12]}")
-
-
-def sync(rollouts: list, pub: Published, timeout: float, tries: int) -> None:
-    """Every rollout actor loads `pub` (in parallel) and reports its version and checksum."""
-    import ray
-    refs = [a.load_weights.remote(pub.version, pub.ref, pub.checksum) for a in rollouts]
-    for actor, ref in zip(rollouts, refs):
-        try:
-            status = ray_get(ref, timeout, "weight sync")
-        except ray.exceptions.RayActorError:  # died meanwhile: wait for the restart and load again
-            load_into(actor, pub, timeout, tries)
-            continue
-        if status != {"version": pub.version, "checksum": pub.checksum}:
-            raise RuntimeError(f"rollout actor reports {status}, expected v{pub.version} {pub.checksum[:12]}")
-
-
-class Sampler:
-    """The step's prompts, split into one chunk per rollout actor, sampled with seeds fixed by (step, chunk);
-    a chunk whose actor died or came back stale is re-sampled after reloading the current version."""
-
-    def __init__(self, cfg: PPOConfig, rollouts: list, data: list):
-        self.cfg, self.rollouts, self.data = cfg, rollouts, data
-        self.restarts = 0
-
-    def chunks(self, step: int) -> list[list[int]]:
-        per_step = self.cfg.rollout_actors * self.cfg.prompts_per_actor
-        idx = [(step * per_step + i) % len(self.data) for i in range(per_step)]
-        return [idx[j::self.cfg.rollout_actors] for j in range(self.cfg.rollout_actors)]
-
-    def _launch(self, step: int, j: int, chunk: list[int], version: int):
-        c = self.cfg
-        return self.rollouts[j].generate.remote([self.data[i][2] for i in chunk], version, c.max_new_tokens,
-                                                c.temperature, c.top_p, c.seed * 100003 + step * 101 + j)
-
-    def launch(self, step: int, version: int) -> dict:
-        chunks = self.chunks(step)
-        return {"step": step, "chunks": chunks, "t0": time.perf_counter(),
-                "refs": [self._launch(step, j, chunk, version) for j, chunk in enumerate(chunks)]}
-
-    def collect(self, pending: dict, pub: Published) -> list[dict]:
-        import ray
-        from app.rl.actors import StaleWeights
-        batches = []
-        for j, (chunk, ref) in enumerate(zip(pending["chunks"], pending["refs"])):
-            for attempt in range(self.cfg.max_restarts + 1):
-                try:
-                    batch = ray_get(ref, self.cfg.sync_timeout_s, f"rollout actor {j}")
-                    break
-                except (ray.exceptions.RayActorError, StaleWeights) as e:
-                    if attempt == self.cfg.max_restarts:
-                        raise
-                    self.restarts += 1
-                    print(f"rollout actor {j} lost its chunk ({type(e).__name__}); reloading v{pub.version} "
-                          f"and sampling it again", flush=True)
-                    load_into(self.rollouts[j], pub, self.cfg.sync_timeout_s, self.cfg.max_restarts)
-                    ref = self._launch(pending["step"], j, chunk, pub.version)
-            if len(batch["sequences"]) != len(chunk):
-                raise RuntimeError(f"rollout actor {j} returned {len(batch['sequences'])} rows for {len(chunk)}")
-            batches.append(batch)
-        return batches
-
-
-def ppo_step(cfg: PPOConfig, roles: Roles, batches: list[dict], prompts: list[list[dict]], tokenizer,
-             kl_ctl) -> dict:
-    """Score the sampled batches and run K epochs of updates; returns the step's figures."""
-    from app.rl.rollout import shard
-    learner0, n = roles.learners[0], len(roles.learners)
-    t0 = time.perf_counter()
-    texts = [tokenizer.batch_decode(b["sequences"][:, b["prompt_width"]:] * b["response_mask"],
-                                    skip_special_tokens=True) for b in batches]
-    refs = [(roles.reference.logprobs.remote(b), roles.critic.values.remote(b), learner0.logprobs.remote(b))
-            for b in batches]
-    flat_texts = [t for ts in texts for t in ts]
-    scored = roles.reward.score.remote(prompts, flat_texts)
-    per_batch = [ray_get(list(r), cfg.sync_timeout_s, "scoring") for r in refs]
-    scores = ray_get(scored, cfg.sync_timeout_s, "reward")
-    t_score = time.perf_counter() - t0
-    experiences, start, kls, gaps = [], 0, [], []
-    for b, (ref_lp, values, old_lp) in zip(batches, per_batch):
+def ppo_step(cfg: PPOConfig, roles: Roles, batches: list[dict], prompts: list, references: list, tokenizer,
+             kl_ctl: losses.KLController) -> dict:
+    """Score the sampled batches, turn scores into per-token KL rewards, GAE advantages (whitened) and
+    returns, run K epochs of policy and value updates; returns the step's figures."""
+    scored = score(cfg, roles, batches, prompts, references, tokenizer)
+    experiences, start, kls = [], 0, []
+    for b, ref, old, values in zip(batches, scored["ref"], scored["old"], scored["values"]):
         rows, mask = len(b["sequences"]), b["response_mask"]
-        score = torch.tensor(scores["reward"][start:start + rows])
+        sequence_scores = torch.tensor(scored["rewards"]["reward"][start:start + rows])
         start += rows
-        rewards, kl = losses.token_rewards(score, old_lp, ref_lp, mask, kl_ctl.value)
-        adv, ret = losses.gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        experiences.append((b, old_lp, losses.whiten(adv, mask), ret, values))
+        rewards, kl = losses.token_rewards(sequence_scores, old, ref, mask, kl_ctl.value)
+        adv, returns = losses.gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        experiences.append((b, old, losses.whiten(adv, mask), None, (returns, values)))
         kls.append(float(kl.sum(1).mean()))
-        gaps.append(float(losses.masked_mean((b["rollout_logprobs"] - old_lp).abs(), mask)))
-    t1 = time.perf_counter()
-    for _ in range(cfg.epochs):
-        stats, value_losses = [], []
-        for b, old_lp, adv, ret, values in experiences:
-            stats += [learner.update.remote(shard(b, r, n), old_lp[r::n], adv[r::n])
-                      for r, learner in enumerate(roles.learners)]
-            value_losses.append(roles.critic.update.remote(b, ret, values))
-        stats = ray_get(stats, cfg.sync_timeout_s, "learner update")
-        value_losses = ray_get(value_losses, cfg.sync_timeout_s, "critic update")
-    last = {k: sum(s[k] for s in stats[-n:]) / n for k in stats[-1]}
+    figures = update(cfg, roles, experiences)
     kl_mean = sum(kls) / len(kls)
-    kl_ctl.update(kl_mean, len(flat_texts))
-    rewards_t = torch.tensor(scores["reward"])
-    return {"reward_mean": float(rewards_t.mean()), "reward_std": float(rewards_t.std()), "kl": kl_mean,
-            "kl_coef": kl_ctl.value, "entropy": last["entropy"], "policy_loss": last["policy_loss"],
-            "value_loss": value_losses[-1], "clip_frac": last["clip_frac"],
-            "response_length": float(sum(b["response_mask"].sum() for b in batches) / len(flat_texts)),
-            "unsafe": sum(scores["unsafe"]), "sync_logprob_gap": max(gaps), "score_s": t_score,
-            "train_s": time.perf_counter() - t1, "texts": flat_texts, "rewards": scores["reward"]}
-
-
-def save_checkpoint(cfg: PPOConfig, out: Path, roles: Roles, state: dict) -> None:
-    """checkpoints/step-N/{learner (DeepSpeed, every rank), critic, controller.json}; the `latest` pointer is
-    written last, so a crash mid-save leaves the previous checkpoint in charge."""
-    root = out / "checkpoints"
-    folder = root / f"step-{state['step']:06d}"
-    ray_get([learner.save.remote(str(folder / "learner")) for learner in roles.learners] +
-            [roles.critic.save.remote(str(folder / "critic"))], cfg.sync_timeout_s, "checkpoint")
-    (folder / "controller.json").write_text(json.dumps(state, indent=1))
-    (root / "latest.tmp").write_text(folder.name)
-    (root / "latest.tmp").replace(root / "latest")
-    for old in root.glob("step-*"):
-        if old != folder:
-            shutil.rmtree(old)
-
-
-def load_checkpoint(cfg: PPOConfig, out: Path, roles: Roles) -> dict | None:
-    latest = out / "checkpoints" / "latest"
-    if not (cfg.resume and latest.exists()):
-        return None
-    folder = out / "checkpoints" / latest.read_text().strip()
-    ray_get([learner.load.remote(str(folder / "learner")) for learner in roles.learners] +
-            [roles.critic.load.remote(str(folder / "critic"))], cfg.sync_timeout_s, "checkpoint load")
-    return json.loads((folder / "controller.json").read_text())
+    kl_ctl.update(kl_mean, start)
+    return {**step_figures(batches, scored), **figures, "kl": kl_mean, "kl_coef": kl_ctl.value}
 
 
 def run(cfg: PPOConfig) -> dict:
-    from app.cluster import init_ray
-    from app.models import load_tokenizer, resolve
-    if not (cfg.reward_model or cfg.reward_function):
-        raise UserError("set reward_model (a jobs.reward output) or reward_function (module:function)")
-    policy = str(resolve(cfg.policy))
-    tokenizer = load_tokenizer(policy)
-    data = _prompts(cfg.prompts, tokenizer)
-    out = cfg.out("ppo")
-    out.mkdir(parents=True, exist_ok=True)
-    init_ray()
-    pg, roles = _actors(cfg, policy)
-    try:
-        return _train(cfg, roles, data, tokenizer, policy, out)
-    finally:  # free the placement group's CPUs for whatever runs next on this cluster
-        import ray
-        from ray.util.placement_group import remove_placement_group
-        for actor in roles.all():
-            ray.kill(actor, no_restart=True)
-        remove_placement_group(pg)
-
-
-def _train(cfg: PPOConfig, roles: Roles, data: list, tokenizer, policy: str, out: Path) -> dict:
-    from app.runinfo import sha256_file, write_manifest
-    from app.train.metrics import MetricsLogger, read_metrics
-    kl_ctl = losses.KLController(cfg.kl.init, cfg.kl.target, cfg.kl.horizon)
-    resumed = load_checkpoint(cfg, out, roles)
-    start, version = (resumed["step"], resumed["version"]) if resumed else (0, 0)
-    if resumed:
-        kl_ctl.load_state_dict(resumed["kl"])
-        print(f"ppo: resuming after step {start} (policy v{version})", flush=True)
-    else:
-        for stale in ("metrics.jsonl", "samples.jsonl"):
-            (out / stale).unlink(missing_ok=True)
-    history = [m for m in read_metrics(out / "metrics.jsonl") if m["step"] <= start] if resumed else []
-    logger = MetricsLogger(str(out), cfg.name, cfg.model_dump(mode="json"), cfg.wandb, cfg.tensorboard, "ppo")
-    pub = publish(roles.learners[0], version, cfg.sync_timeout_s)
-    sync(roles.rollouts, pub, cfg.sync_timeout_s, cfg.max_restarts)  # everyone samples the same version
-    sampler = Sampler(cfg, roles.rollouts, data)
-    pending = sampler.launch(start, pub.version) if start < cfg.steps else None
-    for step in range(start, cfg.steps):
-        t_step = time.perf_counter()
-        batches = sampler.collect(pending, pub)
-        t_gen = time.perf_counter() - (pending["t0"] if not cfg.overlap else t_step)
-        chunks = pending["chunks"]
-        if cfg.overlap and step + 1 < cfg.steps:  # step t+1 samples the policy before this update
-            pending = sampler.launch(step + 1, pub.version)
-        ids = [i for chunk in chunks for i in chunk]
-        figures = ppo_step(cfg, roles, batches, [data[i][1] for i in ids], tokenizer, kl_ctl)
-        t1 = time.perf_counter()
-        pub = publish(roles.learners[0], pub.version + 1, cfg.sync_timeout_s)
-        sync(roles.rollouts, pub, cfg.sync_timeout_s, cfg.max_restarts)
-        figures.update(step=step + 1, policy_version=pub.version, checksum=pub.checksum[:12],
-                       sampled_versions=sorted({b["version"] for b in batches}), generate_s=t_gen,
-                       sync_s=time.perf_counter() - t1, sync_mb=pub.megabytes, rollout_restarts=sampler.restarts,
-                       prompt_ids=[data[i][0] for i in ids])
-        if not cfg.overlap and step + 1 < cfg.steps:
-            pending = sampler.launch(step + 1, pub.version)
-        texts, rewards = figures.pop("texts"), figures.pop("rewards")
-        with open(out / "samples.jsonl", "a") as f:
-            f.write(json.dumps({"step": step + 1, "samples": [
-                {"id": data[i][0], "response": t, "reward": r} for i, t, r in list(zip(ids, texts, rewards))[:3]]},
-                ensure_ascii=False) + "\n")
-        figures["step_s"] = time.perf_counter() - t_step
-        logger.log(figures)
-        history.append(figures)
-        print(f"ppo step {step + 1}: reward {figures['reward_mean']:.3f} kl {figures['kl']:.3f} "
-              f"v{pub.version} gap {figures['sync_logprob_gap']:.2e} {figures['step_s']:.1f}s", flush=True)
-        if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            save_checkpoint(cfg, out, roles, {"step": step + 1, "version": pub.version, "kl": kl_ctl.state_dict(),
-                                              "data_position": (step + 1) * len(ids), "checksum": pub.checksum})
-    logger.close()
-    final = _save_final(cfg, roles, tokenizer, policy, out)
-    plot(history, out / "ppo_curve.png")
-    summary = {"steps": cfg.steps, "policy_version": pub.version, "checksum": pub.checksum,
-               "resumed_from": start if resumed else None, "reward_first": history[0]["reward_mean"],
-               "reward_last": history[-1]["reward_mean"], "kl_last": history[-1]["kl"],
-               "rollout_restarts": sampler.restarts, "final": str(final)}
-    write_manifest(out, cfg.model_dump(mode="json"), [], prompts_sha256=sha256_file(cfg.prompts), summary=summary)
-    print(json.dumps(summary))
-    return summary
-
-
-def _save_final(cfg: PPOConfig, roles: Roles, tokenizer, policy: str, out: Path) -> Path:
-    """final/: the trained policy as a plain HF directory (a LoRA adapter merged in), safetensors."""
-    from app.models import load_policy
-    final = out / "final"
-    model, _ = load_policy(policy)
-    model.load_state_dict(ray_get(roles.learners[0].merged_state.remote(), cfg.sync_timeout_s, "learner state"))
-    model.save_pretrained(final, safe_serialization=True)
-    tokenizer.save_pretrained(final)
-    return final
-
-
-def plot(history: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax[0].plot(steps, [h["reward_mean"] for h in history], marker="o")
-    ax[0].set(title="mean reward", xlabel="step")
-    ax[1].plot(steps, [h["kl"] for h in history], marker="o", color="tab:red")
-    ax[1].set(title="KL to reference", xlabel="step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from app.rl.controller import run as run_rl
+    return run_rl(cfg, ppo_step)

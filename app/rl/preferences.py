@@ -69,8 +69,18 @@ def split(pairs: list[dict], val_share: float, seed: int) -> tuple[list[dict], l
     return [p for p in pairs if bucket(p) >= val_share], [p for p in pairs if bucket(p) < val_share]
 
 
+def last_run(mask: list[int]) -> list[int]:
+    """Only the last run of 1s: the final answer's tokens, not earlier assistant turns of the prompt."""
+    end = max((i for i, m in enumerate(mask) if m), default=-1) + 1
+    start = end
+    while start > 0 and mask[start - 1]:
+        start -= 1
+    return [int(start <= i < end) for i in range(len(mask))]
+
+
 def tokenize(tokenizer, pairs: list[dict], heads: list[str], max_len: int) -> tuple[list[dict], int]:
-    """(rows {chosen ids, rejected ids, head index, margin}, number dropped as too long or unknown head)."""
+    """(rows {id, chosen ids, rejected ids, their answer-token masks, head index, margin}, number dropped
+    as too long or of an unknown head)."""
     rows, dropped = [], 0
     for p in pairs:
         head = p.get("dimension", heads[0])
@@ -78,11 +88,13 @@ def tokenize(tokenizer, pairs: list[dict], heads: list[str], max_len: int) -> tu
             dropped += 1
             continue
         try:
-            chosen = render(tokenizer, p["prompt"] + [{"role": "assistant", "content": p["chosen"]}], max_len)[0]
-            rejected = render(tokenizer, p["prompt"] + [{"role": "assistant", "content": p["rejected"]}], max_len)[0]
+            chosen, chosen_mask = render(tokenizer, p["prompt"] + [{"role": "assistant", "content": p["chosen"]}],
+                                         max_len)
+            rejected, rejected_mask = render(
+                tokenizer, p["prompt"] + [{"role": "assistant", "content": p["rejected"]}], max_len)
         except ChatTooLong:
             dropped += 1
             continue
-        rows.append({"chosen": chosen, "rejected": rejected, "head": heads.index(head),
-                     "margin": float(p.get("margin", 0.0))})
+        rows.append({"id": p["id"], "chosen": chosen, "rejected": rejected, "chosen_mask": last_run(chosen_mask),
+                     "rejected_mask": last_run(rejected_mask), "head": heads.index(head), "margin": float(p.get("margin", 0.0))})
     return rows, dropped

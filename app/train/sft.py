@@ -105,7 +105,7 @@ def loop_config(cfg: SFTConfig, model_path: str, out: Path, has_val: bool) -> di
     return dict(model_path=model_path, trust_remote_code=cfg.trust_remote_code, method=cfg.method,
                 lora_r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                 target_modules=cfg.lora.target_modules, num_virtual_tokens=cfg.prompt_tuning.num_virtual_tokens,
-                max_len=cfg.data.max_len, packing=cfg.data.packing, lr=o.lr, weight_decay=o.weight_decay,
+                max_len=cfg.data.max_len, packing=getattr(cfg.data, "packing", False), lr=o.lr, weight_decay=o.weight_decay,
                 betas=list(o.betas), schedule=o.schedule, warmup_steps=o.warmup_steps, grad_clip=o.grad_clip,
                 grad_accum=o.grad_accum, epochs=t.epochs, max_steps=t.max_steps, micro_batch_size=t.micro_batch_size,
                 precision=t.precision, gradient_checkpointing=t.gradient_checkpointing, dropout=t.dropout,

@@ -1,0 +1,58 @@
+"""GRPO on the shared RL controller (app.rl.controller): `group_size` samples per prompt, each sample's
+reward standardised within its group (no critic), the clipped objective with kl * KL(policy || reference)
+in the loss, the same versioned weight sync, restarts, checkpoints and logs as PPO.
+
+    python -m jobs.grpo jobs/configs/grpo_demo.yaml      # demo arithmetic, verifiable reward
+    python -m jobs.grpo jobs/configs/grpo_gsm8k.yaml     # ../shared/data/gsm8k
+"""
+from __future__ import annotations
+
+import torch
+from pydantic import Field, model_validator
+
+from app.rl import losses
+from app.rl.controller import KLConfig, RLConfig, Roles, score, step_figures, update
+
+
+class GRPOConfig(RLConfig):
+    algorithm = "grpo"
+    uses_critic = False
+    reward_model: str | None = None
+    reward_function: str | dict[str, float] | None = "app.rl.rewards:gsm8k"
+    prompts: str = "data/demo/raw/arithmetic.jsonl"
+    group_size: int = Field(4, ge=2)
+    epochs: int = Field(1, ge=1)          # DeepSeekMath's GRPO: one update per batch (mu = 1)
+    entropy_coef: float = 0.0
+    kl: KLConfig = KLConfig(init=0.04)    # the coefficient of the KL term in the loss
+
+    @model_validator(mode="after")
+    def _whole_groups(self):
+        if self.rollout_actors * self.prompts_per_actor * self.group_size < 2:
+            raise ValueError("a GRPO step needs at least one group of 2 samples")
+        return self
+
+
+def grpo_step(cfg: GRPOConfig, roles: Roles, batches: list[dict], prompts: list, references: list, tokenizer,
+              kl_ctl: losses.KLController) -> dict:
+    """Score the groups, standardise rewards within each group, run the clipped updates with the KL term;
+    returns the step's figures."""
+    scored = score(cfg, roles, batches, prompts, references, tokenizer)
+    rewards = torch.tensor(scored["rewards"]["reward"])
+    advantages = losses.group_advantages(rewards, cfg.group_size)  # a batch holds whole groups, in order
+    experiences, start, kls = [], 0, []
+    for b, ref, old in zip(batches, scored["ref"], scored["old"]):
+        rows, mask = len(b["sequences"]), b["response_mask"]
+        experiences.append((b, old, advantages[start:start + rows, None] * mask, ref, None))
+        start += rows
+        kls.append(float(((old - ref) * mask).sum(1).mean()))
+    figures = update(cfg, roles, experiences, kl_ctl.value)
+    kl_mean = sum(kls) / len(kls)
+    kl_ctl.update(kl_mean, start)
+    flat = rewards.view(-1, cfg.group_size)
+    return {**step_figures(batches, scored), **figures, "kl": kl_mean, "kl_coef": kl_ctl.value,
+            "groups_without_signal": float((flat.std(1) == 0).float().mean())}
+
+
+def run(cfg: GRPOConfig) -> dict:
+    from app.rl.controller import run as run_rl
+    return run_rl(cfg, grpo_step)

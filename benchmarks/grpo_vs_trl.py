@@ -1,0 +1,104 @@
+"""GRPO benchmark: ours (jobs.grpo: rollout / reference / learner actors) against TRL's GRPOTrainer on the
+same model, prompts, reward function, group size, completion length, LoRA, learning rate, KL coefficient and
+number of steps, in one run. Prints one JSON line.
+
+    .venv/bin/python benchmarks/grpo_vs_trl.py                 # SmolLM2-135M-Instruct, demo arithmetic
+    .venv/bin/python benchmarks/grpo_vs_trl.py --steps 3 --model tiny
+
+Per system: seconds per step (steps 2.. ; the first step warms up), completions/s, reward of the first and
+last step. Target: ours >= 1.5x TRL's completions/s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+def questions(n: int) -> list[dict]:
+    import random
+    from app.demo.generate import arithmetic
+    return [json.loads(line) for line in arithmetic(random.Random(7), n)]
+
+
+def ours(model: str, prompts: Path, a) -> dict:
+    from app.config import load_config
+    from app.rl.grpo import GRPOConfig, run
+    out = prompts.parent / "ours"
+    cfg = load_config(GRPOConfig, "jobs/configs/grpo_demo.yaml", [
+        f"policy={model}", f"prompts={prompts}", f"output_dir={out}", f"steps={a.steps}", f"group_size={a.group}",
+        "rollout_actors=2", f"prompts_per_actor={a.prompts // 2}", f"max_new_tokens={a.tokens}", f"lr={a.lr}",
+        f"kl={{init: {a.beta}}}", "checkpoint_every=0", "wandb=false"])
+    run(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    step_s = sum(r["step_s"] for r in rows[1:]) / len(rows[1:])
+    return {"step_s": round(step_s, 2), "completions_per_s": round(a.prompts * a.group / step_s, 2),
+            "reward_first": rows[0]["reward_mean"], "reward_last": rows[-1]["reward_mean"]}
+
+
+def trl(model: str, records: list[dict], a) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+    from app.eval.evaluate import GSM8K_PROMPT
+    from app.models import load_policy
+    from app.rl.rewards import gsm8k
+    torch.set_num_threads(2)
+    policy, tokenizer = load_policy(model)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": GSM8K_PROMPT.format(question=r["question"])}],
+                               "answer": r["answer"]} for r in records])
+
+    def reward(prompts, completions, answer, **_):
+        return gsm8k(prompts, [c[0]["content"] for c in completions], answer)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = GRPOConfig(output_dir=tmp, use_cpu=True, per_device_train_batch_size=a.prompts * a.group,
+                          num_generations=a.group, max_completion_length=a.tokens, max_steps=a.steps,
+                          learning_rate=a.lr, beta=a.beta, temperature=1.0, logging_steps=1, save_strategy="no",
+                          report_to="none", seed=0, disable_tqdm=True, lr_scheduler_type="constant")
+        trainer = GRPOTrainer(model=policy, processing_class=tokenizer, reward_funcs=[reward], args=args,
+                              train_dataset=data, peft_config=LoraConfig(
+                                  r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                  target_modules=LORA["target_modules"], task_type="CAUSAL_LM"))
+        stamps: list[float] = []
+        trainer.add_callback(type("Clock", (TrainerCallback,), {
+            "on_step_end": lambda self, *args, **kwargs: stamps.append(time.perf_counter())})())
+        trainer.train()
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    step_s = (stamps[-1] - stamps[0]) / (len(stamps) - 1)  # wall time between step ends, from step 2 on
+    return {"step_s": round(step_s, 2), "completions_per_s": round(a.prompts * a.group / step_s, 2),
+            "reward_first": logs[0]["reward"], "reward_last": logs[-1]["reward"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    parser.add_argument("--group", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--beta", type=float, default=0.04)
+    a = parser.parse_args()
+    records = questions(a.prompts * a.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = Path(tmp) / "prompts.jsonl"
+        prompts.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+        result = {"benchmark": "grpo_vs_trl", "model": a.model, "completions_per_step": a.prompts * a.group,
+                  "ours": ours(a.model, prompts, a)}
+    result["trl"] = trl(a.model, records, a)
+    result["speedup"] = round(result["ours"]["completions_per_s"] / result["trl"]["completions_per_s"], 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
