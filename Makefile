@@ -30,6 +30,9 @@ demo: setup
 	$(PY) -m jobs.eval jobs/configs/eval_demo.yaml model=smollm2-135m-instruct name=base
 	@# The gate's verdict is part of the demo: a regression prints its table and leaves the version unpromoted.
 	-$(PY) -m jobs.eval jobs/configs/eval_demo.yaml model=runs/sft-demo/final name=sft gate.baseline=latest-promoted
+	@# RLHF: a reward model on the demo preference pairs, then PPO of the SFT model against it.
+	$(PY) -m jobs.reward jobs/configs/reward_demo.yaml
+	$(PY) -m jobs.ppo jobs/configs/ppo_demo.yaml
 	@# The promoted version behind the OpenAI-compatible endpoint: one streamed answer, then shut down.
 	$(PY) -m jobs.serve_demo
 

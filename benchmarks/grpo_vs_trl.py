@@ -34,8 +34,8 @@ def ours(model: str, prompts: Path, a) -> dict:
     out = prompts.parent / "ours"
     cfg = load_config(GRPOConfig, "jobs/configs/grpo_demo.yaml", [
         f"policy={model}", f"prompts={prompts}", f"output_dir={out}", f"steps={a.steps}", f"group_size={a.group}",
-        "rollout_actors=2", f"prompts_per_actor={a.prompts // 2}", f"max_new_tokens={a.tokens}", f"lr={a.lr}",
-        f"kl={{init: {a.beta}}}", "checkpoint_every=0", "wandb=false"])
+        "rollout_actors=2", f"prompts_per_actor={a.prompts // 2}", f"max_new_tokens={a.tokens}", "temperature=1.0", f"lr={a.lr}",
+        f"kl={{init: {a.beta}}}", "checkpoint_every=0", "wandb=false", "threads={learner: 2, reference: 2}"])
     run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     step_s = sum(r["step_s"] for r in rows[1:]) / len(rows[1:])
@@ -49,16 +49,15 @@ def trl(model: str, records: list[dict], a) -> dict:
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-    from app.eval.evaluate import GSM8K_PROMPT
     from app.models import load_policy
-    from app.rl.rewards import gsm8k
+    from app.rl.rewards import exact_answer
     torch.set_num_threads(2)
     policy, tokenizer = load_policy(model)
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": GSM8K_PROMPT.format(question=r["question"])}],
-                               "answer": r["answer"]} for r in records])
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
+                              for r in records])
 
     def reward(prompts, completions, answer, **_):
-        return gsm8k(prompts, [c[0]["content"] for c in completions], answer)
+        return exact_answer(prompts, [c[0]["content"] for c in completions], answer)
 
     with tempfile.TemporaryDirectory() as tmp:
         args = GRPOConfig(output_dir=tmp, use_cpu=True, per_device_train_batch_size=a.prompts * a.group,

@@ -41,4 +41,4 @@ def test_demo_data_job_writes_manifest(tmp_path):
     assert str(tmp_path) in result.stdout
     import json
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["config"]["n_dialogs"] == 50 and len(manifest["sha256"]) == 4
+    assert manifest["config"]["n_dialogs"] == 50 and len(manifest["sha256"]) == 5  # incl. arithmetic.jsonl

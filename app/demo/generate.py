@@ -169,15 +169,15 @@ def pairs_and_prompts(rng: random.Random, n_pairs: int, n_prompts: int) -> tuple
 
 
 def arithmetic(rng: random.Random, n: int) -> list[str]:
-    """GSM8K-shaped word-free sums and differences ({id, question, answer '... #### n'}) for GRPO's
-    verifiable reward when ../shared/data/gsm8k is absent; English and Chinese."""
+    """Single-digit sums and differences ({id, prompt, answer '#### n'}), English and Chinese: the GRPO
+    demo's verifiable task, easy enough that SmolLM2-135M is right about a third of the time."""
     out = []
     for i in range(n):
-        a, b, op = rng.randint(2, 30), rng.randint(2, 30), rng.choice("+-")
+        a, b, op = rng.randint(1, 9), rng.randint(1, 9), rng.choice("+-")
         a, b = (a, b) if op == "+" or a >= b else (b, a)
         value = a + b if op == "+" else a - b
-        question = rng.choice([f"What is {a} {op} {b}?", f"计算 {a} {op} {b} 等于多少？"])
-        out.append(json.dumps({"id": f"math-{i:05d}", "question": question, "answer": f"{a} {op} {b} = {value}\n"
+        prompt = rng.choice([f"Calculate {a} {op} {b}. Reply with the result only.", f"计算 {a} {op} {b}，只回答结果。"])
+        out.append(json.dumps({"id": f"math-{i:05d}", "prompt": prompt, "answer": f"{a} {op} {b} = {value}\n"
                                f"#### {value}"}, ensure_ascii=False))
     return out
 

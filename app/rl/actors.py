@@ -130,11 +130,12 @@ class RewardActor:
     sensitive-word hit or a toxicity score >= the threshold."""
 
     def __init__(self, reward_model: str | None, functions: dict[str, float], penalty: float,
-                 toxicity_threshold: float):
+                 toxicity_threshold: float, threads: int = 1):
         import inspect
         from app.config import load_callable
         from app.data.pii import SensitiveWords
         from app.rl.reward import RewardModel
+        torch.set_num_threads(threads)
         self.model = RewardModel(reward_model, device=str(_device())) if reward_model else None
         self.functions = [(load_callable(name), weight) for name, weight in functions.items()]
         self.wants_refs = [len(inspect.signature(f).parameters) >= 3 for f, _ in self.functions]
@@ -231,19 +232,22 @@ class LearnerActor:
     def logprobs(self, batch: dict) -> torch.Tensor:
         return response_logprobs(self.engine.module, to_device(batch, self.engine.device), self.temperature)[0].cpu()
 
-    def update(self, batch: dict, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+    def update(self, batch: dict, old_logprobs: torch.Tensor | None, advantages: torch.Tensor,
                ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0) -> dict:
-        """One clipped-surrogate step (- entropy bonus); GRPO adds kl_coef * KL(policy || reference)."""
+        """One clipped-surrogate step (- entropy bonus); GRPO adds kl_coef * KL(policy || reference).
+        Without old log-probs (one on-policy pass) this forward's own, detached, are the old ones."""
         b = to_device({**batch, "old": old_logprobs, "adv": advantages, "ref": ref_logprobs}, self.engine.device)
         logprobs, logits = response_logprobs(self.engine, b, self.temperature)
         mask = b["response_mask"]
-        pg, clip_frac = losses.policy_loss(logprobs, b["old"], b["adv"], mask, self.clip)
+        old = logprobs.detach() if old_logprobs is None else b["old"]
+        gap = losses.masked_mean((logprobs.detach() - b["rollout_logprobs"]).abs(), mask)
+        pg, clip_frac = losses.policy_loss(logprobs, old, b["adv"], mask, self.clip)
         ent = losses.entropy(logits, mask)
         kl = losses.kl_k3(logprobs, b["ref"], mask) if ref_logprobs is not None else torch.zeros(())
         self.engine.backward(pg - self.entropy_coef * ent + kl_coef * kl)
         self.engine.step()
         return {"policy_loss": float(pg.detach()), "clip_frac": float(clip_frac), "entropy": float(ent.detach()),
-                "kl_loss": float(kl.detach())}
+                "kl_loss": float(kl.detach()), "rollout_gap": float(gap)}
 
     def weights(self) -> tuple[dict, str]:
         state = policy_weights(self.engine.module, self.lora)

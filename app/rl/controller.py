@@ -73,6 +73,7 @@ class RLConfig(JobConfig):
     tensorboard: bool = False
     rollout_engine: Literal["auto", "hf", "vllm"] = "auto"  # auto: vLLM when rollout actors have a GPU
     gpus: dict[Literal["rollout", "reference", "reward", "critic", "learner"], float] = {}  # per actor
+    threads: dict[Literal["rollout", "reference", "reward", "critic", "learner"], int] = {}  # torch threads; 1
     cpus_per_actor: float = 0.3
     sync_timeout_s: float = 300
 
@@ -140,6 +141,7 @@ def _actors(cfg: RLConfig, policy: str):
     ray_get(pg.ready(), 600, "placement group")
 
     def place(cls, i, *args, options=None, **kwargs):
+        kwargs["threads"] = cfg.threads.get(order[i], 1)
         return cls.options(num_cpus=cfg.cpus_per_actor, num_gpus=bundles[i].get("GPU", 0),
                            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
                            **(options or {})).remote(*args, **kwargs)
@@ -258,57 +260,63 @@ class Sampler:
         return batches
 
 
-def score(cfg: RLConfig, roles: Roles, batches: list[dict], prompts: list, references: list,
-          tokenizer) -> dict:
+def score(cfg: RLConfig, roles: Roles, batches: list[dict], prompts: list, references: list, tokenizer,
+          old_pass: bool = True) -> dict:
     """Everything a step needs about its samples, computed by the roles in parallel: decoded texts,
-    reference and learner (old) log-probs, critic values (PPO), rewards; plus the rollout-vs-learner
-    log-prob gap that proves the rollouts sampled the current policy."""
-    learner0 = roles.learners[0]
+    reference log-probs, the learner's (old) log-probs when `old_pass`, critic values (PPO), rewards; plus
+    the rollout-vs-learner log-prob gap that proves the rollouts sampled the current policy (without the
+    old pass, the learner measures it in its first update, before any step)."""
     t0 = time.perf_counter()
     texts = [t for b in batches for t in tokenizer.batch_decode(
         b["sequences"][:, b["prompt_width"]:] * b["response_mask"], skip_special_tokens=True)]
-    refs = [[roles.reference.logprobs.remote(b), learner0.logprobs.remote(b)] +
+    refs = [[roles.reference.logprobs.remote(b)] + ([roles.learners[0].logprobs.remote(b)] if old_pass else []) +
             ([roles.critic.values.remote(b)] if roles.critic else []) for b in batches]
     scored = roles.reward.score.remote(prompts, texts, references)
     per_batch = [ray_get(r, cfg.sync_timeout_s, "scoring") for r in refs]
     rewards = ray_get(scored, cfg.sync_timeout_s, "reward")
-    gaps = [float(losses.masked_mean((b["rollout_logprobs"] - p[1]).abs(), b["response_mask"]))
-            for b, p in zip(batches, per_batch)]
-    return {"texts": texts, "ref": [p[0] for p in per_batch], "old": [p[1] for p in per_batch],
-            "values": [p[2] if roles.critic else None for p in per_batch], "rewards": rewards,
-            "gap": max(gaps), "score_s": time.perf_counter() - t0}
+    old = [p[1] if old_pass else None for p in per_batch]
+    gaps = [float(losses.masked_mean((b["rollout_logprobs"] - o).abs(), b["response_mask"]))
+            for b, o in zip(batches, old) if o is not None]
+    return {"texts": texts, "ref": [p[0] for p in per_batch], "old": old,
+            "values": [p[-1] if roles.critic else None for p in per_batch], "rewards": rewards,
+            "gap": max(gaps) if gaps else None, "score_s": time.perf_counter() - t0}
 
 
 def update(cfg: RLConfig, roles: Roles, experiences: list[tuple], kl_coef: float = 0.0) -> dict:
     """K epochs over the step's minibatches (one per rollout batch), each split by rows across the learner
-    ranks; `experiences` are (batch, old log-probs, token advantages, reference log-probs or None,
-    (returns, old values) for the critic or None). Returns the last epoch's mean figures."""
+    ranks; `experiences` are (batch, old log-probs or None (on-policy: the first forward's), token
+    advantages, reference log-probs or None, (returns, old values) for the critic or None). Returns the
+    last epoch's mean figures and the rollout gap rank 0 saw before the first optimizer step."""
     from app.rl.rollout import shard
-    n, t0 = len(roles.learners), time.perf_counter()
+    n, t0, first_gap = len(roles.learners), time.perf_counter(), None
+    rows = lambda x, r: None if x is None else x[r::n]  # noqa: E731
     for _ in range(cfg.epochs):
         stats, value_losses = [], []
         for b, old, adv, ref, critic in experiences:
-            stats += [learner.update.remote(shard(b, r, n), old[r::n], adv[r::n],
-                                            None if ref is None else ref[r::n], kl_coef)
+            stats += [learner.update.remote(shard(b, r, n), rows(old, r), adv[r::n], rows(ref, r), kl_coef)
                       for r, learner in enumerate(roles.learners)]
             if critic is not None:
                 value_losses.append(roles.critic.update.remote(b, *critic))
         stats = ray_get(stats, cfg.sync_timeout_s, "learner update")
         value_losses = ray_get(value_losses, cfg.sync_timeout_s, "critic update")
-    figures = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+        first_gap = stats[0]["rollout_gap"] if first_gap is None else first_gap
+    figures = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0] if k != "rollout_gap"}
+    figures["first_update_gap"] = first_gap
     if value_losses:
         figures["value_loss"] = sum(value_losses) / len(value_losses)
     return {**figures, "train_s": time.perf_counter() - t0}
 
 
-def step_figures(batches: list[dict], scored: dict) -> dict:
-    """The figures every algorithm logs about its samples."""
+def step_figures(batches: list[dict], scored: dict, updated: dict) -> dict:
+    """The figures every algorithm logs about its samples and updates."""
     import torch
     rewards = torch.tensor(scored["rewards"]["reward"])
     return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
             "response_length": float(sum(b["response_mask"].sum() for b in batches) / len(rewards)),
-            "unsafe": sum(scored["rewards"]["unsafe"]), "sync_logprob_gap": scored["gap"],
-            "score_s": scored["score_s"], "texts": scored["texts"], "rewards": scored["rewards"]["reward"]}
+            "unsafe": sum(scored["rewards"]["unsafe"]),
+            "score_s": scored["score_s"], "texts": scored["texts"], "rewards": scored["rewards"]["reward"],
+            **updated, "sync_logprob_gap": scored["gap"] if scored["gap"] is not None else
+            updated["first_update_gap"]}
 
 
 def save_checkpoint(cfg: RLConfig, out: Path, roles: Roles, state: dict) -> None:

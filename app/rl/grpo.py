@@ -36,7 +36,10 @@ def grpo_step(cfg: GRPOConfig, roles: Roles, batches: list[dict], prompts: list,
               kl_ctl: losses.KLController) -> dict:
     """Score the groups, standardise rewards within each group, run the clipped updates with the KL term;
     returns the step's figures."""
-    scored = score(cfg, roles, batches, prompts, references, tokenizer)
+    # One on-policy pass (epochs 1, no overlap): the old log-probs are the update's own first forward, as in
+    # DeepSeekMath's GRPO with mu = 1, so no separate learner pass is needed.
+    on_policy = cfg.epochs == 1 and not cfg.overlap
+    scored = score(cfg, roles, batches, prompts, references, tokenizer, old_pass=not on_policy)
     rewards = torch.tensor(scored["rewards"]["reward"])
     advantages = losses.group_advantages(rewards, cfg.group_size)  # a batch holds whole groups, in order
     experiences, start, kls = [], 0, []
@@ -44,13 +47,14 @@ def grpo_step(cfg: GRPOConfig, roles: Roles, batches: list[dict], prompts: list,
         rows, mask = len(b["sequences"]), b["response_mask"]
         experiences.append((b, old, advantages[start:start + rows, None] * mask, ref, None))
         start += rows
-        kls.append(float(((old - ref) * mask).sum(1).mean()))
-    figures = update(cfg, roles, experiences, kl_ctl.value)
+        sampled = b["rollout_logprobs"] if old is None else old
+        kls.append(float(((sampled - ref) * mask).sum(1).mean()))
+    updated = update(cfg, roles, experiences, kl_ctl.value)
     kl_mean = sum(kls) / len(kls)
     kl_ctl.update(kl_mean, start)
-    flat = rewards.view(-1, cfg.group_size)
-    return {**step_figures(batches, scored), **figures, "kl": kl_mean, "kl_coef": kl_ctl.value,
-            "groups_without_signal": float((flat.std(1) == 0).float().mean())}
+    groups = rewards.view(-1, cfg.group_size)
+    return {**step_figures(batches, scored, updated), "kl": kl_mean, "kl_coef": kl_ctl.value,
+            "groups_without_signal": float((groups.std(1) == 0).float().mean())}
 
 
 def run(cfg: GRPOConfig) -> dict:

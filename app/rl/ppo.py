@@ -38,10 +38,10 @@ def ppo_step(cfg: PPOConfig, roles: Roles, batches: list[dict], prompts: list, r
         adv, returns = losses.gae(rewards, values, mask, cfg.gamma, cfg.lam)
         experiences.append((b, old, losses.whiten(adv, mask), None, (returns, values)))
         kls.append(float(kl.sum(1).mean()))
-    figures = update(cfg, roles, experiences)
+    updated = update(cfg, roles, experiences)
     kl_mean = sum(kls) / len(kls)
     kl_ctl.update(kl_mean, start)
-    return {**step_figures(batches, scored), **figures, "kl": kl_mean, "kl_coef": kl_ctl.value}
+    return {**step_figures(batches, scored, updated), "kl": kl_mean, "kl_coef": kl_ctl.value}
 
 
 def run(cfg: PPOConfig) -> dict:

@@ -116,7 +116,8 @@ def loop_config(cfg: SFTConfig, model_path: str, out: Path, has_val: bool) -> di
                 config=cfg.model_dump(mode="json"))
 
 
-def run(cfg: SFTConfig) -> dict:
+def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
+    """Train; `callbacks` are Ray Train callbacks (a sweep passes Tune's TuneReportCallback)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from app.train.loop import train_loop_per_worker
@@ -134,7 +135,7 @@ def run(cfg: SFTConfig) -> dict:
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
-        run_config=RunConfig(name="train", storage_path=str(run_dir.parent),
+        run_config=RunConfig(name="train", storage_path=str(run_dir.parent), callbacks=callbacks or [],
                              failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
                              checkpoint_config=CheckpointConfig(
                                  num_to_keep=cfg.checkpoint.keep,  # the best by val loss; Ray keeps the latest too
