@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from app.config import Config, ConfigError, JobConfig, load_config, read_yaml, set_dotted
+from app.config import Config, ConfigError, JobConfig, explain, load_config, read_yaml, set_dotted
 from app.train.config import SFTConfig
 
 DISTRIBUTION = re.compile(r"^\s*(loguniform|uniform|randint)\(\s*([^,]+?)\s*,\s*([^)]+?)\s*\)\s*$")
@@ -50,7 +50,7 @@ class SweepConfig(JobConfig):
     mode: Literal["min", "max"] = "min"
     scheduler: SchedulerSection = SchedulerSection()
     max_concurrent_trials: int = Field(2, ge=1)
-    trial_cpus: float = 0.0                    # the trial process itself; its SFT workers take scaling.*
+    trial_cpus: float = Field(0.1, gt=0)       # the trial process itself; its SFT workers take scaling.*
     resume: bool = True
 
 
@@ -97,11 +97,11 @@ def check(cfg: SweepConfig) -> None:
     for key in cfg.space:
         if key not in known:
             raise ConfigError(f"space key {key!r} is not an SFT config key (e.g. lora.r, optim.lr, lora.alpha)")
+    parse_space(cfg.space, cfg.search)
     try:
         trial_config(cfg, {k: _example(v) for k, v in cfg.space.items()}, "check")
-    except Exception as exc:  # pydantic names the key
-        raise ConfigError(f"the search space does not make a valid SFT config: {exc}") from None
-    parse_space(cfg.space, cfg.search)
+    except ValidationError as exc:
+        raise ConfigError(f"the search space does not make a valid SFT config: {explain(SFTConfig, exc)}") from None
 
 
 def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
@@ -147,9 +147,11 @@ def run(cfg: SweepConfig) -> dict:
         tuner = tune.Tuner.restore(str(tune_dir / "sweep"), trainable=trainable, resume_errored=False,
                                    restart_errored=False)
     else:
+        # stop_last_trials=False: a trial that reaches max_t still exports its final/ model
         max_steps = SFTConfig.model_validate(trial_config(cfg, {}, "x")).train.max_steps or 10 ** 6
         scheduler = ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=cfg.scheduler.grace_period,
-                                  reduction_factor=cfg.scheduler.reduction_factor) \
+                                  reduction_factor=cfg.scheduler.reduction_factor,
+                                  stop_last_trials=False) \
             if cfg.scheduler.type == "asha" else None
         search_alg = None
         if cfg.search == "optuna":

@@ -1,0 +1,64 @@
+"""Ray Tune sweeps of SFT trials through a real local Ray: bad keys fail at start; an interrupted 4-trial
+sweep resumes without re-running finished trials, ASHA stops some early, best.yaml re-runs with jobs.sft."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from app.config import ConfigError, load_config
+from app.train.sweep import SweepConfig, check
+from tests.test_sft import sft_data  # noqa: F401  (fixture)
+
+
+def test_bad_search_space_fails_at_start_naming_the_key():
+    with pytest.raises(ConfigError, match="'lora.rank'"):
+        check(load_config(SweepConfig, "jobs/configs/sweep_tiny.yaml", ["space={lora.rank: [4, 8]}"]))
+    with pytest.raises(ConfigError, match="space.optim.lr"):
+        check(load_config(SweepConfig, "jobs/configs/sweep_tiny.yaml", ["space={optim.lr: 'loguniform(1e-4)'}"]))
+    with pytest.raises(ConfigError, match="lora"):
+        check(load_config(SweepConfig, "jobs/configs/sweep_tiny.yaml", ["space={lora.r: [four]}"]))
+    with pytest.raises(ConfigError, match="search"):
+        load_config(SweepConfig, "jobs/configs/sweep_tiny.yaml", ["search=bayes"])
+    check(load_config(SweepConfig, "jobs/configs/sweep_demo.yaml"))
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_and_best_yaml_reruns(sft_data, tmp_path):  # noqa: F811
+    out = tmp_path / "sweep"
+    args = [f"output_dir={out}", f"overrides=[data.path={sft_data}, scaling.num_workers=1, train.max_steps=8, "
+            "eval.every=2, eval.patience=null, checkpoint.every=8, tensorboard=false]"]
+    env = {**os.environ, "RAY_ADDRESS": "", "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its state every second
+    first = subprocess.Popen([sys.executable, "-m", "jobs.sweep", "jobs/configs/sweep_tiny.yaml", *args], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and not list((out / "trials").glob("*/final/config.json")):
+        time.sleep(0.5)
+    finished = [p.parent.parent.name for p in (out / "trials").glob("*/final/config.json")]
+    time.sleep(3)  # Tune records the finished trial
+    os.killpg(first.pid, signal.SIGKILL)  # an interruption the sweep did not see coming
+    first.wait()
+    assert finished, "no trial finished before the interruption"
+    again = subprocess.run([sys.executable, "-m", "jobs.sweep", "jobs/configs/sweep_tiny.yaml", *args], env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stdout
+    for trial in finished:  # finished trials were not run again
+        assert (out / "trials" / trial / "starts.txt").read_text().count("start") == 1
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 4 and all(r["status"] == "OK" for r in rows)
+    assert any(r["stopped_early"] == "True" for r in rows)  # ASHA cut at least one trial
+    assert {(r["lora.r"], r["optim.lr"]) for r in rows} == {("4", "0.0001"), ("4", "0.01"), ("8", "0.0001"),
+                                                             ("8", "0.01")}
+    assert (out / "sweep.png").exists()
+    best = out / "best.yaml"
+    assert best.read_text().startswith("# python -m jobs.sft")
+    rerun = subprocess.run([sys.executable, "-m", "jobs.sft", str(best), f"output_dir={tmp_path / 'best'}"],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (tmp_path / "best" / "final" / "config.json").exists()
