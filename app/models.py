@@ -123,7 +123,7 @@ def resolve(spec: str) -> Path:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"model directory {spec} has no config.json (not a Hugging Face model directory)")
-        return path
+        return path.resolve()  # absolute: workers of a job may run in another folder
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise ModelError(f"model path not found: {spec} (give an HF model directory, a hub id like "
                          f"org/name, or an alias: {', '.join(ALIASES)})")
