@@ -40,7 +40,7 @@ def main() -> None:
     if not (Path(a.data) / "train").is_dir():
         sys.exit(f"{a.data}/train not found: run python -m jobs.data jobs/configs/data_demo.yaml first")
     with tempfile.TemporaryDirectory() as tmp:
-        full = sweep(Path(tmp) / "full", a.data, a.steps, "none")
+        full = sweep(Path(tmp) / "full", a.data, a.steps, "fifo")
         asha = sweep(Path(tmp) / "asha", a.data, a.steps, "asha")
     print(json.dumps({"benchmark": "sweep", "trials": 8, "max_steps": a.steps, "full": full, "asha": asha,
                       "time_ratio": round(asha["wall_s"] / full["wall_s"], 2),

@@ -35,7 +35,7 @@ DISTRIBUTION = re.compile(r"^\s*(loguniform|uniform|randint)\(\s*([^,]+?)\s*,\s*
 
 
 class SchedulerSection(Config):
-    type: Literal["asha", "none"] = "asha"
+    type: Literal["asha", "fifo"] = "asha"   # fifo: every trial runs to the end
     grace_period: int = Field(4, ge=1)      # optimizer steps every trial gets before it can be stopped
     reduction_factor: int = Field(2, ge=2)
 
@@ -152,7 +152,7 @@ def run(cfg: SweepConfig) -> dict:
         scheduler = ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=cfg.scheduler.grace_period,
                                   reduction_factor=cfg.scheduler.reduction_factor,
                                   stop_last_trials=False) \
-            if cfg.scheduler.type == "asha" else None
+            if cfg.scheduler.type == "asha" else None  # fifo
         search_alg = None
         if cfg.search == "optuna":
             from ray.tune.search.optuna import OptunaSearch
