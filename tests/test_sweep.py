@@ -25,6 +25,8 @@ def test_bad_search_space_fails_at_start_naming_the_key():
         check(load_config(SweepConfig, "jobs/configs/sweep_tiny.yaml", ["space={lora.r: [four]}"]))
     with pytest.raises(ConfigError, match="search"):
         load_config(SweepConfig, "jobs/configs/sweep_tiny.yaml", ["search=bayes"])
+    with pytest.raises(ConfigError, match="grace_period"):
+        check(load_config(SweepConfig, "jobs/configs/sweep_tiny.yaml", ["scheduler.grace_period=20"]))
     check(load_config(SweepConfig, "jobs/configs/sweep_demo.yaml"))
 
 

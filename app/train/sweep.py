@@ -99,9 +99,13 @@ def check(cfg: SweepConfig) -> None:
             raise ConfigError(f"space key {key!r} is not an SFT config key (e.g. lora.r, optim.lr, lora.alpha)")
     parse_space(cfg.space, cfg.search)
     try:
-        trial_config(cfg, {k: _example(v) for k, v in cfg.space.items()}, "check")
+        example = trial_config(cfg, {k: _example(v) for k, v in cfg.space.items()}, "check")
     except ValidationError as exc:
         raise ConfigError(f"the search space does not make a valid SFT config: {explain(SFTConfig, exc)}") from None
+    steps = example["train"]["max_steps"]
+    if cfg.scheduler.type == "asha" and steps and cfg.scheduler.grace_period > steps:
+        raise ConfigError(f"scheduler.grace_period ({cfg.scheduler.grace_period}) exceeds the trials' "
+                          f"train.max_steps ({steps})")
 
 
 def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
