@@ -31,6 +31,7 @@ def test_bad_search_space_fails_at_start_naming_the_key():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # 4 trials, a resume and a re-run of best.yaml: ~5.5 min alone on 2 cores
 def test_interrupted_sweep_resumes_and_best_yaml_reruns(sft_data, tmp_path):  # noqa: F811
     out = tmp_path / "sweep"
     args = [f"output_dir={out}", f"overrides=[data.path={sft_data}, scaling.num_workers=1, train.max_steps=8, "
