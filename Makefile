@@ -22,19 +22,8 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 demo: setup
-	$(PY) -m jobs.demo_data
-	$(PY) -m jobs.data jobs/configs/data_demo.yaml
-	$(PY) -m jobs.sft jobs/configs/sft_demo.yaml
-	$(PY) -m jobs.generate model=smollm2-135m-instruct prompt="What is the capital of France?"
-	$(PY) -m jobs.generate model=runs/sft-demo/final prompt="Where is my order LH12345678?"
-	$(PY) -m jobs.eval jobs/configs/eval_demo.yaml model=smollm2-135m-instruct name=base
-	@# The gate's verdict is part of the demo: a regression prints its table and leaves the version unpromoted.
-	-$(PY) -m jobs.eval jobs/configs/eval_demo.yaml model=runs/sft-demo/final name=sft gate.baseline=latest-promoted
-	@# RLHF: a reward model on the demo preference pairs, then PPO of the SFT model against it.
-	$(PY) -m jobs.reward jobs/configs/reward_demo.yaml
-	$(PY) -m jobs.ppo jobs/configs/ppo_demo.yaml
-	@# The promoted version behind the OpenAI-compatible endpoint: one streamed answer, then shut down.
-	$(PY) -m jobs.serve_demo
+	@# The whole pipeline on the embedded default (see jobs/configs/demo.yaml); a re-run skips finished stages.
+	$(PY) -m jobs.pipeline jobs/configs/demo.yaml
 
 test: setup
 	$(PY) -m pytest -q

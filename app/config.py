@@ -8,7 +8,7 @@ keys allowed at that level. Only a job's `run(cfg)` reads a config; library code
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -106,11 +106,15 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
 
 
 def allowed_keys(cls: type[Config], loc: tuple) -> list[str]:
-    """The field names of the section that `loc` (a path of keys) points into."""
-    model = cls
-    for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
+    """The field names of the section that `loc` (a path of keys) points into; a `dict[str, Section]` field
+    takes one free key (`stages.<name>.job`)."""
+    model, parts = cls, list(loc)
+    while parts:
+        field = model.model_fields.get(parts.pop(0)) if isinstance(parts[0], str) else None
         sub = getattr(field, "annotation", None) if field else None
+        if get_origin(sub) is dict and parts:
+            sub = get_args(sub)[1]
+            parts.pop(0)
         if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
             break
         model = sub

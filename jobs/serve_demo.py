@@ -2,11 +2,13 @@
 
     python -m jobs.serve_demo                                   # serve_configs/demo.yaml
     python -m jobs.serve_demo config=serve_configs/int8.yaml prompt="订单到哪了？"
+    python -m jobs.serve_demo model=runs/quantize-int8/model     # serve this model with the config's settings
 
 The last step of `make demo`: the registry's promoted model answers a customer question over HTTP.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,20 +26,28 @@ from app.config import JobConfig, UserError
 
 class ServeDemoConfig(JobConfig):
     config: str = "serve_configs/demo.yaml"
+    model: str | None = None  # replaces the config's model (a folder, alias or registry:<ref>)
     prompt: str = "Where is my order LH12345678? It has been a week."
     max_tokens: int = 96
     startup_timeout_s: float = 300
 
 
 def run(cfg: ServeDemoConfig) -> str:
+    if not Path(cfg.config).is_file():
+        raise UserError(f"serve config not found: {cfg.config}")
     spec = yaml.safe_load(Path(cfg.config).read_text())
     http = spec.get("http_options", {})
     url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
-    app_args = spec["applications"][0].get("args", {})
+    app_args = spec["applications"][0].setdefault("args", {})
     log = cfg.out("serve")
     log.mkdir(parents=True, exist_ok=True)
+    config = cfg.config
+    if cfg.model:
+        app_args["model"] = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
+        config = str(log / "serve_config.yaml")
+        Path(config).write_text(yaml.safe_dump(spec, sort_keys=False))
     with open(log / "serve.log", "w") as out:
-        server = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", cfg.config],
+        server = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", config],
                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_healthy(url, server, cfg.startup_timeout_s, log / "serve.log")
@@ -51,6 +61,8 @@ def run(cfg: ServeDemoConfig) -> str:
             answer += piece
             print(piece, end="", flush=True)
         print(f"\nserve_demo: streamed {len(answer)} characters from {url}; shutting down")
+        (log / "answer.json").write_text(json.dumps({"prompt": cfg.prompt, "answer": answer, "model": app_args["model"]},
+                                                    ensure_ascii=False, indent=2))
         return answer
     finally:
         os.killpg(server.pid, signal.SIGINT)  # serve run shuts Serve and its Ray instance down on Ctrl-C

@@ -1,5 +1,6 @@
-"""Ray Tune sweeps of SFT trials through a real local Ray: bad keys fail at start; an interrupted 4-trial
-sweep resumes without re-running finished trials, ASHA stops some early, best.yaml re-runs with jobs.sft."""
+"""Ray Tune sweeps of SFT trials through a real local Ray: bad keys fail at start; an interrupted sweep
+resumes without re-running finished trials, ASHA stops the weak trial early, best.yaml is a config for
+jobs.sft with the winner's values."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from app.config import ConfigError, load_config
+from app.train.config import SFTConfig
 from app.train.sweep import SweepConfig, check
 from tests.test_sft import sft_data  # noqa: F401  (fixture)
 
@@ -28,11 +30,13 @@ def test_bad_search_space_fails_at_start_naming_the_key():
     with pytest.raises(ConfigError, match="grace_period"):
         check(load_config(SweepConfig, "jobs/configs/sweep_tiny.yaml", ["scheduler.grace_period=20"]))
     check(load_config(SweepConfig, "jobs/configs/sweep_demo.yaml"))
+    with pytest.raises(ConfigError, match="'lora.r'"):
+        check(load_config(SweepConfig, "jobs/configs/sweep_tiny.yaml", ["space={lora.r: [0]}"]))
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # 4 trials, a resume and a re-run of best.yaml: ~5.5 min alone on 2 cores
-def test_interrupted_sweep_resumes_and_best_yaml_reruns(sft_data, tmp_path):  # noqa: F811
+@pytest.mark.timeout(900)  # 3 trials and a resume: ~3 min alone on 2 cores
+def test_interrupted_sweep_resumes_and_writes_best_yaml(sft_data, tmp_path):  # noqa: F811
     out = tmp_path / "sweep"
     args = [f"output_dir={out}", f"overrides=[data.path={sft_data}, scaling.num_workers=1, train.max_steps=8, "
             "eval.every=2, eval.patience=null, checkpoint.every=8, tensorboard=false]"]
@@ -54,14 +58,11 @@ def test_interrupted_sweep_resumes_and_best_yaml_reruns(sft_data, tmp_path):  # 
     for trial in finished:  # finished trials were not run again
         assert (out / "trials" / trial / "starts.txt").read_text().count("start") == 1
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert len(rows) == 4 and all(r["status"] == "OK" for r in rows)
-    assert any(r["stopped_early"] == "True" for r in rows)  # ASHA cut at least one trial
-    assert {(r["lora.r"], r["optim.lr"]) for r in rows} == {("4", "0.0001"), ("4", "0.01"), ("8", "0.0001"),
-                                                             ("8", "0.01")}
+    assert len(rows) == 3 and all(r["status"] == "OK" for r in rows)
+    stopped = {r["optim.lr"]: r["stopped_early"] for r in rows}
+    assert stopped["0.01"] == "False" and stopped["0.0001"] == "True"  # ASHA cut the worst
     assert (out / "sweep.png").exists()
     best = out / "best.yaml"
     assert best.read_text().startswith("# python -m jobs.sft")
-    rerun = subprocess.run([sys.executable, "-m", "jobs.sft", str(best), f"output_dir={tmp_path / 'best'}"],
-                           env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert (tmp_path / "best" / "final" / "config.json").exists()
+    cfg = load_config(SFTConfig, best)
+    assert cfg.optim.lr == 0.01 and cfg.lora.r == 8 and cfg.data.path == str(sft_data)

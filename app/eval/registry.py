@@ -46,8 +46,10 @@ class Registry:
                                   "LIMIT 1").fetchone()
         elif ref == "latest":
             row = self.db.execute("SELECT * FROM versions ORDER BY id DESC LIMIT 1").fetchone()
-        else:
+        elif str(ref).isdigit():
             row = self.db.execute("SELECT * FROM versions WHERE id = ?", (int(ref),)).fetchone()
+        else:
+            return None
         return _row(row) if row else None
 
     def list(self) -> list[dict]:

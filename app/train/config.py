@@ -19,8 +19,8 @@ class DataSection(Config):
 
 
 class LoraSection(Config):
-    r: int = 16
-    alpha: int = 32
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
     dropout: float = 0.1
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 

@@ -165,7 +165,10 @@ def run(cfg: SweepConfig) -> dict:
             trainable, param_space=parse_space(cfg.space, cfg.search),
             tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples,
                                         scheduler=scheduler, search_alg=search_alg,
-                                        max_concurrent_trials=cfg.max_concurrent_trials),
+                                        max_concurrent_trials=cfg.max_concurrent_trials,
+                                        # A fresh actor per trial: Ray Train's cleaner frees a stopped trial's
+                                        # worker placement group only when its actor dies (else the next hangs).
+                                        reuse_actors=False),
             run_config=tune.RunConfig(name="sweep", storage_path=str(tune_dir),
                                       failure_config=tune.FailureConfig(max_failures=0)))
     grid = tuner.fit()

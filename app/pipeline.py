@@ -1,0 +1,191 @@
+"""The pipeline: stages as a DAG of `python -m jobs.<job>` processes, each output cached under a key.
+
+    python -m jobs.pipeline jobs/configs/demo.yaml                  # what `make demo` runs
+    python -m jobs.pipeline jobs/configs/demo.yaml --from sft       # re-run sft and what depends on it
+    ray job submit --working-dir . -- python -m jobs.pipeline jobs/configs/demo.yaml   # stages join that cluster
+
+A stage names its inputs as `${stage}` in its overrides (`data.path=${data}`, `policy=${sft}/final`); those
+references are the DAG's edges, and `${output_dir}` is the pipeline's own folder. A stage's key hashes its
+job, its config file, its overrides with every `${stage}` replaced by that stage's key, and the local files
+its config names (contents; folders by name, size and mtime). Its output lives in
+`<output_dir>/<stage>-<key[:12]>`, finished when `stage.json` is there: a re-run skips it, a changed config
+changes its key and its dependents' keys only. A failing stage stops the pipeline with its error; finished
+outputs stay for the next run. Code changes do not change keys: `--from <stage>` forces a re-run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from app.config import Config, ConfigError, JobConfig, UserError, read_yaml
+
+REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
+
+
+class StageConfig(Config):
+    job: str                     # jobs.<job>, e.g. data, sft, eval
+    config: str | None = None    # the job's YAML
+    overrides: list[str] = []    # key=value, with ${stage} references to upstream outputs
+
+
+class PipelineConfig(JobConfig):
+    stages: dict[str, StageConfig]
+    start_from: str | None = None  # `--from <stage>`: force it and everything that depends on it
+    timeout_s: float = 3600         # per stage
+
+
+def edges(stages: dict[str, StageConfig]) -> dict[str, list[str]]:
+    """stage -> the stages it reads; unknown references fail at start."""
+    deps = {}
+    for name, stage in stages.items():
+        refs = [r for o in stage.overrides for r in REF.findall(o) if r != "output_dir"]
+        unknown = sorted(set(refs) - set(stages))
+        if unknown:
+            raise ConfigError(f"stages.{name}.overrides: ${{{unknown[0]}}} is not a stage "
+                              f"(stages: {', '.join(stages)})")
+        deps[name] = list(dict.fromkeys(refs))
+    return deps
+
+
+def order(deps: dict[str, list[str]]) -> list[str]:
+    """Topological order, ties broken by the order stages are written in; cycles fail at start."""
+    done: list[str] = []
+    while len(done) < len(deps):
+        ready = [s for s in deps if s not in done and all(d in done for d in deps[s])]
+        if not ready:
+            raise ConfigError(f"the stages' references form a cycle among: {', '.join(s for s in deps if s not in done)}")
+        done.append(ready[0])
+    return done
+
+
+def dependents(deps: dict[str, list[str]], start: str) -> set[str]:
+    """`start` and every stage that reads it, directly or not."""
+    found = {start}
+    for name in order(deps):
+        if any(d in found for d in deps[name]):
+            found.add(name)
+    return found
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    return REF.sub(lambda m: values[m.group(1)], text)
+
+
+def fingerprint(path: Path) -> str:
+    """Contents of a file; name, size and mtime of each file in a folder (model folders are large)."""
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    listing = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                     for p in path.rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def local_inputs(stage: StageConfig, root: Path) -> dict[str, str]:
+    """Fingerprints of the existing local paths the stage's config file and (non-reference) overrides name."""
+    values = []
+    if stage.config:
+        values += _strings(read_yaml(stage.config))
+    values += [o.partition("=")[2] for o in stage.overrides if not REF.search(o)]
+    paths = {v: Path(v) for v in values if "/" in v and "://" not in v and len(v) < 1024}
+    return {v: fingerprint(p) for v, p in sorted(paths.items())
+            if p.exists() and not p.resolve().is_relative_to(root.resolve())}
+
+
+def _strings(node) -> list[str]:
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def stage_key(stage: StageConfig, upstream: dict[str, str], root: Path) -> str:
+    """sha256 of what determines the stage's output; upstream stages enter by their keys, not their paths."""
+    payload = {"job": stage.job,
+               "config": Path(stage.config).read_text(encoding="utf-8") if stage.config else None,
+               "overrides": [substitute(o, {**upstream, "output_dir": "${output_dir}"}) for o in stage.overrides],
+               "inputs": local_inputs(stage, root)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def check(cfg: PipelineConfig) -> list[str]:
+    """Everything that can be checked before the first stage runs; returns the run order."""
+    deps = edges(cfg.stages)
+    if cfg.start_from and cfg.start_from not in cfg.stages:
+        raise ConfigError(f"--from {cfg.start_from}: not a stage (stages: {', '.join(cfg.stages)})")
+    for name, stage in cfg.stages.items():
+        if not (Path(__file__).resolve().parent.parent / "jobs" / f"{stage.job}.py").is_file():
+            raise ConfigError(f"stages.{name}.job: no module jobs.{stage.job}")
+        if stage.config and not Path(stage.config).is_file():
+            raise ConfigError(f"stages.{name}.config: file not found: {stage.config}")
+    return order(deps)
+
+
+def run(cfg: PipelineConfig) -> dict:
+    """Run the stages in order; returns {stage: {"dir", "key", "cached", "seconds"}}."""
+    names = check(cfg)
+    deps = edges(cfg.stages)
+    root = cfg.out("pipeline")
+    root.mkdir(parents=True, exist_ok=True)
+    forced = dependents(deps, cfg.start_from) if cfg.start_from else set()
+    keys: dict[str, str] = {}
+    dirs = {"output_dir": str(root.resolve())}
+    results: dict[str, dict] = {}
+    started = time.monotonic()
+    for i, name in enumerate(names, 1):
+        stage = cfg.stages[name]
+        keys[name] = stage_key(stage, {d: keys[d] for d in deps[name]}, root)
+        out = root / f"{name}-{keys[name][:12]}"
+        dirs[name] = str(out.resolve())
+        tag = f"[{i}/{len(names)}] {name:<12}"
+        if (out / "stage.json").is_file() and name not in forced:
+            print(f"{tag} cached      {out}", flush=True)
+            results[name] = {"dir": out, "key": keys[name], "cached": True, "seconds": 0.0}
+            continue
+        shutil.rmtree(out, ignore_errors=True)  # a half-written or forced output
+        out.mkdir(parents=True)
+        print(f"{tag} running     jobs.{stage.job} -> {out}", end="", flush=True)
+        seconds = run_stage(name, stage, [substitute(o, dirs) for o in stage.overrides], out, cfg.timeout_s)
+        (out / "stage.json").write_text(json.dumps(
+            {"stage": name, "job": stage.job, "key": keys[name], "config": stage.config, "seconds": round(seconds, 1),
+             "overrides": [substitute(o, dirs) for o in stage.overrides], "upstream": {d: keys[d] for d in deps[name]}},
+            indent=2))
+        print(f"  done in {seconds:.0f} s", flush=True)
+        results[name] = {"dir": out, "key": keys[name], "cached": False, "seconds": seconds}
+    total = time.monotonic() - started
+    (root / "last_run.json").write_text(json.dumps(
+        {"seconds": round(total, 1), "stages": {n: {**r, "dir": str(r["dir"])} for n, r in results.items()}}, indent=2))
+    return {"stages": results, "seconds": total, "root": root}
+
+
+def run_stage(name: str, stage: StageConfig, overrides: list[str], out: Path, timeout: float) -> float:
+    """One stage as its own process (its own Ray driver); output in out/stage.log. Raises UserError on failure."""
+    argv = [sys.executable, "-m", f"jobs.{stage.job}", *([stage.config] if stage.config else []), *overrides,
+            f"output_dir={out}"]
+    log = out / "stage.log"
+    started = time.monotonic()
+    with open(log, "w", encoding="utf-8") as f:
+        f.write(" ".join(argv) + "\n")
+        f.flush()
+        try:
+            code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    if code != 0:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+        errors = [line for line in lines if line.startswith("error:") or "Error" in line]
+        print("  FAILED", flush=True)
+        raise UserError(f"stage {name} (jobs.{stage.job}) failed ({'timed out' if code == 'timeout' else f'exit {code}'})"
+                        f": {(errors or lines or ['no output'])[-1]}\n  log: {log}\n  finished stages are kept; "
+                        f"fix and re-run, they will be skipped")
+    return time.monotonic() - started

@@ -1,0 +1,68 @@
+"""The pipeline's closing summary, read from what each stage left in its folder (manifest.json, eval.json,
+answer.txt): records kept and rejected by reason, losses, metrics side by side, gate verdicts, the served
+answer and the time. Stages are recognised by their job, so a pipeline of any shape gets the parts it has.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRICS = ["rougeL", "bleu", "f1", "perplexity", "safety_pass_rate", "accuracy", "ttft_ms", "tokens_per_s_batch8"]
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list[str]:
+    """stages: {name: {"dir", "cached", "seconds"}}; jobs: {name: job}."""
+    out = []
+    by_job = lambda job: [(n, Path(stages[n]["dir"])) for n in stages if jobs[n] == job]  # noqa: E731
+    for name, d in by_job("data"):
+        counts = _read(d / "manifest.json").get("counts", {})
+        kept, dropped = counts.get("splits", {}), counts.get("dropped", {})
+        out.append(f"{name}: {counts.get('input', '?')} records in, {sum(kept.values())} kept "
+                   f"({', '.join(f'{k} {v}' for k, v in kept.items())}), {sum(dropped.values())} rejected: "
+                   + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1])))
+    for name, d in by_job("sft") + by_job("dpo"):
+        m = _read(d / "manifest.json")
+        if m.get("val_loss_before") is not None:
+            out.append(f"{name}: validation loss {m['val_loss_before']:.4f} before -> {m['val_loss_after']:.4f} after "
+                       f"({m.get('steps')} steps)")
+    for name, d in by_job("reward"):
+        s = _read(d / "manifest.json").get("summary", {})
+        if s:
+            out.append(f"{name}: held-out pairwise accuracy {_fmt(s.get('val_accuracy'))}, "
+                       f"loss {_fmt(s.get('first_loss'))} -> {_fmt(s.get('last_loss'))}")
+    for name, d in by_job("ppo") + by_job("grpo"):
+        s = _read(d / "manifest.json").get("summary", {})
+        if s:
+            out.append(f"{name}: reward {_fmt(s.get('reward_first'))} -> {_fmt(s.get('reward_last'))} over "
+                       f"{s.get('steps')} steps, KL {_fmt(s.get('kl_last'))}")
+    evals = [(n, _read(d / "eval.json")) for n, d in by_job("eval")]
+    evals = [(n, e) for n, e in evals if e]
+    if evals:
+        keys = [k for k in METRICS if any(k in e["metrics"] for _, e in evals)]
+        width = max(len(n) for n, _ in evals)
+        out.append("eval".ljust(width) + "  " + "  ".join(f"{k:>10}" for k in keys) + "  gate")
+        for n, e in evals:
+            verdict = ("promoted" if e["promoted"] else "NOT promoted") + (f" vs {e['baseline']}" if e["baseline"] else "")
+            out.append(n.ljust(width) + "  " + "  ".join(f"{_fmt(e['metrics'].get(k, '-')):>10}" for k in keys)
+                       + f"  {e['version']} {verdict}")
+    for name, d in by_job("quantize"):
+        c = _read(d / "comparison.json")
+        if c:
+            out.append(f"{name}: {c['original']['size_mb']} MB -> {c['int8']['size_mb']} MB, decode x{c['speedup']}, "
+                       f"perplexity {c['original']['perplexity']} -> {c['int8']['perplexity']}")
+    for name, d in by_job("serve_demo"):
+        answer = _read(d / "answer.json")
+        if answer:
+            out.append(f"{name}: user: {answer['prompt']}")
+            out.append(f"{' ' * len(name)}  assistant: {answer['answer'].strip()}")
+    ran = sum(1 for s in stages.values() if not s["cached"])
+    out.append(f"total: {seconds / 60:.1f} min ({ran} stages run, {len(stages) - ran} cached)")
+    return out

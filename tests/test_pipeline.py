@@ -1,0 +1,101 @@
+"""The pipeline DAG: references become edges, keys change with configs and inputs, and through the real
+`python -m jobs.pipeline`: a failing stage stops it and keeps finished outputs, a re-run skips finished
+stages, a changed config re-runs only what depends on it, `--from` forces a stage and its dependents."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.config import ConfigError, load_config
+from app.pipeline import PipelineConfig, StageConfig, check, dependents, edges, order, stage_key
+
+
+def stages(**spec) -> dict[str, StageConfig]:
+    return {name: StageConfig(job="data", overrides=refs) for name, refs in spec.items()}
+
+
+def test_references_are_edges_in_written_order_and_bad_graphs_fail_at_start():
+    graph = stages(a=[], c=["x=${b}/test", "y=${output_dir}/r"], b=["p=${a}"], d=[])
+    deps = edges(graph)
+    assert deps == {"a": [], "c": ["b"], "b": ["a"], "d": []}
+    assert order(deps) == ["a", "b", "c", "d"]
+    assert dependents(deps, "b") == {"b", "c"}
+    with pytest.raises(ConfigError, match=r"\$\{nope\} is not a stage"):
+        edges(stages(a=["x=${nope}"]))
+    with pytest.raises(ConfigError, match="cycle"):
+        order(edges(stages(a=["x=${b}"], b=["x=${a}"])))
+    with pytest.raises(ConfigError, match="stages.a.job: no module jobs.nosuchjob"):
+        check(PipelineConfig(stages={"a": StageConfig(job="nosuchjob")}))
+    with pytest.raises(ConfigError, match="--from e: not a stage"):
+        check(PipelineConfig(stages=stages(a=[]), start_from="e"))
+    with pytest.raises(ConfigError, match="unknown config key 'stages.a.overides'"):
+        load_config(PipelineConfig, None, ["stages={a: {job: data, overides: []}}"])
+
+
+def test_key_follows_config_upstream_keys_and_input_files(tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text('{"id": 1}\n')
+    root = tmp_path / "pipe"
+    stage = StageConfig(job="data", config="jobs/configs/data_demo.yaml", overrides=[f"input.path={raw}", "x=${up}"])
+    key = stage_key(stage, {"up": "k1"}, root)
+    assert key == stage_key(stage, {"up": "k1"}, root)
+    assert key != stage_key(stage, {"up": "k2"}, root)  # an upstream stage changed
+    assert key != stage_key(stage.model_copy(update={"overrides": [f"input.path={raw}", "x=${up}", "seed=1"]}),
+                            {"up": "k1"}, root)
+    raw.write_text('{"id": 2}\n')  # the input file changed
+    assert key != stage_key(stage, {"up": "k1"}, root)
+
+
+def pipeline(tmp_path: Path, data_overrides: list[str], quant_overrides: list[str], *args: str):
+    config = {"name": "t", "output_dir": str(tmp_path / "pipe"), "stages": {
+        "raw": {"job": "demo_data", "overrides": ["n_dialogs=300", "n_tickets=10", "n_preferences=4", "n_prompts=4",
+                                                  "n_arithmetic=4"]},
+        "data": {"job": "data", "config": "jobs/configs/data_demo.yaml",
+                 "overrides": ["input.path=${raw}/dialogs.jsonl", "wandb=false", *data_overrides]},
+        "quant": {"job": "quantize", "overrides": ["model=tiny", "data=${data}/test", "max_texts=4",
+                                                   "decode_tokens=8", *quant_overrides]}}}
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "jobs.pipeline", str(path), *args], capture_output=True, text=True,
+                            timeout=600)
+    ran = {line.split()[1] for line in result.stdout.splitlines() if " running " in line}
+    cached = {line.split()[1] for line in result.stdout.splitlines() if " cached " in line}
+    return result, ran, cached
+
+
+def stage_dirs(tmp_path: Path, stage: str) -> list[Path]:
+    return sorted((tmp_path / "pipe").glob(f"{stage}-*/stage.json"))
+
+
+@pytest.mark.slow
+def test_pipeline_failure_caching_changes_and_from(tmp_path):
+    failed, ran, _ = pipeline(tmp_path, [], ["max_textz=4"])
+    assert failed.returncode == 2 and ran == {"raw", "data", "quant"}
+    assert "stage quant (jobs.quantize) failed (exit 2): error: unknown config key 'max_textz'" in failed.stderr
+    assert len(stage_dirs(tmp_path, "raw")) == len(stage_dirs(tmp_path, "data")) == 1  # finished outputs kept
+    assert not stage_dirs(tmp_path, "quant")
+
+    fixed, ran, cached = pipeline(tmp_path, [], [])
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert ran == {"quant"} and cached == {"raw", "data"}
+    assert "records in" in fixed.stdout and "total:" in fixed.stdout  # the closing summary
+    first_data = json.loads(stage_dirs(tmp_path, "data")[0].read_text())
+
+    again, ran, cached = pipeline(tmp_path, [], [])
+    assert again.returncode == 0 and ran == set() and cached == {"raw", "data", "quant"}
+
+    changed, ran, cached = pipeline(tmp_path, ["filters.min_words=5"], [])
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert ran == {"data", "quant"} and cached == {"raw"}  # only what depends on the change
+    assert len(stage_dirs(tmp_path, "data")) == 2  # the old output stays cached under its own key
+    new_data = next(json.loads(p.read_text()) for p in stage_dirs(tmp_path, "data")
+                    if json.loads(p.read_text())["key"] != first_data["key"])
+    assert new_data["upstream"] == first_data["upstream"]  # same raw stage
+
+    forced, ran, cached = pipeline(tmp_path, ["filters.min_words=5"], [], "--from", "data")
+    assert forced.returncode == 0 and ran == {"data", "quant"} and cached == {"raw"}
