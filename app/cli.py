@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from app import storage
 from app.config import Config, UserError, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "jobs" / "configs"
@@ -15,7 +16,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "jobs" / "configs"
 
 def run_job(config_cls: type[Config], run: Callable[[Config], object], default_config: str | None = None,
             argv: list[str] | None = None) -> object:
-    """Parse `[config.yaml] [key=value ...]`, build the typed config, call `run(cfg)`.
+    """Parse `[config.yaml] [key=value ...]`, build the typed config, call `run(cfg)`. URIs in the config
+    are fetched first and a URI output_dir is published after (app/storage.py).
 
     A UserError (bad key, bad YAML, missing model...) prints one line and exits with status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -23,8 +25,12 @@ def run_job(config_cls: type[Config], run: Callable[[Config], object], default_c
     if path is None and default_config:
         path = CONFIG_DIR / default_config
     try:
-        cfg = load_config(config_cls, path, argv)
-        return run(cfg)
+        cfg, target = storage.localize(load_config(config_cls, path, argv))
+        result = run(cfg)
+        if target:
+            storage.publish(Path(cfg.output_dir), target)
+            print(f"published {cfg.output_dir} -> {target}")
+        return result
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

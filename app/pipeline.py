@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.config import Config, ConfigError, JobConfig, UserError, read_yaml
+from app.config import Config, ConfigError, JobConfig, UserError, parse_value, read_yaml, set_dotted
 
 REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
 
@@ -90,15 +90,16 @@ def fingerprint(path: Path) -> str:
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
-def local_inputs(stage: StageConfig, root: Path) -> dict[str, str]:
-    """Fingerprints of the existing local paths the stage's config file and (non-reference) overrides name."""
-    values = []
-    if stage.config:
-        values += _strings(read_yaml(stage.config))
-    values += [o.partition("=")[2] for o in stage.overrides if not REF.search(o)]
-    paths = {v: Path(v) for v in values if "/" in v and "://" not in v and len(v) < 1024}
-    return {v: fingerprint(p) for v, p in sorted(paths.items())
-            if p.exists() and not p.resolve().is_relative_to(root.resolve())}
+def local_inputs(stage: StageConfig) -> dict[str, str]:
+    """Fingerprints of the existing local paths in the stage's effective config (its YAML with its overrides
+    applied; output_dir and `${stage}` references aside)."""
+    data = read_yaml(stage.config) if stage.config else {}
+    for item in stage.overrides:
+        key, _, raw = item.partition("=")
+        set_dotted(data, key.strip(), parse_value(raw))
+    data.pop("output_dir", None)
+    paths = {v: Path(v) for v in _strings(data) if "/" in v and "${" not in v and "://" not in v and len(v) < 1024}
+    return {v: fingerprint(p) for v, p in sorted(paths.items()) if p.exists()}
 
 
 def _strings(node) -> list[str]:
@@ -109,12 +110,12 @@ def _strings(node) -> list[str]:
     return [node] if isinstance(node, str) else []
 
 
-def stage_key(stage: StageConfig, upstream: dict[str, str], root: Path) -> str:
+def stage_key(stage: StageConfig, upstream: dict[str, str]) -> str:
     """sha256 of what determines the stage's output; upstream stages enter by their keys, not their paths."""
     payload = {"job": stage.job,
                "config": Path(stage.config).read_text(encoding="utf-8") if stage.config else None,
                "overrides": [substitute(o, {**upstream, "output_dir": "${output_dir}"}) for o in stage.overrides],
-               "inputs": local_inputs(stage, root)}
+               "inputs": local_inputs(stage)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -144,7 +145,7 @@ def run(cfg: PipelineConfig) -> dict:
     started = time.monotonic()
     for i, name in enumerate(names, 1):
         stage = cfg.stages[name]
-        keys[name] = stage_key(stage, {d: keys[d] for d in deps[name]}, root)
+        keys[name] = stage_key(stage, {d: keys[d] for d in deps[name]})
         out = root / f"{name}-{keys[name][:12]}"
         dirs[name] = str(out.resolve())
         tag = f"[{i}/{len(names)}] {name:<12}"

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-METRICS = ["rougeL", "bleu", "f1", "perplexity", "safety_pass_rate", "accuracy", "ttft_ms", "tokens_per_s_batch8"]
+METRICS = {"rougeL": "rougeL", "bleu": "BLEU", "f1": "F1", "perplexity": "PPL", "safety_pass_rate": "safety",
+           "accuracy": "accuracy", "ttft_ms": "TTFT ms", "tokens_per_s_batch8": "tok/s b8"}
 
 
 def _read(path: Path) -> dict:
@@ -48,11 +49,11 @@ def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list
     if evals:
         keys = [k for k in METRICS if any(k in e["metrics"] for _, e in evals)]
         width = max(len(n) for n, _ in evals)
-        out.append("eval".ljust(width) + "  " + "  ".join(f"{k:>10}" for k in keys) + "  gate")
+        out.append("eval".ljust(width) + "  " + "  ".join(f"{METRICS[k]:>9}" for k in keys) + "  gate")
         for n, e in evals:
-            verdict = ("promoted" if e["promoted"] else "NOT promoted") + (f" vs {e['baseline']}" if e["baseline"] else "")
-            out.append(n.ljust(width) + "  " + "  ".join(f"{_fmt(e['metrics'].get(k, '-')):>10}" for k in keys)
-                       + f"  {e['version']} {verdict}")
+            verdict = ("promoted" if e["promoted"] else "NOT promoted") + (f" vs v{e['baseline']}" if e["baseline"] else "")
+            out.append(n.ljust(width) + "  " + "  ".join(f"{_fmt(e['metrics'].get(k, '-')):>9}" for k in keys)
+                       + f"  v{e['version']} {verdict}")
     for name, d in by_job("quantize"):
         c = _read(d / "comparison.json")
         if c:

@@ -40,15 +40,22 @@ def test_references_are_edges_in_written_order_and_bad_graphs_fail_at_start():
 def test_key_follows_config_upstream_keys_and_input_files(tmp_path):
     raw = tmp_path / "raw.jsonl"
     raw.write_text('{"id": 1}\n')
-    root = tmp_path / "pipe"
     stage = StageConfig(job="data", config="jobs/configs/data_demo.yaml", overrides=[f"input.path={raw}", "x=${up}"])
-    key = stage_key(stage, {"up": "k1"}, root)
-    assert key == stage_key(stage, {"up": "k1"}, root)
-    assert key != stage_key(stage, {"up": "k2"}, root)  # an upstream stage changed
+    key = stage_key(stage, {"up": "k1"})
+    assert key == stage_key(stage, {"up": "k1"})
+    assert key != stage_key(stage, {"up": "k2"})  # an upstream stage changed
     assert key != stage_key(stage.model_copy(update={"overrides": [f"input.path={raw}", "x=${up}", "seed=1"]}),
-                            {"up": "k1"}, root)
+                            {"up": "k1"})
     raw.write_text('{"id": 2}\n')  # the input file changed
-    assert key != stage_key(stage, {"up": "k1"}, root)
+    assert key != stage_key(stage, {"up": "k1"})
+    # The YAML's own output_dir and the paths the overrides replace are not inputs.
+    own = tmp_path / "own.yaml"
+    own.write_text(f"output_dir: {tmp_path / 'out'}\ninput: {{path: {raw}}}\n")
+    stage = StageConfig(job="data", config=str(own), overrides=["input.path=${up}/x.jsonl"])
+    key = stage_key(stage, {"up": "k1"})
+    (tmp_path / "out").mkdir()
+    raw.write_text('{"id": 3}\n')
+    assert stage_key(stage, {"up": "k1"}) == key
 
 
 def pipeline(tmp_path: Path, data_overrides: list[str], quant_overrides: list[str], *args: str):

@@ -81,8 +81,15 @@ def run(cfg: EvalConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model_path = str(resolve(cfg.model))
     records = load_records(cfg.data, cfg.max_samples, cfg.task)
+    prompts = load_redteam() if cfg.safety else []
     init_ray()
-    answered = answer_all(records, model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency)
+    # One pass of the actor pool answers the test records and the red-team prompts (one model load).
+    red_ids = [f"redteam/{p['id']}" for p in prompts]
+    everything = answer_all(records + [{"id": i, "prompt": [{"role": "user", "content": p["prompt"]}]}
+                                       for i, p in zip(red_ids, prompts)],
+                            model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency)
+    by_id = {r["id"]: r for r in everything}
+    answered, red = [by_id[r["id"]] for r in records], [by_id[i]["answer"] for i in red_ids]
     preds, refs = [r["answer"] for r in answered], [r["reference"] for r in answered]
     metrics = text_scores(preds, refs)
     metrics["perplexity"] = perplexity(sum(r["nll"] for r in answered), sum(r["n_tokens"] for r in answered))
@@ -90,12 +97,8 @@ def run(cfg: EvalConfig) -> dict:
         metrics["accuracy"] = accuracy([final_number(p) for p in preds], [final_number(r) for r in refs])
     worst = []
     if cfg.safety:
-        prompts = load_redteam()
-        red = answer_all([{"id": p["id"], "prompt": [{"role": "user", "content": p["prompt"]}]} for p in prompts],
-                         model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency)
         toxicity_fn = load_callable(cfg.toxicity_model) if cfg.toxicity_model else None
-        safety = summarize(score_answers([r["answer"] for r in red], toxicity_fn=toxicity_fn), prompts,
-                           [r["answer"] for r in red])
+        safety = summarize(score_answers(red, toxicity_fn=toxicity_fn), prompts, red)
         metrics["safety_pass_rate"], worst = safety["safety_pass_rate"], safety["worst"]
     if cfg.efficiency:
         metrics.update(efficiency(model_path, [r["prompt"] for r in answered], cfg.batch_size))
