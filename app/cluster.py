@@ -8,6 +8,7 @@ Workers of a local instance inherit this process's environment, so they share th
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 
@@ -26,7 +27,27 @@ def init_ray(num_cpus: int | None = None, **kwargs) -> dict:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(**kwargs)
         else:
-            # The dashboard (on 127.0.0.1) serves Ray's state API, which Ray Train uses to watch its workers.
-            ray.init(num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1", _temp_dir=_temp_dir(),
-                     **kwargs)
+            _start_local(num_cpus or os.cpu_count(), **kwargs)
     return ray.cluster_resources()
+
+
+def _start_local(num_cpus: int, **kwargs) -> None:
+    """A local instance whose workers know its address (RAY_ADDRESS): Ray code that looks the cluster up from
+    a worker (Ray Train's placement-group cleaner uses the state API) otherwise fails as soon as a second Ray
+    instance runs on the machine, and a stopped trial's workers are never freed. This process's own
+    environment is left as it was."""
+    from ray._private.services import get_node_ip_address
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
+    os.environ.update(RAY_ADDRESS=f"{get_node_ip_address()}:{port}", RAY_GCS_SERVER_PORT=str(port))
+    try:
+        # The dashboard (on 127.0.0.1) serves Ray's state API, which Ray Train uses to watch its workers.
+        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", _temp_dir=_temp_dir(), **kwargs)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

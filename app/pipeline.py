@@ -30,7 +30,7 @@ REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
 
 class StageConfig(Config):
     job: str                     # jobs.<job>, e.g. data, sft, eval
-    config: str | None = None    # the job's YAML
+    config: str | None = None    # the job's YAML; may be an upstream output (`${sweep}/best.yaml`)
     overrides: list[str] = []    # key=value, with ${stage} references to upstream outputs
 
 
@@ -44,7 +44,7 @@ def edges(stages: dict[str, StageConfig]) -> dict[str, list[str]]:
     """stage -> the stages it reads; unknown references fail at start."""
     deps = {}
     for name, stage in stages.items():
-        refs = [r for o in stage.overrides for r in REF.findall(o) if r != "output_dir"]
+        refs = [r for o in [stage.config or "", *stage.overrides] for r in REF.findall(o) if r != "output_dir"]
         unknown = sorted(set(refs) - set(stages))
         if unknown:
             raise ConfigError(f"stages.{name}.overrides: ${{{unknown[0]}}} is not a stage "
@@ -93,7 +93,7 @@ def fingerprint(path: Path) -> str:
 def local_inputs(stage: StageConfig) -> dict[str, str]:
     """Fingerprints of the existing local paths in the stage's effective config (its YAML with its overrides
     applied; output_dir and `${stage}` references aside)."""
-    data = read_yaml(stage.config) if stage.config else {}
+    data = read_yaml(stage.config) if stage.config and not REF.search(stage.config) else {}
     for item in stage.overrides:
         key, _, raw = item.partition("=")
         set_dotted(data, key.strip(), parse_value(raw))
@@ -112,8 +112,9 @@ def _strings(node) -> list[str]:
 
 def stage_key(stage: StageConfig, upstream: dict[str, str]) -> str:
     """sha256 of what determines the stage's output; upstream stages enter by their keys, not their paths."""
-    payload = {"job": stage.job,
-               "config": Path(stage.config).read_text(encoding="utf-8") if stage.config else None,
+    config = stage.config and (substitute(stage.config, {**upstream, "output_dir": "${output_dir}"})
+                               if REF.search(stage.config) else Path(stage.config).read_text(encoding="utf-8"))
+    payload = {"job": stage.job, "config": config,
                "overrides": [substitute(o, {**upstream, "output_dir": "${output_dir}"}) for o in stage.overrides],
                "inputs": local_inputs(stage)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -127,7 +128,7 @@ def check(cfg: PipelineConfig) -> list[str]:
     for name, stage in cfg.stages.items():
         if not (Path(__file__).resolve().parent.parent / "jobs" / f"{stage.job}.py").is_file():
             raise ConfigError(f"stages.{name}.job: no module jobs.{stage.job}")
-        if stage.config and not Path(stage.config).is_file():
+        if stage.config and not REF.search(stage.config) and not Path(stage.config).is_file():
             raise ConfigError(f"stages.{name}.config: file not found: {stage.config}")
     return order(deps)
 
@@ -156,11 +157,12 @@ def run(cfg: PipelineConfig) -> dict:
         shutil.rmtree(out, ignore_errors=True)  # a half-written or forced output
         out.mkdir(parents=True)
         print(f"{tag} running     jobs.{stage.job} -> {out}", end="", flush=True)
-        seconds = run_stage(name, stage, [substitute(o, dirs) for o in stage.overrides], out, cfg.timeout_s)
-        (out / "stage.json").write_text(json.dumps(
-            {"stage": name, "job": stage.job, "key": keys[name], "config": stage.config, "seconds": round(seconds, 1),
-             "overrides": [substitute(o, dirs) for o in stage.overrides], "upstream": {d: keys[d] for d in deps[name]}},
-            indent=2))
+        config = substitute(stage.config, dirs) if stage.config else None
+        overrides = [substitute(o, dirs) for o in stage.overrides]
+        seconds = run_stage(name, stage.job, config, overrides, out, cfg.timeout_s)
+        (out / "stage.json").write_text(json.dumps(  # written last: its presence means the stage finished
+            {"stage": name, "job": stage.job, "key": keys[name], "config": config, "overrides": overrides,
+             "upstream": {d: keys[d] for d in deps[name]}, "seconds": round(seconds, 1)}, indent=2))
         print(f"  done in {seconds:.0f} s", flush=True)
         results[name] = {"dir": out, "key": keys[name], "cached": False, "seconds": seconds}
     total = time.monotonic() - started
@@ -169,10 +171,9 @@ def run(cfg: PipelineConfig) -> dict:
     return {"stages": results, "seconds": total, "root": root}
 
 
-def run_stage(name: str, stage: StageConfig, overrides: list[str], out: Path, timeout: float) -> float:
+def run_stage(name: str, job: str, config: str | None, overrides: list[str], out: Path, timeout: float) -> float:
     """One stage as its own process (its own Ray driver); output in out/stage.log. Raises UserError on failure."""
-    argv = [sys.executable, "-m", f"jobs.{stage.job}", *([stage.config] if stage.config else []), *overrides,
-            f"output_dir={out}"]
+    argv = [sys.executable, "-m", f"jobs.{job}", *([config] if config else []), *overrides, f"output_dir={out}"]
     log = out / "stage.log"
     started = time.monotonic()
     with open(log, "w", encoding="utf-8") as f:
@@ -186,7 +187,7 @@ def run_stage(name: str, stage: StageConfig, overrides: list[str], out: Path, ti
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
         errors = [line for line in lines if line.startswith("error:") or "Error" in line]
         print("  FAILED", flush=True)
-        raise UserError(f"stage {name} (jobs.{stage.job}) failed ({'timed out' if code == 'timeout' else f'exit {code}'})"
+        raise UserError(f"stage {name} (jobs.{job}) failed ({'timed out' if code == 'timeout' else f'exit {code}'})"
                         f": {(errors or lines or ['no output'])[-1]}\n  log: {log}\n  finished stages are kept; "
                         f"fix and re-run, they will be skipped")
     return time.monotonic() - started

@@ -43,7 +43,7 @@ def fetch(uri: str) -> Path:
         raise UserError(f"not found: {uri}")
     local = _cache_path(uri, "storage")
     shutil.rmtree(local, ignore_errors=True)
-    local.parent.mkdir(parents=True, exist_ok=True)
+    (local if info.type == pafs.FileType.Directory else local.parent).mkdir(parents=True, exist_ok=True)
     pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return local
 

@@ -37,6 +37,19 @@ def test_references_are_edges_in_written_order_and_bad_graphs_fail_at_start():
         load_config(PipelineConfig, None, ["stages={a: {job: data, overides: []}}"])
 
 
+def test_shipped_dags_are_valid_and_an_upstream_output_can_be_a_config():
+    demo = load_config(PipelineConfig, "jobs/configs/demo.yaml")
+    assert check(demo) == ["demo_data", "data", "sft", "eval_base", "eval_sft", "reward", "ppo", "eval_ppo",
+                           "quantize", "serve"]
+    alt = load_config(PipelineConfig, "jobs/configs/pipeline_alt.yaml")
+    deps = edges(alt.stages)
+    assert deps["sft_best"] == ["sweep"] and deps["eval_dpo"] == ["dpo", "data", "eval_sft"]
+    order_ = check(alt)
+    assert order_.index("sweep") < order_.index("sft_best") and order_.index("dpo") < order_.index("eval_dpo")
+    best = alt.stages["sft_best"]
+    assert stage_key(best, {"sweep": "k1"}) != stage_key(best, {"sweep": "k2"})  # a new sweep, a new best.yaml
+
+
 def test_key_follows_config_upstream_keys_and_input_files(tmp_path):
     raw = tmp_path / "raw.jsonl"
     raw.write_text('{"id": 1}\n')

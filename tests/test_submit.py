@@ -90,9 +90,16 @@ def _ray_list(address: str, env: dict, kind: str, *filters: str) -> list[dict]:
 
 
 def submit(cluster: dict, *entrypoint: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`ray job submit --working-dir . -- <entrypoint>`, the way a user runs a stage on a cluster."""
-    return subprocess.run([BIN / "ray", "job", "submit", "--address", cluster["address"], "--working-dir", ".",
-                           "--", *entrypoint], env=env or cluster["env"], capture_output=True, text=True, timeout=900)
+    """`ray job submit --working-dir . -- <entrypoint>`, the way a user runs a stage on a cluster (again while
+    the head's job agent is still starting: "No available agent to submit job, please try again later")."""
+    for _ in range(30):
+        result = subprocess.run([BIN / "ray", "job", "submit", "--address", cluster["address"], "--working-dir", ".",
+                                 "--", *entrypoint], env=env or cluster["env"], capture_output=True, text=True,
+                                timeout=900)
+        if "No available agent" not in result.stderr:
+            return result
+        time.sleep(2)
+    return result
 
 
 def job_id(result: subprocess.CompletedProcess) -> str:
