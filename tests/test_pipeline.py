@@ -117,5 +117,5 @@ def test_pipeline_failure_caching_changes_and_from(tmp_path):
                     if json.loads(p.read_text())["key"] != first_data["key"])
     assert new_data["upstream"] == first_data["upstream"]  # same raw stage
 
-    forced, ran, cached = pipeline(tmp_path, ["filters.min_words=5"], [], "--from", "data")
-    assert forced.returncode == 0 and ran == {"data", "quant"} and cached == {"raw"}
+    forced, ran, cached = pipeline(tmp_path, ["filters.min_words=5"], [], "--from", "quant")
+    assert forced.returncode == 0 and ran == {"quant"} and cached == {"raw", "data"}

@@ -91,13 +91,13 @@ def test_lora_learner_group_survives_a_killed_rollout_actor(ray_local, prompts_f
 def test_resume_continues_at_the_checkpointed_step_exactly(ray_local, prompts_file, tmp_path):
     from app.config import load_config
     from app.rl.ppo import PPOConfig, run
-    args = [f"prompts={prompts_file}", "steps=3"]
+    args = [f"prompts={prompts_file}", "steps=2"]
     straight = run(load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", args + [f"output_dir={tmp_path / 'a'}"]))
-    interrupted = args[:1] + ["steps=2", f"output_dir={tmp_path / 'b'}"]
+    interrupted = args[:1] + ["steps=1", f"output_dir={tmp_path / 'b'}"]
     run(load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", interrupted))
     resumed = run(load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", args + [f"output_dir={tmp_path / 'b'}"]))
-    assert resumed["resumed_from"] == 2 and straight["resumed_from"] is None
-    assert [s["step"] for s in _steps(tmp_path / "b")] == [1, 2, 3]
+    assert resumed["resumed_from"] == 1 and straight["resumed_from"] is None
+    assert [s["step"] for s in _steps(tmp_path / "b")] == [1, 2]
     assert resumed["checksum"] == straight["checksum"]  # same weights as the run that was never interrupted
 
 

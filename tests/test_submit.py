@@ -30,16 +30,11 @@ def _free_port() -> int:
 
 
 def _stop(nodes: list[subprocess.Popen]) -> None:
-    """`ray start --block` takes its node's processes down when it is signalled (`ray stop` would kill every
-    Ray instance on the machine, the test session's own included)."""
+    """Kill each node's process group (`ray start` and what it started); `ray stop` would kill every Ray
+    instance on the machine, the test session's own included."""
     for proc in nodes:
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for proc in nodes:
-        try:
-            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +43,22 @@ def cluster():
     client needs (the token)."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
     gcs, dash = _free_port(), _free_port()
+    # The nodes' own processes find their cluster through RAY_ADDRESS, as on a real node (where
+    # /tmp/ray/ray_current_cluster would do): this machine also runs the test session's Ray instance.
+    env["RAY_ADDRESS"] = f"127.0.0.1:{gcs}"
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's unix socket paths must stay short
-    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    def common():  # each node's agents on free ports: the session's own Ray holds the default ones
+        return ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
+                *(f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                          "metrics-export-port", "runtime-env-agent-port"))]
     nodes = [subprocess.Popen([BIN / "ray", "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                               f"--dashboard-port={dash}", f"--temp-dir={temp}", *common], env=env,
+                               f"--dashboard-port={dash}", f"--temp-dir={temp}", *common()], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
     address = f"http://127.0.0.1:{dash}"
     try:
         _wait(lambda: requests.get(f"{address}/api/version", timeout=2, headers=_auth(env)).ok, "the head's dashboard")
-        nodes.append(subprocess.Popen([BIN / "ray", "start", f"--address=127.0.0.1:{gcs}", *common], env=env,
+        nodes.append(subprocess.Popen([BIN / "ray", "start", f"--address=127.0.0.1:{gcs}", *common()], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         _wait(lambda: len(_ray_list(address, env, "nodes", "state=ALIVE")) == 2, "the second node")
         yield {"address": address, "env": env}
@@ -92,7 +92,7 @@ def _ray_list(address: str, env: dict, kind: str, *filters: str) -> list[dict]:
 def submit(cluster: dict, *entrypoint: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`ray job submit --working-dir . -- <entrypoint>`, the way a user runs a stage on a cluster (again while
     the head's job agent is still starting: "No available agent to submit job, please try again later")."""
-    for _ in range(30):
+    for _ in range(15):
         result = subprocess.run([BIN / "ray", "job", "submit", "--address", cluster["address"], "--working-dir", ".",
                                  "--", *entrypoint], env=env or cluster["env"], capture_output=True, text=True,
                                 timeout=900)
