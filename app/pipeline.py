@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from app.config import Config, ConfigError, JobConfig, UserError, parse_value, read_yaml, set_dotted
+from app.runinfo import sha256_file
 
 REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
 
@@ -80,11 +81,7 @@ def substitute(text: str, values: dict[str, str]) -> str:
 def fingerprint(path: Path) -> str:
     """Contents of a file; name, size and mtime of each file in a folder (model folders are large)."""
     if path.is_file():
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(path)
     listing = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
                      for p in path.rglob("*") if p.is_file())
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
