@@ -9,8 +9,10 @@ references are the DAG's edges, and `${output_dir}` is the pipeline's own folder
 job, its config file, its overrides with every `${stage}` replaced by that stage's key, and the local files
 its config names (contents; folders by name, size and mtime). Its output lives in
 `<output_dir>/<stage>-<key[:12]>`, finished when `stage.json` is there: a re-run skips it, a changed config
-changes its key and its dependents' keys only. A failing stage stops the pipeline with its error; finished
-outputs stay for the next run. Code changes do not change keys: `--from <stage>` forces a re-run.
+changes its key and its dependents' keys only. With `parallel: N`, up to N stages whose inputs are ready
+run at once (the base model's eval beside SFT; on a cluster each lands where Ray has room). A failing
+stage stops the pipeline with its error; finished outputs stay for the next run. Code changes do not change
+keys: `--from <stage>` forces a re-run.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+
+from pydantic import Field
 
 from app.config import Config, ConfigError, JobConfig, UserError, parse_value, read_yaml, set_dotted
 from app.runinfo import sha256_file
@@ -39,6 +44,7 @@ class PipelineConfig(JobConfig):
     stages: dict[str, StageConfig]
     start_from: str | None = None  # `--from <stage>`: force it and everything that depends on it
     timeout_s: float = 3600         # per stage
+    parallel: int = Field(1, ge=1)   # stages run at once when their inputs are ready (each its own Ray driver)
 
 
 def edges(stages: dict[str, StageConfig]) -> dict[str, list[str]]:
@@ -131,41 +137,70 @@ def check(cfg: PipelineConfig) -> list[str]:
 
 
 def run(cfg: PipelineConfig) -> dict:
-    """Run the stages in order; returns {stage: {"dir", "key", "cached", "seconds"}}."""
+    """Run the stages, up to `parallel` at once as their inputs finish; returns {"stages": {stage: {"dir",
+    "key", "cached", "seconds"}}, "seconds", "root"}. After a failure no new stage starts; the running ones
+    finish and keep their outputs, then the first error is raised."""
     names = check(cfg)
     deps = edges(cfg.stages)
     root = cfg.out("pipeline")
     root.mkdir(parents=True, exist_ok=True)
     forced = dependents(deps, cfg.start_from) if cfg.start_from else set()
     keys: dict[str, str] = {}
-    dirs = {"output_dir": str(root.resolve())}
+    for name in names:  # keys depend on configs and upstream keys only, so all are known before anything runs
+        keys[name] = stage_key(cfg.stages[name], {d: keys[d] for d in deps[name]})
+    dirs = {"output_dir": str(root.resolve()), **{n: str((root / f"{n}-{keys[n][:12]}").resolve()) for n in names}}
+    tag = {n: f"[{i}/{len(names)}] {n:<12}" for i, n in enumerate(names, 1)}
     results: dict[str, dict] = {}
+    running: dict[Future, str] = {}
+    errors: list[UserError] = []
     started = time.monotonic()
-    for i, name in enumerate(names, 1):
-        stage = cfg.stages[name]
-        keys[name] = stage_key(stage, {d: keys[d] for d in deps[name]})
-        out = root / f"{name}-{keys[name][:12]}"
-        dirs[name] = str(out.resolve())
-        tag = f"[{i}/{len(names)}] {name:<12}"
-        if (out / "stage.json").is_file() and name not in forced:
-            print(f"{tag} cached      {out}", flush=True)
-            results[name] = {"dir": out, "key": keys[name], "cached": True, "seconds": 0.0}
-            continue
-        shutil.rmtree(out, ignore_errors=True)  # a half-written or forced output
-        out.mkdir(parents=True)
-        print(f"{tag} running     jobs.{stage.job} -> {out}", end="", flush=True)
-        config = substitute(stage.config, dirs) if stage.config else None
-        overrides = [substitute(o, dirs) for o in stage.overrides]
-        seconds = run_stage(name, stage.job, config, overrides, out, cfg.timeout_s)
-        (out / "stage.json").write_text(json.dumps(  # written last: its presence means the stage finished
-            {"stage": name, "job": stage.job, "key": keys[name], "config": config, "overrides": overrides,
-             "upstream": {d: keys[d] for d in deps[name]}, "seconds": round(seconds, 1)}, indent=2))
-        print(f"  done in {seconds:.0f} s", flush=True)
-        results[name] = {"dir": out, "key": keys[name], "cached": False, "seconds": seconds}
+    with ThreadPoolExecutor(max(1, cfg.parallel)) as pool:
+        while True:
+            ready = [n for n in names if n not in results and n not in running.values()
+                     and all(d in results for d in deps[n])]
+            cached = [n for n in ready if (Path(dirs[n]) / "stage.json").is_file() and n not in forced]
+            for name in cached:
+                print(f"{tag[name]} cached      {dirs[name]}", flush=True)
+                results[name] = {"dir": Path(dirs[name]), "key": keys[name], "cached": True, "seconds": 0.0}
+            if cached:
+                continue
+            for name in ([] if errors else ready[:cfg.parallel - len(running)]):
+                print(f"{tag[name]} running     jobs.{cfg.stages[name].job} -> {dirs[name]}", flush=True)
+                running[pool.submit(_run, name, cfg.stages[name], dirs, deps[name], keys, cfg.timeout_s)] = name
+            if not running:
+                break
+            for future in wait(running, return_when=FIRST_COMPLETED).done:
+                name = running.pop(future)
+                try:
+                    results[name] = future.result()
+                    print(f"{tag[name]} done        in {results[name]['seconds']:.0f} s", flush=True)
+                except UserError as e:
+                    print(f"{tag[name]} FAILED", flush=True)
+                    errors.append(e)
+    if errors:
+        raise errors[0]
     total = time.monotonic() - started
+    results = {n: results[n] for n in names}
     (root / "last_run.json").write_text(json.dumps(
         {"seconds": round(total, 1), "stages": {n: {**r, "dir": str(r["dir"])} for n, r in results.items()}}, indent=2))
     return {"stages": results, "seconds": total, "root": root}
+
+
+def _run(name: str, stage: StageConfig, dirs: dict[str, str], deps: list[str], keys: dict[str, str],
+         timeout: float) -> dict:
+    """One stage into its (emptied) folder; stage.json, written last, marks it finished."""
+    out = Path(dirs[name])
+    shutil.rmtree(out, ignore_errors=True)  # a half-written or forced output
+    out.mkdir(parents=True)
+    config = substitute(stage.config, dirs) if stage.config else None
+    overrides = [substitute(o, dirs) for o in stage.overrides]
+    began = time.time()
+    seconds = run_stage(name, stage.job, config, overrides, out, timeout)
+    (out / "stage.json").write_text(json.dumps(
+        {"stage": name, "job": stage.job, "key": keys[name], "config": config, "overrides": overrides,
+         "upstream": {d: keys[d] for d in deps}, "seconds": round(seconds, 1), "started_at": began,
+         "finished_at": time.time()}, indent=2))
+    return {"dir": out, "key": keys[name], "cached": False, "seconds": seconds}
 
 
 def run_stage(name: str, job: str, config: str | None, overrides: list[str], out: Path, timeout: float) -> float:
@@ -183,7 +218,6 @@ def run_stage(name: str, job: str, config: str | None, overrides: list[str], out
     if code != 0:
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
         errors = [line for line in lines if line.startswith("error:") or "Error" in line]
-        print("  FAILED", flush=True)
         raise UserError(f"stage {name} (jobs.{job}) failed ({'timed out' if code == 'timeout' else f'exit {code}'})"
                         f": {(errors or lines or ['no output'])[-1]}\n  log: {log}\n  finished stages are kept; "
                         f"fix and re-run, they will be skipped")

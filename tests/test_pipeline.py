@@ -119,3 +119,19 @@ def test_pipeline_failure_caching_changes_and_from(tmp_path):
 
     forced, ran, cached = pipeline(tmp_path, ["filters.min_words=5"], [], "--from", "quant")
     assert forced.returncode == 0 and ran == {"quant"} and cached == {"raw", "data"}
+
+
+def test_independent_stages_run_at_once_with_parallel(tmp_path):
+    spec = {"job": "demo_data", "overrides": ["n_dialogs=20", "n_tickets=2", "n_preferences=2", "n_prompts=2",
+                                              "n_arithmetic=2"]}
+    config = {"name": "p", "output_dir": str(tmp_path / "pipe"), "parallel": 2,
+              "stages": {"a": spec, "b": {**spec, "overrides": [*spec["overrides"], "seed=1"]},
+                         "c": {"job": "demo_data", "overrides": ["n_dialogs=${a}"]}}}  # fails, after a
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "jobs.pipeline", str(path)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and "stage c (jobs.demo_data) failed" in result.stderr
+    a, b = (json.loads(next((tmp_path / "pipe").glob(f"{s}-*/stage.json")).read_text()) for s in "ab")
+    assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]  # they overlapped
+    assert not list((tmp_path / "pipe").glob("c-*/stage.json"))
