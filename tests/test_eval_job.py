@@ -15,7 +15,7 @@ from tests.test_sft import sft_data  # noqa: F401  (the module fixture: train/ a
 def evaluate(data, tmp_path, *overrides):
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
                       ["model=tiny", f"data={data}/val", f"registry={tmp_path}/reg.sqlite", "max_samples=12",
-                       "max_new_tokens=8", "batch_size=4", "human_eval_rows=5", *overrides])
+                       "max_new_tokens=8", "batch_size=4", "human_eval_rows=5", "concurrency=1", *overrides])
     return run(cfg)
 
 
@@ -67,7 +67,8 @@ GSM8K = PROJECT_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
                       ["model=tiny", f"data={GSM8K}", "task=gsm8k", f"registry={tmp_path}/reg.sqlite", "max_samples=4",
-                       "max_new_tokens=8", "batch_size=4", "safety=false", "efficiency=false", f"output_dir={tmp_path}/g"])
+                       "max_new_tokens=8", "batch_size=4", "safety=false", "efficiency=false", "concurrency=1",
+                       f"output_dir={tmp_path}/g"])
     result = run(cfg)
     assert result["metrics"]["accuracy"] == 0.0  # a random model does not solve grade-school math
     answers = [json.loads(line) for line in (tmp_path / "g" / "answers.jsonl").read_text().splitlines()]
