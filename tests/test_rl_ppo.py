@@ -123,7 +123,8 @@ def test_sampler_resamples_the_chunk_of_an_actor_killed_mid_generation(ray_local
     from app.config import load_config
     from app.models import load_tokenizer
     from app.rl.actors import LearnerActor, RolloutActor
-    from app.rl.controller import Sampler, _prompts, publish, sync
+    from app.rl.controller import _prompts
+    from app.rl.sync import Sampler, publish, sync
     from app.rl.ppo import PPOConfig
     cfg = load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", [f"prompts={prompts_file}", "max_new_tokens=6"])
     data = _prompts(str(prompts_file), load_tokenizer("tiny"))

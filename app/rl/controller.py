@@ -6,10 +6,10 @@ app.rl.grpo.grpo_step), publishes and syncs the new policy version, logs, checkp
     python -m jobs.grpo jobs/configs/grpo_demo.yaml
     (the same command again after a crash resumes at the last checkpoint)
 
-Weight sync: after each step the learner publishes version v+1 (the policy, or only its LoRA adapter) with
-a checksum; every rollout actor loads and reports it; every wait has a timeout. `sync_logprob_gap`
-(rollout vs learner log-probs of the same tokens) is the visible proof that rollouts sample the policy
-being trained. A rollout actor that dies restarts (Ray `max_restarts`), is reloaded with the current
+Weight sync (app.rl.sync): after each step the learner publishes version v+1 (the policy, or only its
+LoRA adapter) with a checksum; every rollout actor loads and reports it; every wait has a timeout.
+`sync_logprob_gap` (rollout vs learner log-probs of the same tokens) is the visible proof that rollouts
+sample the policy being trained. A rollout actor that dies restarts (Ray `max_restarts`), is reloaded with the current
 version and re-samples its chunk with the same seed: prompts are neither lost nor repeated (`prompt_ids`
 per step in metrics.jsonl). `overlap: true` samples step t+1 while the learners train on step t (one step
 off-policy). Every `checkpoint_every` steps the run saves the learners (DeepSpeed: weights, optimizer,
@@ -30,6 +30,7 @@ from pydantic import Field, model_validator
 
 from app.config import Config, JobConfig, UserError
 from app.rl import losses
+from app.rl.sync import Sampler, publish, ray_get, sync
 from app.train.config import LoraSection
 
 
@@ -158,106 +159,6 @@ def _actors(cfg: RLConfig, policy: str):
     addr, port = ray_get(roles.learners[0].address.remote(), 120, "learner 0")
     ray_get([learner.setup.remote(addr, port) for learner in roles.learners], 600, "learner group set-up")
     return pg, roles
-
-
-def ray_get(refs, timeout: float, what: str):
-    import ray
-    try:
-        return ray.get(refs, timeout=timeout)
-    except ray.exceptions.GetTimeoutError:
-        raise RuntimeError(f"{what} did not answer within {timeout:.0f}s") from None
-
-
-@dataclass
-class Published:
-    """A policy version as the learner published it: the weights in the object store and their sha256."""
-    version: int
-    ref: object
-    checksum: str
-    megabytes: float
-
-
-def publish(learner, version: int, timeout: float) -> Published:
-    import ray
-    state, checksum = ray_get(learner.weights.remote(), timeout, "learner weights")
-    return Published(version, ray.put(state), checksum, sum(v.nbytes for v in state.values()) / 1e6)
-
-
-def load_into(actor, pub: Published, timeout: float, tries: int) -> None:
-    """Load a published version into one rollout actor, waiting out a restart; the actor must report it."""
-    import ray
-    for attempt in range(tries + 1):
-        try:
-            status = ray_get(actor.load_weights.remote(pub.version, pub.ref, pub.checksum), timeout, "weight sync")
-            break
-        except ray.exceptions.RayActorError:
-            if attempt == tries:
-                raise
-            time.sleep(1)
-    if status != {"version": pub.version, "checksum": pub.checksum}:
-        raise RuntimeError(f"rollout actor reports {status}, expected v{pub.version} {pub.checksum[:12]}")
-
-
-def sync(rollouts: list, pub: Published, timeout: float, tries: int) -> None:
-    """Every rollout actor loads `pub` (in parallel) and reports its version and checksum."""
-    import ray
-    refs = [a.load_weights.remote(pub.version, pub.ref, pub.checksum) for a in rollouts]
-    for actor, ref in zip(rollouts, refs):
-        try:
-            status = ray_get(ref, timeout, "weight sync")
-        except ray.exceptions.RayActorError:  # died meanwhile: wait for the restart and load again
-            load_into(actor, pub, timeout, tries)
-            continue
-        if status != {"version": pub.version, "checksum": pub.checksum}:
-            raise RuntimeError(f"rollout actor reports {status}, expected v{pub.version} {pub.checksum[:12]}")
-
-
-class Sampler:
-    """The step's prompts, split into one chunk per rollout actor, sampled with seeds fixed by (step, chunk);
-    a chunk whose actor died or came back stale is re-sampled after reloading the current version."""
-
-    def __init__(self, cfg: RLConfig, rollouts: list, data: list):
-        self.cfg, self.rollouts, self.data = cfg, rollouts, data
-        self.restarts = 0
-
-    def chunks(self, step: int) -> list[list[int]]:
-        per_step = self.cfg.rollout_actors * self.cfg.prompts_per_actor
-        idx = [(step * per_step + i) % len(self.data) for i in range(per_step)]
-        return [idx[j::self.cfg.rollout_actors] for j in range(self.cfg.rollout_actors)]
-
-    def _launch(self, step: int, j: int, chunk: list[int], version: int):
-        c = self.cfg
-        return self.rollouts[j].generate.remote([self.data[i][2] for i in chunk for _ in range(c.group_size)],
-                                                version, c.max_new_tokens,
-                                                c.temperature, c.top_p, c.seed * 100003 + step * 101 + j)
-
-    def launch(self, step: int, version: int) -> dict:
-        chunks = self.chunks(step)
-        return {"step": step, "chunks": chunks, "t0": time.perf_counter(),
-                "refs": [self._launch(step, j, chunk, version) for j, chunk in enumerate(chunks)]}
-
-    def collect(self, pending: dict, pub: Published) -> list[dict]:
-        import ray
-        from app.rl.actors import StaleWeights
-        batches = []
-        for j, (chunk, ref) in enumerate(zip(pending["chunks"], pending["refs"])):
-            for attempt in range(self.cfg.max_restarts + 1):
-                try:
-                    batch = ray_get(ref, self.cfg.sync_timeout_s, f"rollout actor {j}")
-                    break
-                except (ray.exceptions.RayActorError, StaleWeights) as e:
-                    if attempt == self.cfg.max_restarts:
-                        raise
-                    self.restarts += 1
-                    print(f"rollout actor {j} lost its chunk ({type(e).__name__}); reloading v{pub.version} "
-                          f"and sampling it again", flush=True)
-                    load_into(self.rollouts[j], pub, self.cfg.sync_timeout_s, self.cfg.max_restarts)
-                    ref = self._launch(pending["step"], j, chunk, pub.version)
-            if len(batch["sequences"]) != len(chunk) * self.cfg.group_size:
-                raise RuntimeError(f"rollout actor {j} returned {len(batch['sequences'])} rows for {len(chunk)} "
-                                   f"prompts x {self.cfg.group_size}")
-            batches.append(batch)
-        return batches
 
 
 def score(cfg: RLConfig, roles: Roles, batches: list[dict], prompts: list, references: list, tokenizer,

@@ -214,15 +214,13 @@ def build_datasets(cfg: DPOConfig, model_path: str) -> tuple[dict, dict]:
 
 def run(cfg: DPOConfig) -> dict:
     from pathlib import Path
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from app.cluster import init_ray
     from app.models import resolve
     from app.runinfo import sha256_file, write_manifest
     from app.train import checkpoints
     from app.train.export import export
     from app.train.metrics import plot_curve, read_metrics
-    from app.train.sft import check_model, check_resume, loop_config
+    from app.train.sft import check_model, check_resume, fit, loop_config
     if not Path(cfg.data.path).is_file():
         raise UserError(f"preference data {cfg.data.path} not found (python -m jobs.demo_data writes the demo's)")
     out = cfg.out("dpo")
@@ -234,23 +232,7 @@ def run(cfg: DPOConfig) -> dict:
     has_val = "val_0" in datasets
     loop = {**loop_config(cfg, model_path, out, has_val), "beta": cfg.dpo.beta, "loss_variant": cfg.dpo.loss,
             "reference": str(resolve(cfg.dpo.reference)) if cfg.dpo.reference else model_path}
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop,
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
-        run_config=RunConfig(name="train", storage_path=str(run_dir.parent),
-                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                             checkpoint_config=CheckpointConfig(
-                                 num_to_keep=cfg.checkpoint.keep,
-                                 checkpoint_score_attribute="val_loss" if has_val else None,
-                                 checkpoint_score_order="min")))
-    trainer.fit()
-    kept = checkpoints.complete_checkpoints(run_dir)
-    if not kept:
-        raise RuntimeError(f"training finished without a complete checkpoint under {run_dir}")
-    scored = [c for c in kept if checkpoints.state_of(c).get("val_loss") is not None]
-    best = min(scored, key=lambda c: checkpoints.state_of(c)["val_loss"]) if scored else kept[-1]
+    best = fit(cfg, train_loop_per_worker, loop, datasets, run_dir)
     final = export(best, model_path, out, cfg.method, cfg.lora.model_dump(), 0)
     metrics = read_metrics(out / "metrics.jsonl")
     plot_curve(metrics, out / "training_curve.png")

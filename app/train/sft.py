@@ -118,8 +118,6 @@ def loop_config(cfg: SFTConfig, model_path: str, out: Path, has_val: bool) -> di
 
 def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
     """Train; `callbacks` are Ray Train callbacks (a sweep passes Tune's TuneReportCallback)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from app.train.loop import train_loop_per_worker
     out = cfg.out("sft")
     model_path = check_model(cfg)
@@ -130,8 +128,20 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
     ctx.enable_progress_bars = False  # workers read small buffered parts
     ctx.execution_options.preserve_order = True  # same blocks in the same order: same parts every run
     datasets = build_datasets(cfg, model_path)
+    best = fit(cfg, train_loop_per_worker, loop_config(cfg, model_path, out, "val_0" in datasets), datasets, run_dir,
+               callbacks)
+    final = export(best, model_path, out, cfg.method, cfg.lora.model_dump(), cfg.prompt_tuning.num_virtual_tokens)
+    return summarize(cfg, out, best, final, model_path)
+
+
+def fit(cfg: SFTConfig, train_loop, loop: dict, datasets: dict, run_dir: Path, callbacks: list | None = None) -> Path:
+    """`train_loop` on Ray Train workers (cfg.scaling), checkpoints under run_dir, restarts on worker failure;
+    returns the best complete checkpoint (lowest val loss, else the last). SFT and DPO share it."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    has_val = "val_0" in datasets
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_config(cfg, model_path, out, "val_0" in datasets),
+        train_loop, train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
@@ -139,16 +149,14 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
                              failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
                              checkpoint_config=CheckpointConfig(
                                  num_to_keep=cfg.checkpoint.keep,  # the best by val loss; Ray keeps the latest too
-                                 checkpoint_score_attribute="val_loss" if "val_0" in datasets else None,
+                                 checkpoint_score_attribute="val_loss" if has_val else None,
                                  checkpoint_score_order="min")))
     trainer.fit()
     kept = checkpoints.complete_checkpoints(run_dir)
     if not kept:
         raise RuntimeError(f"training finished without a complete checkpoint under {run_dir}")
     scored = [c for c in kept if checkpoints.state_of(c).get("val_loss") is not None]
-    best = min(scored, key=lambda c: checkpoints.state_of(c)["val_loss"]) if scored else kept[-1]
-    final = export(best, model_path, out, cfg.method, cfg.lora.model_dump(), cfg.prompt_tuning.num_virtual_tokens)
-    return summarize(cfg, out, best, final, model_path)
+    return min(scored, key=lambda c: checkpoints.state_of(c)["val_loss"]) if scored else kept[-1]
 
 
 def summarize(cfg: SFTConfig, out: Path, best: Path, final: Path, model_path: str) -> dict:
