@@ -5,7 +5,8 @@
     ray job submit --working-dir . -- python -m jobs.pipeline jobs/configs/demo.yaml   # stages join that cluster
 
 A stage names its inputs as `${stage}` in its overrides (`data.path=${data}`, `policy=${sft}/final`); those
-references are the DAG's edges, and `${output_dir}` is the pipeline's own folder. A stage's key hashes its
+references are the DAG's edges (`after: [stage]` adds one without reading it: the gate before shipping),
+and `${output_dir}` is the pipeline's own folder. A stage's key hashes its
 job, its config file, its overrides with every `${stage}` replaced by that stage's key, and the local files
 its config names (contents; folders by name, size and mtime). Its output lives in
 `<output_dir>/<stage>-<key[:12]>`, finished when `stage.json` is there: a re-run skips it, a changed config
@@ -38,6 +39,7 @@ class StageConfig(Config):
     job: str                     # jobs.<job>, e.g. data, sft, eval
     config: str | None = None    # the job's YAML; may be an upstream output (`${sweep}/best.yaml`)
     overrides: list[str] = []    # key=value, with ${stage} references to upstream outputs
+    after: list[str] = []        # stages that must finish first without being read (a gate before shipping)
 
 
 class PipelineConfig(JobConfig):
@@ -48,7 +50,7 @@ class PipelineConfig(JobConfig):
 
 
 def edges(stages: dict[str, StageConfig]) -> dict[str, list[str]]:
-    """stage -> the stages it reads; unknown references fail at start."""
+    """stage -> the stages it reads or comes after; unknown references fail at start."""
     deps = {}
     for name, stage in stages.items():
         refs = [r for o in [stage.config or "", *stage.overrides] for r in REF.findall(o) if r != "output_dir"]
@@ -56,7 +58,10 @@ def edges(stages: dict[str, StageConfig]) -> dict[str, list[str]]:
         if unknown:
             raise ConfigError(f"stages.{name}.overrides: ${{{unknown[0]}}} is not a stage "
                               f"(stages: {', '.join(stages)})")
-        deps[name] = list(dict.fromkeys(refs))
+        unknown = sorted(set(stage.after) - set(stages))
+        if unknown:
+            raise ConfigError(f"stages.{name}.after: {unknown[0]} is not a stage (stages: {', '.join(stages)})")
+        deps[name] = list(dict.fromkeys(refs + stage.after))
     return deps
 
 

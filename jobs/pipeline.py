@@ -17,6 +17,9 @@ def run(cfg: pipeline.PipelineConfig) -> dict:
     result = pipeline.run(cfg)
     print("\n" + "\n".join(summary.lines(result["stages"], {n: s.job for n, s in cfg.stages.items()},
                                          result["seconds"])))
+    if cfg.parallel > 1:
+        print(f"(up to {cfg.parallel} stages ran at once: the speed figures of a stage that ran beside another, "
+              "TTFT and tok/s, are lower than alone)")
     print(f"pipeline: {len(result['stages'])} stages -> {result['root']}")
     return result
 

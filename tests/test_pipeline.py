@@ -29,6 +29,11 @@ def test_references_are_edges_in_written_order_and_bad_graphs_fail_at_start():
         edges(stages(a=["x=${nope}"]))
     with pytest.raises(ConfigError, match="cycle"):
         order(edges(stages(a=["x=${b}"], b=["x=${a}"])))
+    graph["d"].after = ["c"]
+    assert edges(graph)["d"] == ["c"] and stage_key(graph["d"], {}) == stage_key(StageConfig(job="data"), {})
+    graph["d"].after = ["e"]
+    with pytest.raises(ConfigError, match="stages.d.after: e is not a stage"):
+        edges(graph)
     with pytest.raises(ConfigError, match="stages.a.job: no module jobs.nosuchjob"):
         check(PipelineConfig(stages={"a": StageConfig(job="nosuchjob")}))
     with pytest.raises(ConfigError, match="--from e: not a stage"):
@@ -41,6 +46,7 @@ def test_shipped_dags_are_valid_and_an_upstream_output_can_be_a_config():
     demo = load_config(PipelineConfig, "jobs/configs/demo.yaml")
     assert check(demo) == ["demo_data", "data", "sft", "eval_base", "eval_sft", "reward", "ppo", "eval_ppo",
                            "quantize", "serve"]
+    assert edges(demo.stages)["quantize"] == ["ppo", "data", "eval_ppo"]  # the gate comes before shipping
     alt = load_config(PipelineConfig, "jobs/configs/pipeline_alt.yaml")
     deps = edges(alt.stages)
     assert deps["sft_best"] == ["sweep"] and deps["eval_dpo"] == ["dpo", "data", "eval_sft"]

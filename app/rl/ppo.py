@@ -28,10 +28,15 @@ def ppo_step(cfg: PPOConfig, roles: Roles, batches: list[dict], prompts: list, r
              kl_ctl: losses.KLController) -> dict:
     """Score the sampled batches, turn scores into per-token KL rewards, GAE advantages (whitened) and
     returns, run K epochs of policy and value updates; returns the step's figures."""
-    scored = score(cfg, roles, batches, prompts, references, tokenizer)
+    # Synchronous HF rollouts sample with the learner's own weights, so their log-probs are the old ones (the
+    # learner checks the gap in its first update, ~3e-6); vLLM's kernels differ and `overlap` samples one
+    # version behind, so those recompute them on the learner.
+    recompute = cfg.engine() == "vllm" or cfg.overlap
+    scored = score(cfg, roles, batches, prompts, references, tokenizer, old_pass=recompute)
     experiences, start, kls = [], 0, []
     for b, ref, old, values in zip(batches, scored["ref"], scored["old"], scored["values"]):
         rows, mask = len(b["sequences"]), b["response_mask"]
+        old = b["rollout_logprobs"] if old is None else old
         sequence_scores = torch.tensor(scored["rewards"]["reward"][start:start + rows])
         start += rows
         rewards, kl = losses.token_rewards(sequence_scores, old, ref, mask, kl_ctl.value)
