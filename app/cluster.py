@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 
 import ray
 
@@ -29,6 +30,22 @@ def init_ray(num_cpus: int | None = None, **kwargs) -> dict:
         else:
             _start_local(num_cpus or os.cpu_count(), **kwargs)
     return ray.cluster_resources()
+
+
+@contextmanager
+def shared_ray():
+    """For processes this one starts: outside a cluster, one local instance they join through RAY_ADDRESS
+    (the pipeline's stages skip starting and stopping a Ray each); inside one, nothing to do."""
+    if os.environ.get("RAY_ADDRESS"):
+        yield
+        return
+    init_ray()
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    try:
+        yield
+    finally:
+        os.environ.pop("RAY_ADDRESS", None)
+        ray.shutdown()
 
 
 def _start_local(num_cpus: int, **kwargs) -> None:

@@ -4,6 +4,7 @@
     python -m jobs.pipeline jobs/configs/demo.yaml --from sft       # re-run sft and what depends on it
     ray job submit --working-dir . -- python -m jobs.pipeline jobs/configs/demo.yaml   # stages join that cluster
 
+Stages join the Ray cluster in RAY_ADDRESS, or else one local instance the pipeline starts for them all.
 A stage names its inputs as `${stage}` in its overrides (`data.path=${data}`, `policy=${sft}/final`); those
 references are the DAG's edges (`after: [stage]` adds one without reading it: the gate before shipping),
 and `${output_dir}` is the pipeline's own folder. A stage's key hashes its
@@ -24,11 +25,13 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from pydantic import Field
 
+from app.cluster import shared_ray
 from app.config import Config, ConfigError, JobConfig, UserError, parse_value, read_yaml, set_dotted
 from app.runinfo import sha256_file
 
@@ -159,7 +162,8 @@ def run(cfg: PipelineConfig) -> dict:
     running: dict[Future, str] = {}
     errors: list[UserError] = []
     started = time.monotonic()
-    with ThreadPoolExecutor(max(1, cfg.parallel)) as pool:
+    ray_up = False
+    with ExitStack() as stack, ThreadPoolExecutor(max(1, cfg.parallel)) as pool:
         while True:
             ready = [n for n in names if n not in results and n not in running.values()
                      and all(d in results for d in deps[n])]
@@ -170,6 +174,9 @@ def run(cfg: PipelineConfig) -> dict:
             if cached:
                 continue
             for name in ([] if errors else ready[:cfg.parallel - len(running)]):
+                if not ray_up:  # the first stage that runs starts Ray for them all (stopped after the last)
+                    stack.enter_context(shared_ray())
+                    ray_up = True
                 print(f"{tag[name]} running     jobs.{cfg.stages[name].job} -> {dirs[name]}", flush=True)
                 running[pool.submit(_run, name, cfg.stages[name], dirs, deps[name], keys, cfg.timeout_s)] = name
             if not running:

@@ -83,44 +83,46 @@ def test_final_loads_with_transformers_and_adapter_with_peft(run_a):
     assert not torch.allclose(merged, plain, atol=1e-3)  # training changed the model
 
 
-def test_resume_continues_at_the_right_step_with_identical_state(run_a, sft_data, tmp_path):
-    _, out_a = run_a
-    out = tmp_path / "b"
-    sft(sft_data, out, "train.max_steps=8")
-    assert checkpoints.state_of(checkpoints.complete_checkpoints(out / "ray" / "train")[-1])["step"] == 8
-    sft(sft_data, out)  # the same command again, now to 12 steps: resumes at 8
-    steps = [m["step"] for m in metrics(out) if "train_loss" in m]
-    assert steps == [2, 4, 6, 8, 10, 12]  # no step trained twice
-    a, b = last_weights(out_a), last_weights(out)
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-
-
-def test_killed_worker_is_restarted_and_run_finishes(run_a, sft_data, tmp_path):
-    _, out_a = run_a
-    out = tmp_path / "c"
-    killed = []
-
-    def kill_a_worker():
+def kill_a_worker_when(ready, killed: list) -> threading.Thread:
+    """SIGKILL one Ray Train worker as soon as ready() holds (polled for up to 5 minutes)."""
+    def watch():
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            run_dir = out / "ray" / "train"
-            if run_dir.is_dir() and checkpoints.complete_checkpoints(run_dir):
+            if ready():
                 for proc in psutil.process_iter(["pid", "cmdline"]):
                     if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
                         os.kill(proc.info["pid"], signal.SIGKILL)
                         killed.append(proc.info["pid"])
                         break
             time.sleep(0.2)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
 
-    killer = threading.Thread(target=kill_a_worker, daemon=True)
-    killer.start()
-    summary = sft(sft_data, out)
+
+def test_resume_and_a_killed_worker_end_on_the_uninterrupted_weights(run_a, sft_data, tmp_path):
+    """Stopped at step 8, the same command resumes there; a worker SIGKILLed after the resumed run's step 10
+    is restarted by Ray Train from the step-8 checkpoint; the end state is the uninterrupted run's, exactly."""
+    summary_a, out_a = run_a
+    out = tmp_path / "b"
+    sft(sft_data, out, "train.max_steps=8")
+    assert checkpoints.state_of(checkpoints.complete_checkpoints(out / "ray" / "train")[-1])["step"] == 8
+    killed, first_run = [], len(metrics(out))
+
+    def resumed_past_10() -> bool:
+        lines = (out / "metrics.jsonl").read_text().splitlines()[first_run:]
+        return any('"train_loss"' in line and '"step": 10,' in line for line in lines)
+
+    killer = kill_a_worker_when(resumed_past_10, killed)
+    summary = sft(sft_data, out)  # the same command again, now to 12 steps: resumes at 8
     killer.join(timeout=1)
     assert killed, "no worker was killed"
+    steps = [m["step"] for m in metrics(out) if "train_loss" in m]
+    assert steps[:4] == [2, 4, 6, 8] and all(s > 8 for s in steps[4:]) and steps[-1] == 12  # never before 8 again
     assert summary["steps"] == 12
-    a, c = last_weights(out_a), last_weights(out)
-    assert all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)  # restarted from the checkpoint, exactly
-    assert abs(summary["val_loss_after"] - run_a[0]["val_loss_after"]) < 1e-4
+    a, b = last_weights(out_a), last_weights(out)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert abs(summary["val_loss_after"] - summary_a["val_loss_after"]) < 1e-4
 
 
 def test_bad_input_fails_at_start(run_a, sft_data, tmp_path):
