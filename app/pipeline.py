@@ -167,8 +167,8 @@ def run(cfg: PipelineConfig) -> dict:
         while True:
             ready = [n for n in names if n not in results and n not in running.values()
                      and all(d in results for d in deps[n])]
-            cached = [n for n in ready if (Path(dirs[n]) / "stage.json").is_file() and n not in forced]
-            for name in cached:
+            cached = [n for n in ready if (Path(dirs[n]) / "stage.json").is_file() and n not in forced][:1]
+            for name in cached:  # one at a time, so they are listed in run order
                 print(f"{tag[name]} cached      {dirs[name]}", flush=True)
                 results[name] = {"dir": Path(dirs[name]), "key": keys[name], "cached": True, "seconds": 0.0}
             if cached:
