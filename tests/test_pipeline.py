@@ -1,9 +1,12 @@
 """The pipeline DAG: references become edges, keys change with configs and inputs, and through the real
 `python -m jobs.pipeline`: a failing stage stops it and keeps finished outputs, a re-run skips finished
-stages, a changed config re-runs only what depends on it, `--from` forces a stage and its dependents."""
+stages, a changed config re-runs only what depends on it, `--from` forces a stage and its dependents (its
+stages joining a running Ray through RAY_ADDRESS); with `parallel`, independent stages overlap (on the
+pipeline's own local Ray)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,8 +90,10 @@ def pipeline(tmp_path: Path, data_overrides: list[str], quant_overrides: list[st
                                                    "decode_tokens=8", *quant_overrides]}}}
     path = tmp_path / "pipe.yaml"
     path.write_text(yaml.safe_dump(config))
+    import ray
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # stages join the session's Ray
     result = subprocess.run([sys.executable, "-m", "jobs.pipeline", str(path), *args], capture_output=True, text=True,
-                            timeout=600)
+                            timeout=600, env=env)
     ran = {line.split()[1] for line in result.stdout.splitlines() if " running " in line}
     cached = {line.split()[1] for line in result.stdout.splitlines() if " cached " in line}
     return result, ran, cached
@@ -99,7 +104,7 @@ def stage_dirs(tmp_path: Path, stage: str) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_pipeline_failure_caching_changes_and_from(tmp_path):
+def test_pipeline_failure_caching_changes_and_from(ray_local, tmp_path):
     failed, ran, _ = pipeline(tmp_path, [], ["max_textz=4"])
     assert failed.returncode == 2 and ran == {"raw", "data", "quant"}
     assert "stage quant (jobs.quantize) failed (exit 2): error: unknown config key 'max_textz'" in failed.stderr
