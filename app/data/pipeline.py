@@ -30,7 +30,7 @@ from app.data.config import DataConfig
 from app.data.io import PARSERS, file_hashes, input_files, write_parquet
 from app.data.normalize import compile_rules
 from app.data.pii import SensitiveWords
-from app.data.report import STAGES, manifest_counts, print_summary
+from app.data.report import manifest_counts, print_summary
 from app.data.split import assign, ngram_hashes, over_cap, overlap
 from app.records import REJECT_SCHEMA, SFT_SCHEMA
 from app.runinfo import write_manifest
