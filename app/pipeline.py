@@ -7,14 +7,13 @@
 Stages join the Ray cluster in RAY_ADDRESS, or else one local instance the pipeline starts for them all.
 A stage names its inputs as `${stage}` in its overrides (`data.path=${data}`, `policy=${sft}/final`); those
 references are the DAG's edges (`after: [stage]` adds one without reading it: the gate before shipping),
-and `${output_dir}` is the pipeline's own folder. A stage's key hashes its
-job, its config file, its overrides with every `${stage}` replaced by that stage's key, and the local files
-its config names (contents; folders by name, size and mtime). Its output lives in
-`<output_dir>/<stage>-<key[:12]>`, finished when `stage.json` is there: a re-run skips it, a changed config
-changes its key and its dependents' keys only. With `parallel: N`, up to N stages whose inputs are ready
-run at once (the base model's eval beside SFT; on a cluster each lands where Ray has room). A failing
-stage stops the pipeline with its error; finished outputs stay for the next run. Code changes do not change
-keys: `--from <stage>` forces a re-run.
+and `${output_dir}` is the pipeline's own folder. A stage's key hashes its job, its config file, its
+overrides with every `${stage}` replaced by that stage's key, and the local files its config names
+(contents; folders by name, size and mtime). Its output lives in `<output_dir>/<stage>-<key[:12]>`,
+finished when `stage.json` is there: a re-run skips it, a changed config changes its key and its
+dependents' keys only. With `parallel: N`, up to N stages whose inputs are ready run at once (on a cluster
+each lands where Ray has room). A failing stage stops the pipeline with its error; finished outputs stay
+for the next run. Code changes do not change keys: `--from <stage>` forces a re-run.
 """
 from __future__ import annotations
 
