@@ -162,7 +162,7 @@ def run(cfg: PipelineConfig) -> dict:
     errors: list[UserError] = []
     started = time.monotonic()
     ray_up = False
-    with ExitStack() as stack, ThreadPoolExecutor(max(1, cfg.parallel)) as pool:
+    with ExitStack() as stack, ThreadPoolExecutor(cfg.parallel) as pool:
         while True:
             ready = [n for n in names if n not in results and n not in running.values()
                      and all(d in results for d in deps[n])]

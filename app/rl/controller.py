@@ -9,10 +9,10 @@ app.rl.grpo.grpo_step), publishes and syncs the new policy version, logs, checkp
 Weight sync (app.rl.sync): after each step the learner publishes version v+1 (the policy, or only its
 LoRA adapter) with a checksum; every rollout actor loads and reports it; every wait has a timeout.
 `sync_logprob_gap` (rollout vs learner log-probs of the same tokens) is the visible proof that rollouts
-sample the policy being trained. A rollout actor that dies restarts (Ray `max_restarts`), is reloaded with the current
-version and re-samples its chunk with the same seed: prompts are neither lost nor repeated (`prompt_ids`
-per step in metrics.jsonl). `overlap: true` samples step t+1 while the learners train on step t (one step
-off-policy). Every `checkpoint_every` steps the run saves the learners (DeepSpeed: weights, optimizer,
+sample the policy being trained. A rollout actor that dies restarts (Ray `max_restarts`), is reloaded with
+the current version and re-samples its chunk with the same seed: prompts are neither lost nor repeated
+(`prompt_ids` per step in metrics.jsonl). `overlap: true` samples step t+1 while the learners train on step
+t (one step off-policy). Every `checkpoint_every` steps the run saves the learners (DeepSpeed: weights, optimizer,
 RNG), the critic and its optimizer, the KL controller, step, policy version and data position.
 Outputs: runs/<ppo|grpo>-<name>/metrics.jsonl, <algo>_curve.png, samples.jsonl, final/ (policy),
 checkpoints/, manifest.json; wandb (offline) and TensorBoard when enabled.

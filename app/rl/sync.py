@@ -34,6 +34,11 @@ def publish(learner, version: int, timeout: float) -> Published:
     return Published(version, ray.put(state), checksum, sum(v.nbytes for v in state.values()) / 1e6)
 
 
+def _check(status: dict, pub: Published) -> None:
+    if status != {"version": pub.version, "checksum": pub.checksum}:
+        raise RuntimeError(f"rollout actor reports {status}, expected v{pub.version} {pub.checksum[:12]}")
+
+
 def load_into(actor, pub: Published, timeout: float, tries: int) -> None:
     """Load a published version into one rollout actor, waiting out a restart; the actor must report it."""
     import ray
@@ -45,8 +50,7 @@ def load_into(actor, pub: Published, timeout: float, tries: int) -> None:
             if attempt == tries:
                 raise
             time.sleep(1)
-    if status != {"version": pub.version, "checksum": pub.checksum}:
-        raise RuntimeError(f"rollout actor reports {status}, expected v{pub.version} {pub.checksum[:12]}")
+    _check(status, pub)
 
 
 def sync(rollouts: list, pub: Published, timeout: float, tries: int) -> None:
@@ -59,8 +63,7 @@ def sync(rollouts: list, pub: Published, timeout: float, tries: int) -> None:
         except ray.exceptions.RayActorError:  # died meanwhile: wait for the restart and load again
             load_into(actor, pub, timeout, tries)
             continue
-        if status != {"version": pub.version, "checksum": pub.checksum}:
-            raise RuntimeError(f"rollout actor reports {status}, expected v{pub.version} {pub.checksum[:12]}")
+        _check(status, pub)
 
 
 class Sampler:
