@@ -1,4 +1,4 @@
-"""Manage evaluated model versions (see app/eval/registry.py).
+"""Manage evaluated model versions (see app/registry.py).
 
     python -m jobs.registry list
     python -m jobs.registry show 3
@@ -12,7 +12,7 @@ import json
 import sys
 
 from app.config import UserError
-from app.eval.registry import Registry
+from app.registry import Registry
 
 ACTIONS = ("list", "show", "promote", "rollback")
 

@@ -4,7 +4,8 @@
     python -m jobs.serve_demo config=serve_configs/int8.yaml prompt="订单到哪了？"
     python -m jobs.serve_demo model=runs/quantize-int8/model     # serve this model with the config's settings
 
-The last step of `make demo`: the registry's promoted model answers a customer question over HTTP.
+The last step of `make demo`: the registry's promoted model answers a customer question over HTTP;
+answer.json records the answer and the registry version the endpoint reports in /v1/models.
 """
 from __future__ import annotations
 
@@ -52,16 +53,20 @@ def run(cfg: ServeDemoConfig) -> str:
     try:
         _wait_healthy(url, server, cfg.startup_timeout_s, log / "serve.log")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("RAYPOST_API_KEY", "none"))
+        name = app_args.get("served_model_name", "raypost")
+        served = next(m for m in client.models.list().data if m.id == name).model_extra.get("raypost", {})
+        print(f"serving {served.get('model_path')} (registry version {served.get('version', 'none')})")
         print(f"user: {cfg.prompt}\nassistant: ", end="", flush=True)
         answer = ""
-        for chunk in client.chat.completions.create(model=app_args.get("served_model_name", "raypost"),
+        for chunk in client.chat.completions.create(model=name,
                                                     messages=[{"role": "user", "content": cfg.prompt}],
                                                     max_tokens=cfg.max_tokens, temperature=0, stream=True):
             piece = chunk.choices[0].delta.content or "" if chunk.choices else ""
             answer += piece
             print(piece, end="", flush=True)
         print(f"\nserve_demo: streamed {len(answer)} characters from {url}; shutting down")
-        (log / "answer.json").write_text(json.dumps({"prompt": cfg.prompt, "answer": answer, "model": app_args["model"]},
+        (log / "answer.json").write_text(json.dumps({"prompt": cfg.prompt, "answer": answer, "model": served.get("model_path"),
+                                                    "version": served.get("version")},
                                                     ensure_ascii=False, indent=2))
         return answer
     finally:

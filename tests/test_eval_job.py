@@ -6,42 +6,72 @@ import sys
 import pytest
 
 from app import PROJECT_ROOT
-from app.config import UserError, load_config
+from app.config import ConfigError, UserError, load_config
 from app.eval.evaluate import EvalConfig, run
-from app.eval.registry import Registry
+from app.registry import Registry
 from tests.test_sft import sft_data  # noqa: F401  (the module fixture: train/ and val/ Parquet)
 
 
 def evaluate(data, tmp_path, *overrides):
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
                       ["model=tiny", f"data={data}/val", f"registry={tmp_path}/reg.sqlite", "max_samples=12",
-                       "max_new_tokens=8", "batch_size=4", "human_eval_rows=5", "concurrency=1", *overrides])
+                       "max_new_tokens=8", "batch_size=4", "human_eval_rows=5", "concurrency=1", "efficiency=false",
+                       *overrides])
     return run(cfg)
 
 
-def test_eval_registers_promotes_and_gates(ray_local, sft_data, tmp_path):  # noqa: F811
-    first = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e1", "name=base")
+def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):  # noqa: F811
+    reg = Registry(tmp_path / "reg.sqlite")
+    first = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e1", "name=tiny", "efficiency=true")
     out = tmp_path / "e1"
-    for name in ("eval.json", "report.md", "metrics.png", "answers.jsonl", "human_eval.csv"):
+    for name in ("eval.json", "items.jsonl", "report.md", "metrics.png", "answers.jsonl", "human_eval.csv"):
         assert (out / name).is_file(), name
     m = first["metrics"]
     assert {"bleu", "rougeL", "exact_match", "f1", "perplexity", "safety_pass_rate", "ttft_ms"} <= set(m)
     assert m["perplexity"] > 1000  # a random model: near the vocabulary size
-    assert first["promoted"] and len((out / "answers.jsonl").read_text().splitlines()) == 12
-    # The same model again, gated against the first: deterministic, so it passes and is promoted.
-    second = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e2", "gate.baseline=latest-promoted",
-                      "safety=false", "efficiency=false", "gate.keys=[rougeL,perplexity]")
-    assert second["promoted"] and second["metrics"]["perplexity"] == pytest.approx(m["perplexity"])
-    # A planted baseline far better than this model: the gate fails and the version is not promoted.
+    items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    test, red = [i for i in items if i["set"] == "test"], [i for i in items if i["set"] == "redteam"]
+    assert len(test) == first["n"] == 12 and len(red) == first["n_redteam"] >= 20
+    assert sum(i["rougeL"] for i in test) / 12 == pytest.approx(m["rougeL"])
+    assert first["promoted"] and first["baseline"] is None and "nothing promoted yet" in first["verdict"]["why"]
+    # The same model again, gated against it by default: identical answers, no change, promoted.
+    second = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e2", "name=tiny2")
+    assert second["baseline"] == first["version"] and second["promoted"]
+    assert {r["verdict"] for r in second["gate"]} == {"no significant change"}
+    assert {"metric", "baseline", "new", "diff", "ci_low", "ci_high", "p_value", "verdict"} <= set(second["gate"][0])
+    # The real model must prove itself better: perplexity falls from ~vocabulary size to ~10 on every item.
+    real = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e3", "name=smollm2", "model=smollm2-135m-instruct",
+                    "gate.mode=improvement")
+    ppl = next(r for r in real["gate"] if r["metric"] == "perplexity")
+    assert real["promoted"] and ppl["verdict"] == "better" and ppl["p_value"] < 0.001 and ppl["ci_high"] < 0
+    # The tiny model against it: blocked with a significant regression, and the promoted version stays.
+    with pytest.raises(UserError, match=f"release gate failed against version {real['version']}"):
+        evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e4", "name=tiny3")
+    blocked = json.loads((tmp_path / "e4" / "eval.json").read_text())
+    ppl = next(r for r in blocked["gate"] if r["metric"] == "perplexity")
+    assert not blocked["promoted"] and ppl["verdict"] == "REGRESSION" and ppl["p_value"] < 0.001
+    assert "REGRESSION" in (tmp_path / "e4" / "report.md").read_text()
+    assert reg.get("latest-promoted")["id"] == real["version"] and reg.get(blocked["version"])["parent"] == real["version"]
+    # No gate never replaces a promoted version.
+    ungated = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e5", "name=tiny4", "gate.baseline=none")
+    assert not ungated["promoted"] and reg.get("latest-promoted")["id"] == real["version"]
+    # Bad input: one clear error, nothing registered.
+    count = len(reg.list())
+    with pytest.raises(UserError, match="different test items"):
+        evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e6", "max_samples=6")
+    with pytest.raises(UserError, match="not in"):
+        evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e7", "gate.baseline=99")
+    assert len(reg.list()) == count
+    with pytest.raises(ConfigError, match="ttft_ms is not a metric the gate can pair"):
+        evaluate(sft_data, tmp_path, "gate.keys=[ttft_ms]")
+
+
+def test_a_baseline_without_per_item_results_is_refused(ray_local, sft_data, tmp_path):  # noqa: F811
     reg = Registry(tmp_path / "reg.sqlite")
-    strong = reg.register("planted", "elsewhere", {**m, "perplexity": m["perplexity"] / 2})
-    with pytest.raises(UserError, match=f"release gate failed against version {strong}"):
-        evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e3", f"gate.baseline={strong}", "safety=false",
-                 "efficiency=false", "gate.keys=[perplexity]")
-    versions = reg.list()
-    assert versions[-1]["promoted"] is False and reg.get("latest-promoted")["id"] == second["version"]
-    report = (tmp_path / "e3" / "report.md").read_text()
-    assert "REGRESSION" in report and json.loads((tmp_path / "e3" / "eval.json").read_text())["promoted"] is False
+    reg.promote(reg.register("old", "elsewhere", {"rougeL": 0.5}))  # registered before per-item results existed
+    with pytest.raises(UserError, match="has no per-item results"):
+        evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e")
+    assert len(reg.list()) == 1
 
 
 def test_registry_cli(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 
-from app.eval.registry import Registry, gate, gate_table
 from app.eval.safety import load_redteam, score_answers, summarize, toxicity
+from app.registry import Registry
 
 
 def test_toxicity_lexicon_en_zh():
@@ -43,16 +43,16 @@ def test_registry_promote_rollback(tmp_path):
     assert [v["id"] for v in Registry(tmp_path / "r.sqlite").list()] == [a, b]  # persisted
     with pytest.raises(KeyError):
         reg.promote(99)
+    c = reg.register("int8", "runs/q/model", {}, eval_dir="runs/eval-int8", parent=b, verdict={"passed": True})
+    assert reg.get(c)["parent"] == b and reg.get(c)["eval_dir"] == "runs/eval-int8" and reg.get(c)["verdict"]["passed"]
 
 
-def test_gate_catches_planted_regression_and_passes_non_regression():
-    baseline = {"rougeL": 0.40, "bleu": 20.0, "perplexity": 10.0, "safety_pass_rate": 0.95}
-    keys = list(baseline)
-    ok, rows = gate({"rougeL": 0.39, "bleu": 20.5, "perplexity": 10.3, "safety_pass_rate": 0.95}, baseline, keys)
-    assert ok  # -2.5%, +2.5%, +3% perplexity: all within 5%
-    ok, rows = gate({"rougeL": 0.36, "bleu": 21.0, "perplexity": 10.0, "safety_pass_rate": 0.95}, baseline, keys)
-    assert not ok and [r["metric"] for r in rows if not r["ok"]] == ["rougeL"]  # -10%
-    ok, rows = gate({"rougeL": 0.40, "bleu": 20.0, "perplexity": 11.0, "safety_pass_rate": 0.95}, baseline, keys)
-    assert not ok and [r["metric"] for r in rows if not r["ok"]] == ["perplexity"]  # +10% is worse
-    ok, rows = gate({"rougeL": 0.40}, baseline, ["rougeL", "bleu"])
-    assert not ok and "REGRESSION" in gate_table(rows) and "n/a" in gate_table(rows)
+def test_a_registry_from_before_new_columns_gains_them(tmp_path):
+    import sqlite3
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.execute("CREATE TABLE versions (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, model TEXT, data_sha256 TEXT, "
+               "config TEXT, metrics TEXT, created TEXT, promoted INTEGER DEFAULT 0, promoted_at REAL)")
+    db.execute("INSERT INTO versions (name, model, config, metrics) VALUES ('v', 'm', '{}', '{}')")
+    db.commit()
+    old = Registry(tmp_path / "old.sqlite").get(1)
+    assert old["model"] == "m" and old["parent"] is None and old["eval_dir"] is None and old["verdict"] == {}

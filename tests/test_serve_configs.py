@@ -32,29 +32,54 @@ def test_unknown_arg_is_named():
 
 def test_registry_reference_resolves_to_the_promoted_model(tmp_path):
     from app.config import UserError
-    from app.eval.registry import Registry
+    from app.registry import Registry
     reg = Registry(tmp_path / "r.sqlite")
     v = reg.register("base", "/models/base", {"bleu": 1.0})
     args = ServeArgs(model="registry:latest-promoted", registry=str(tmp_path / "r.sqlite"))
     with pytest.raises(UserError, match="no such version"):
-        args.model_path()
+        args.lookup()
     reg.promote(v)
-    assert args.model_path() == "/models/base"
+    assert args.lookup()[0] == "/models/base" and args.lookup()[1]["id"] == v
 
 
 @pytest.mark.slow
-def test_serve_run_cli_streams_and_shuts_down(tmp_path):
-    """`serve run <config>` in its own process (own Ray instance), one streamed answer, clean Ctrl-C exit."""
+def test_serve_run_serves_the_promoted_version_then_the_previous_after_rollback(tmp_path):
+    """`serve run <config>` in its own process (own Ray instance) on registry:latest-promoted: one streamed
+    answer, the version reported by /v1/models, a clean Ctrl-C exit; after `jobs.registry rollback` the next
+    `serve run` serves the previous promoted version."""
+    import json
+    import subprocess
+    import sys
+
+    from app import PROJECT_ROOT
+    from app.models import resolve
+    from app.registry import Registry
     from jobs.serve_demo import ServeDemoConfig, run
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    registry = tmp_path / "registry.sqlite"
+    reg = Registry(registry)
+    first, second = (reg.register(n, str(resolve("tiny")), {}) for n in ("first", "second"))
+    reg.promote(first)
+    reg.promote(second)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{"name": "t", "route_prefix": "/", "import_path": "app.serve.app:build_app",
-                          "args": {"model": "tiny", "served_model_name": "raypost", "cpus_per_replica": 0}}]}))
-    answer = run(ServeDemoConfig(config=str(config), prompt="hello", max_tokens=6, output_dir=str(tmp_path / "o")))
-    assert isinstance(answer, str) and (tmp_path / "o" / "serve.log").exists()
-    with socket.socket() as s:  # the server is gone: the port is free again
-        s.bind(("127.0.0.1", port))
+                          "args": {"model": "registry:latest-promoted", "registry": str(registry),
+                                   "served_model_name": "raypost", "cpus_per_replica": 0}}]}))
+    served = []
+    for attempt in ("promoted", "after rollback"):
+        out = tmp_path / attempt.replace(" ", "_")
+        answer = run(ServeDemoConfig(config=str(config), prompt="hello", max_tokens=6, output_dir=str(out)))
+        record = json.loads((out / "answer.json").read_text())
+        assert record["answer"] == answer and len(answer) > 0  # six tokens of the tiny model's text
+        served.append(record["version"])
+        with socket.socket() as s:  # the server is gone: the port is free again
+            s.bind(("127.0.0.1", port))
+        if attempt == "promoted":
+            rolled = subprocess.run([sys.executable, "-m", "jobs.registry", "rollback", f"registry={registry}"],
+                                    cwd=PROJECT_ROOT, capture_output=True, text=True)
+            assert rolled.returncode == 0 and f"current: {first}" in rolled.stdout
+    assert served == [second, first]

@@ -1,12 +1,13 @@
 """The evaluation stage: one model on the data stage's test split and the red-team set, then the registry
-and the release gate.
+and the release gate (app/eval/gate.py).
 
-    python -m jobs.eval jobs/configs/eval_demo.yaml model=runs/sft-demo/final
-    python -m jobs.eval jobs/configs/eval_demo.yaml model=runs/sft-demo/final gate.baseline=latest-promoted
+    python -m jobs.eval jobs/configs/eval_demo.yaml model=runs/pipeline-demo/sft/final
+    python -m jobs.eval jobs/configs/eval_demo.yaml model=<dir> gate.mode=non_inferiority gate.baseline=3
 
-Writes eval.json, report.md, metrics.png, answers.jsonl and human_eval.csv under output_dir; registers a
-version; with a baseline, a key metric worse by more than gate.tolerance fails (exit 2) and the version is
-not promoted, otherwise it is promoted.
+Writes eval.json (corpus metrics, n, the gate's rows with CIs and p-values, its verdict), items.jsonl (each
+item's scores keyed by record id: what a later gate pairs against), answers.jsonl, report.md, metrics.png
+and human_eval.csv under output_dir; registers a version (with its eval folder and the baseline it was
+gated against as parent) and promotes it if the gate passes. A failed gate exits 2 unless gate.enforce is off.
 """
 from __future__ import annotations
 
@@ -14,25 +15,22 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 import pyarrow.parquet as pq
 
 from app.cluster import init_ray
 from app.config import Config, JobConfig, UserError, load_callable
 from app.eval import report
+from app.eval.compare import table
+from app.eval.gate import ITEMS_FILE, GateConfig, decide, find_baseline, load_items
 from app.eval.human import export_sheet
-from app.eval.metrics import accuracy, final_number, perplexity, text_scores
-from app.eval.registry import Registry, gate, gate_table
+from app.eval.metrics import final_number, item_scores, perplexity, text_scores
 from app.eval.runner import answer_all, efficiency
 from app.eval.safety import load_redteam, score_answers, summarize
 from app.models import resolve
+from app.registry import Registry, default_path
 from app.runinfo import sha256_file
-
-
-class GateConfig(Config):
-    baseline: str | None = None  # a version id, "latest-promoted", "latest" or an eval output folder; None = no gate
-    tolerance: float = 0.05
-    keys: list[str] = ["rougeL", "bleu", "f1", "perplexity", "safety_pass_rate"]
-    enforce: bool = True  # False: a failed gate is reported (and not promoted) but the job succeeds
 
 
 class EvalConfig(JobConfig):
@@ -48,7 +46,7 @@ class EvalConfig(JobConfig):
     toxicity_model: str | None = None  # "module:function": answers -> scores; default the lexicon
     human_eval_rows: int = 20
     efficiency: bool = True
-    registry: str = "runs/registry.sqlite"
+    registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite
     gate: GateConfig = GateConfig()
 
 
@@ -79,8 +77,11 @@ def load_records(folder: str, limit: int | None, task: str = "chat") -> list[dic
 def run(cfg: EvalConfig) -> dict:
     out = cfg.out("eval")
     out.mkdir(parents=True, exist_ok=True)
-    model_path = str(resolve(cfg.model))
     records = load_records(cfg.data, cfg.max_samples, cfg.task)
+    registry = Registry(cfg.registry)
+    baseline = find_baseline(registry, cfg.gate.baseline)  # a bad baseline fails before the model loads
+    baseline_items = load_items(baseline) if baseline else None
+    model_path = str(resolve(cfg.model))
     prompts = load_redteam() if cfg.safety else []
     init_ray()
     # One pass of the actor pool answers the test records and the red-team prompts (one model load).
@@ -91,48 +92,56 @@ def run(cfg: EvalConfig) -> dict:
     by_id = {r["id"]: r for r in everything}
     answered, red = [by_id[r["id"]] for r in records], [by_id[i]["answer"] for i in red_ids]
     preds, refs = [r["answer"] for r in answered], [r["reference"] for r in answered]
-    metrics = text_scores(preds, refs)
+    items = [{"id": r["id"], "set": "test", **scores, "nll": r["nll"], "n_tokens": r["n_tokens"]}
+             for r, scores in zip(answered, item_scores(preds, refs))]
+    metrics = text_scores(preds, refs, items)
     metrics["perplexity"] = perplexity(sum(r["nll"] for r in answered), sum(r["n_tokens"] for r in answered))
     if cfg.task == "gsm8k":
-        metrics["accuracy"] = accuracy([final_number(p) for p in preds], [final_number(r) for r in refs])
+        for item, p, r in zip(items, preds, refs):
+            item["accuracy"] = float(final_number(p) == final_number(r))
+        metrics["accuracy"] = sum(i["accuracy"] for i in items) / len(items)
     worst = []
     if cfg.safety:
         toxicity_fn = load_callable(cfg.toxicity_model) if cfg.toxicity_model else None
-        safety = summarize(score_answers(red, toxicity_fn=toxicity_fn), prompts, red)
+        verdicts = score_answers(red, toxicity_fn=toxicity_fn)
+        items += [{"id": i, "set": "redteam", "safety_pass_rate": float(v["safe"]), "toxicity": v["toxicity"]}
+                  for i, v in zip(red_ids, verdicts)]
+        safety = summarize(verdicts, prompts, red)
         metrics["safety_pass_rate"], worst = safety["safety_pass_rate"], safety["worst"]
     if cfg.efficiency:
         metrics.update(efficiency(model_path, [r["prompt"] for r in answered], cfg.batch_size))
-    return finish(cfg, out, model_path, metrics, answered, worst)
+    return finish(cfg, out, model_path, metrics, answered, items, worst, registry, baseline, baseline_items)
 
 
-def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered: list[dict], worst: list) -> dict:
-    with open(out / "answers.jsonl", "w", encoding="utf-8") as f:
-        for r in answered:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered: list[dict], items: list[dict],
+           worst: list, registry: Registry, baseline: dict | None, baseline_items: list[dict] | None) -> dict:
+    """Write the answers and per-item results, gate against the baseline, register (and maybe promote)."""
+    for name, rows in (("answers.jsonl", answered), (ITEMS_FILE, items)):
+        with open(out / name, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     export_sheet([{"id": r["id"], "prompt": r["prompt"][-1]["content"], "answer": r["answer"],
                    "reference": r["reference"]} for r in answered], out / "human_eval.csv", cfg.human_eval_rows, cfg.seed)
-    registry = Registry(cfg.registry)
     manifest = Path(cfg.data).parent / "manifest.json"
-    version = registry.register(cfg.name, model_path, metrics, cfg.model_dump(mode="json"),
-                                sha256_file(manifest) if manifest.is_file() else None)
-    baseline_id = cfg.gate.baseline
-    if baseline_id and (Path(baseline_id) / "eval.json").is_file():  # another eval's folder (what a pipeline passes)
-        baseline_id = json.loads((Path(baseline_id) / "eval.json").read_text())["version"]
-    baseline = registry.get(baseline_id) if baseline_id else None
-    if cfg.gate.baseline and baseline is None:
-        raise UserError(f"gate.baseline {cfg.gate.baseline!r} is not in {cfg.registry}")
-    passed, rows = gate(metrics, baseline["metrics"], cfg.gate.keys, cfg.gate.tolerance) if baseline else (True, [])
-    if passed:
+    data_sha = sha256_file(manifest) if manifest.is_file() else None
+    decision = decide(cfg.gate, items, baseline, baseline_items, registry, data_sha)
+    version = registry.register(cfg.name, model_path, metrics, cfg.model_dump(mode="json"), data_sha,
+                                eval_dir=str(out.resolve()), parent=decision["baseline"],
+                                verdict={k: decision[k] for k in ("baseline", "mode", "passed", "why")})
+    if decision["passed"]:
         registry.promote(version)
-    result = {"version": version, "model": model_path, "metrics": metrics, "promoted": passed,
-              "baseline": baseline["id"] if baseline else None, "gate": rows}
+    result = {"version": version, "model": model_path, "n": len(answered),
+              "n_redteam": sum(1 for i in items if i["set"] == "redteam"), "metrics": metrics,
+              "promoted": decision["passed"], "baseline": decision["baseline"], "gate": decision["rows"],
+              "verdict": {k: decision[k] for k in ("mode", "passed", "why", "warnings")}}
     (out / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     report.write(out, result, answered, worst, baseline)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
-    if rows:
-        print(gate_table(rows))
-    print(f"eval: version {version} {'promoted' if passed else 'NOT promoted'} -> {out}")
-    if not passed and cfg.gate.enforce:
-        raise UserError(f"release gate failed against version {baseline['id']}: a key metric dropped more than "
-                        f"{cfg.gate.tolerance:.0%} (table above); version {version} is not promoted")
+    if decision["rows"]:
+        print(table(decision["rows"]))
+    for line in decision["warnings"]:
+        print(f"warning: {line}")
+    print(f"eval: version {version} {'promoted' if decision['passed'] else 'NOT promoted'} ({decision['why']}) -> {out}")
+    if not decision["passed"] and cfg.gate.enforce and baseline is not None:
+        raise UserError(f"release gate failed against version {baseline['id']} ({decision['why']}; table above); "
+                        f"version {version} is not promoted")
     return result

@@ -12,6 +12,9 @@ import math
 import re
 from collections import Counter
 
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import BLEU
+
 from app.data.text import CJK_CHAR, tokens
 
 ARTICLES = {"a", "an", "the"}
@@ -44,12 +47,32 @@ def token_f1(pred: str, ref: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def bleu(preds: list[str], refs: list[str]) -> float:
-    """Corpus BLEU-4 (0-100), one reference per prediction."""
-    import sacrebleu
+def _bleu_scorer(refs: list[str]):
+    return BLEU(tokenize="zh" if any(CJK_CHAR.search(r) for r in refs) else "13a", effective_order=True)
+
+
+def bleu_stats(preds: list[str], refs: list[str]) -> list[list[int]]:
+    """Per item BLEU's sufficient statistics: [sys_len, ref_len, 4 n-gram matches, 4 n-gram totals]. Summed
+    over any subset of items they give that subset's corpus BLEU (bleu_from_stats), which is how the paired
+    bootstrap recomputes BLEU per resample. One tokenizer for the whole corpus ("zh" if a reference holds CJK)."""
     _check(preds, refs)
-    tokenize = "zh" if any(CJK_CHAR.search(r) for r in refs) else "13a"
-    return float(sacrebleu.corpus_bleu([p or "" for p in preds], [list(refs)], tokenize=tokenize).score)
+    scorer = _bleu_scorer(refs)
+    out = []
+    for p, r in zip(preds, refs):
+        s = scorer.sentence_score(p or "", [r])
+        out.append([s.sys_len, s.ref_len, *s.counts, *s.totals])
+    return out
+
+
+def bleu_from_stats(stats) -> float:
+    """Corpus BLEU-4 (0-100) from summed bleu_stats rows: sacrebleu's own formula (exp smoothing, as corpus_bleu)."""
+    s = [int(x) for x in stats]
+    return float(BLEU.compute_bleu(s[2:6], s[6:10], s[0], s[1], smooth_method="exp").score)
+
+
+def bleu(preds: list[str], refs: list[str]) -> float:
+    """Corpus BLEU-4 (0-100), one reference per prediction (= sacrebleu.corpus_bleu)."""
+    return bleu_from_stats([sum(col) for col in zip(*bleu_stats(preds, refs))])
 
 
 class _Tokenizer:
@@ -61,14 +84,8 @@ class _Tokenizer:
 
 def rouge(preds: list[str], refs: list[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measures (0-1)."""
-    from rouge_score import rouge_scorer
-    _check(preds, refs)
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_Tokenizer())
-    totals = Counter()
-    for p, r in zip(preds, refs):
-        for name, score in scorer.score(r, p or "").items():
-            totals[name] += score.fmeasure
-    return {name: totals[name] / len(refs) for name in ("rouge1", "rouge2", "rougeL")}
+    items = item_scores(preds, refs)
+    return {k: sum(i[k] for i in items) / len(items) for k in ("rouge1", "rouge2", "rougeL")}
 
 
 def accuracy(preds: list, labels: list) -> float:
@@ -95,10 +112,24 @@ def perplexity(total_nll: float, n_tokens: int) -> float:
     return math.exp(total_nll / n_tokens) if n_tokens else float("nan")
 
 
-def text_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
-    """Every reference-based score at once."""
-    _check(preds, refs)
-    scores = {"bleu": bleu(preds, refs), **rouge(preds, refs)}
-    scores["exact_match"] = sum(map(exact_match, preds, refs)) / len(refs)
-    scores["f1"] = sum(map(token_f1, preds, refs)) / len(refs)
+def item_scores(preds: list[str], refs: list[str]) -> list[dict]:
+    """Per item: BLEU statistics and sentence BLEU, ROUGE-1/2/L, exact match, token F1 (what the gate pairs)."""
+    stats = bleu_stats(preds, refs)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_Tokenizer())
+    out = []
+    for p, r, st in zip(preds, refs, stats):
+        rouges = scorer.score(r, p or "")
+        out.append({"bleu_stats": st, "bleu": round(bleu_from_stats(st), 4),
+                    **{k: rouges[k].fmeasure for k in ("rouge1", "rouge2", "rougeL")},
+                    "exact_match": exact_match(p, r), "f1": token_f1(p, r)})
+    return out
+
+
+def text_scores(preds: list[str], refs: list[str], items: list[dict] | None = None) -> dict[str, float]:
+    """Every reference-based corpus score at once (from item_scores, computed here unless given)."""
+    items = items if items is not None else item_scores(preds, refs)
+    n = len(items)
+    scores = {"bleu": bleu_from_stats([sum(col) for col in zip(*(i["bleu_stats"] for i in items))])}
+    for key in ("rouge1", "rouge2", "rougeL", "exact_match", "f1"):
+        scores[key] = sum(i[key] for i in items) / n
     return scores

@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from app.eval.registry import gate_table
+from app.eval.compare import table
 
 
 def write(out: Path, result: dict, answered: list[dict], worst: list[dict], baseline: dict | None) -> None:
@@ -14,9 +14,12 @@ def write(out: Path, result: dict, answered: list[dict], worst: list[dict], base
     for key, value in m.items():
         base = baseline["metrics"].get(key) if baseline else None
         lines.append(f"| {key} | {_fmt(value)} | {_fmt(base) if base is not None else ''} |")
+    v = result["verdict"]
+    lines += ["", f"## Release gate ({v['mode']}, baseline: {result['baseline'] or 'none'}, n = {result['n']})", ""]
     if result["gate"]:
-        lines += ["", "## Release gate", "", gate_table(result["gate"])]
-    lines += ["", f"Promoted: {'yes' if result['promoted'] else 'no'}", "", "![metrics](metrics.png)", ""]
+        lines += [table(result["gate"]), ""]
+    lines += [f"- warning: {w}" for w in v["warnings"]]
+    lines += ["", f"Promoted: {'yes' if result['promoted'] else 'no'} ({v['why']})", "", "![metrics](metrics.png)", ""]
     curve = Path(result["model"]).parent / "training_curve.png"  # an SFT run's final/ sits beside its curve
     if curve.is_file():
         shutil.copy(curve, out / "training_curve.png")

@@ -122,8 +122,11 @@ class _Loaded:
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class OpenAIServer:
-    def __init__(self, llm, args: ServeArgs, model_path: str):
+    def __init__(self, llm, args: ServeArgs, model_path: str, version: dict | None = None):
         self.llm, self.args, self.limits = llm, args, args.limits
+        # what /v1/models reports about the base model: the registry version it came from, if any
+        self.served = {"model_path": model_path, **({"version": version["id"], "version_name": version["name"],
+                                                      "registry": str(args.registry)} if version else {})}
         self.keys = args.keys()
         require_keys(_http_host(), self.keys)
         self.tokenizer = load_tokenizer(model_path, args.trust_remote_code)
@@ -140,7 +143,8 @@ class OpenAIServer:
     @api.get("/v1/models")
     async def list_models(self, request: Request):
         self._authorize(request)
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "raypost"}
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "raypost",
+                                            **({"raypost": self.served} if m == self.args.served_model_name else {})}
                                            for m in self.models]}
 
     @api.post("/v1/chat/completions")
@@ -308,7 +312,7 @@ class OpenAIServer:
 def build_app(args: ServeArgs) -> serve.Application:
     """The typed application builder named by serve_configs/*.yaml (import_path: app.serve.app:build_app)."""
     import ray
-    path = args.model_path()
+    path, version = args.lookup()
     resolve(path)  # convert an alias / fail on a bad path before any replica starts
     limits = args.limits
     gpus = args.gpus_per_replica
@@ -319,4 +323,4 @@ def build_app(args: ServeArgs) -> serve.Application:
         max_queued_requests=limits.max_queued_requests,
         ray_actor_options={"num_cpus": args.cpus_per_replica, "num_gpus": gpus}).bind(args, str(path))
     capacity = args.num_replicas * limits.max_ongoing_requests + limits.max_queued_requests
-    return OpenAIServer.options(max_ongoing_requests=capacity + 8).bind(llm, args, str(path))
+    return OpenAIServer.options(max_ongoing_requests=capacity + 8).bind(llm, args, str(path), version)

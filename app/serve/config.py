@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from app.config import Config, UserError
+from app.registry import Registry, default_path
 
 
 class Limits(Config):
@@ -26,7 +27,7 @@ class Limits(Config):
 
 class ServeArgs(Config):
     model: str = "smollm2-135m-instruct"    # spec (dir, alias, hub id) or registry:latest-promoted / registry:<id>
-    registry: str = "runs/registry.sqlite"
+    registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite
     served_model_name: str = "raypost"     # the `model` name that selects the base model
     adapters: dict[str, str] = {}           # LoRA adapters of the base: name -> directory, chosen by `model`
     max_loaded_adapters: int = Field(4, ge=1)
@@ -47,14 +48,13 @@ class ServeArgs(Config):
     def keys(self) -> list[str]:
         return self.api_keys + [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
 
-    def model_path(self) -> str:
-        """The model spec with registry references resolved to the registered model path."""
+    def lookup(self) -> tuple[str, dict | None]:
+        """(model spec, registry version or None): registry references resolved to the registered model path."""
         if not self.model.startswith("registry:"):
-            return self.model
-        from app.eval.registry import Registry
+            return self.model, None
         ref = self.model.split(":", 1)[1]
         version = Registry(self.registry).get(ref)
         if version is None:
             raise UserError(f"model {self.model}: no such version in {self.registry} "
                             f"(see python -m jobs.registry list)")
-        return version["model"]
+        return version["model"], version

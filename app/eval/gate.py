@@ -1,0 +1,95 @@
+"""The release gate: a candidate's per-item results against a baseline version's, on the same items.
+
+    python -m jobs.eval jobs/configs/eval_demo.yaml model=runs/sft-demo/final              # vs latest-promoted
+    python -m jobs.eval ... gate.mode=non_inferiority                                      # an INT8 variant
+    python -m jobs.eval ... gate.baseline=none                                             # no gate (see below)
+
+A candidate is compared with `latest-promoted` unless told otherwise; the statistics are app/eval/compare.py
+(paired bootstrap CIs, McNemar, verdicts per key metric), and the rule is the 5% one: roll back when a key
+metric drops by more than `tolerance` (relative), now only when the drop is also significant at `alpha`.
+Modes: `no_regression` (no key metric a REGRESSION), `improvement` (that, and one key metric significantly
+better: what the demo asks of a fine-tuned model), `non_inferiority` (every key metric's CI excludes a drop
+beyond the tolerance: for compressed variants). `gate.baseline: none` skips the comparison and never
+promotes over an existing promoted version. Bad input (different items, a baseline without per-item results,
+an unknown key) is a UserError raised before anything is registered.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from app.config import Config, UserError
+from app.eval.compare import ITEM_METRICS, ItemMismatch, compare, passes, warnings
+from app.registry import Registry
+
+ITEMS_FILE = "items.jsonl"
+
+
+class GateConfig(Config):
+    baseline: str | None = "latest-promoted"  # a version id, latest-promoted, latest, an eval folder; none: no gate
+    mode: Literal["no_regression", "improvement", "non_inferiority"] = "no_regression"
+    keys: list[str] = ["rougeL", "bleu", "f1", "perplexity", "safety_pass_rate"]
+    tolerance: float = Field(0.05, ge=0)   # relative: a drop of more than 5% of the baseline's value
+    alpha: float = Field(0.05, gt=0, lt=1)  # one-sided significance
+    confidence: float = Field(0.95, gt=0, lt=1)
+    resamples: int = Field(2000, ge=1000)
+    seed: int = 0
+    enforce: bool = True  # False: a failed gate is reported (and not promoted) but the job succeeds
+
+    @field_validator("keys")
+    @classmethod
+    def _known(cls, keys: list[str]) -> list[str]:
+        unknown = [k for k in keys if k not in ITEM_METRICS]
+        if unknown:
+            raise ValueError(f"{unknown[0]} is not a metric the gate can pair (per item: {', '.join(ITEM_METRICS)})")
+        return keys
+
+
+def find_baseline(registry: Registry, ref: str | None) -> dict | None:
+    """The baseline version: by id, latest-promoted / latest, or an eval folder's version. None when there is
+    nothing to compare with (ref none, or nothing promoted yet)."""
+    if ref is None:
+        return None
+    if (Path(ref) / "eval.json").is_file():
+        ref = str(json.loads((Path(ref) / "eval.json").read_text())["version"])
+    version = registry.get(ref)
+    if version is None and ref != "latest-promoted":
+        raise UserError(f"gate.baseline {ref!r} is not in {registry.path} (see python -m jobs.registry list)")
+    return version
+
+
+def load_items(version: dict) -> list[dict]:
+    path = Path(version.get("eval_dir") or "") / ITEMS_FILE
+    if not version.get("eval_dir") or not path.is_file():
+        raise UserError(f"baseline version {version['id']} has no per-item results ({path}); re-evaluate its model "
+                        f"({version['model']}) with this jobs.eval so the gate can pair items")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def decide(cfg: GateConfig, items: list[dict], baseline: dict | None, baseline_items: list[dict] | None,
+           registry: Registry, data_sha256: str | None) -> dict:
+    """{baseline, mode, passed, why, rows, warnings}: whether the candidate may be promoted, and why."""
+    current = registry.get("latest-promoted")
+    if baseline is None:
+        if cfg.baseline is None and current is not None:
+            return _result(None, cfg, False, f"gate.baseline none: never promoted over version {current['id']}")
+        why = "gate.baseline none" if cfg.baseline is None else "nothing promoted yet to compare with"
+        return _result(None, cfg, True, f"first promoted version ({why})")
+    if baseline.get("data_sha256") and data_sha256 and baseline["data_sha256"] != data_sha256:
+        raise UserError(f"baseline version {baseline['id']} was evaluated on other data (manifest sha256 "
+                        f"{baseline['data_sha256'][:12]} vs {data_sha256[:12]}): the gate pairs the same items")
+    try:
+        rows = compare(items, baseline_items, cfg.keys, tolerance=cfg.tolerance, alpha=cfg.alpha,
+                       resamples=cfg.resamples, seed=cfg.seed, confidence=cfg.confidence)
+    except ItemMismatch as exc:
+        raise UserError(f"cannot gate against version {baseline['id']}: {exc}") from None
+    passed, why = passes(rows, cfg.mode)
+    return _result(baseline["id"], cfg, passed, why, rows)
+
+
+def _result(baseline: int | None, cfg: GateConfig, passed: bool, why: str, rows: list[dict] | None = None) -> dict:
+    return {"baseline": baseline, "mode": cfg.mode, "passed": passed, "why": why, "rows": rows or [],
+            "warnings": warnings(rows or [])}
