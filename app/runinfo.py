@@ -16,6 +16,15 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def sha256_path(path: str | Path) -> str:
+    """A file's sha256, or a folder's: over its files' relative paths and contents, in sorted order."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    listing = [(str(p.relative_to(path)), sha256_file(p)) for p in sorted(path.rglob("*")) if p.is_file()]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
 def write_manifest(out_dir: str | Path, config: dict, files: list[Path] = (), **extra) -> dict:
     """Write out_dir/manifest.json: config, file hashes, host, time, plus any extra figures."""
     out = Path(out_dir)

@@ -134,5 +134,85 @@ def test_missing_and_empty_input(ray_local, tmp_path):
 
 
 def test_bad_field_mapping_key_fails_at_start():
-    with pytest.raises(UserError, match="unknown record key 'answer'"):
-        load_config(DataConfig, "jobs/configs/data_demo.yaml", ["input.fields={answer: text}"])
+    with pytest.raises(UserError, match="unknown record key 'reply'"):
+        load_config(DataConfig, "jobs/configs/data_demo.yaml", ["input.fields={reply: text}"])
+
+
+LEAKED = [{"role": "user", "content": "My parcel LH12345678 has not arrived and the tracking page shows no update "
+                                      "since Monday, what should I do now?"},
+          {"role": "assistant", "content": "I am sorry for the wait. I have opened a trace with the carrier for "
+                                           "LH12345678 and you will get an update by email within two working days."}]
+
+
+@pytest.fixture(scope="module")
+def sft_test(tmp_path_factory):
+    """An SFT test split (what preference pairs and RL prompts must not leak into training)."""
+    from app.data.io import write_parquet
+    from app.records import SFT_SCHEMA
+    root = tmp_path_factory.mktemp("sfttest")
+    write_parquet([{"id": "t-1", "messages": LEAKED, "intent": "", "lang": "en", "flags": ""}], SFT_SCHEMA, root)
+    return root
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    return path
+
+
+KIND_OPTIONS = ["split.ratios=[1, 0, 0]", "split.max_class_share=null", "filters.languages=null", "filters.min_words=1"]
+
+
+def test_preference_pairs_take_the_data_road(ray_local, sft_test, tmp_path):
+    ask = [{"role": "user", "content": "Can I return shoes I wore once?"}]
+    good = "Yes, within 30 days of delivery; start the return from your Orders page and we email a label."
+    path = write_jsonl(tmp_path / "prefs.jsonl", [
+        {"id": "p-ok", "prompt": ask, "chosen": good, "rejected": "No."},
+        {"id": "p-dup", "prompt": ask, "chosen": good, "rejected": "No."},
+        {"id": "p-pii", "prompt": "How do I reach support?", "chosen": "Use the chat on our help page, any time.",
+         "rejected": "Mail jane.doe@example.com yourself."},
+        {"id": "p-no-rejected", "prompt": ask, "chosen": good},
+        {"id": "p-assistant-last", "prompt": [ask[0], {"role": "assistant", "content": "hm"}], "chosen": good,
+         "rejected": "No."},
+        {"id": "p-sensitive", "prompt": ask, "chosen": "Visit our 诈骗 partner site for a refund.", "rejected": "No."},
+        {"id": "p-leak", "prompt": LEAKED[:1], "chosen": LEAKED[1]["content"], "rejected": "No idea."},
+        "not json",
+    ])
+    manifest, out = run_data(tmp_path, "prefs", f"input.path={path}", "input.kind=preference",
+                             f"split.contamination_reference=[{sft_test}]", *KIND_OPTIONS)
+    kept, rejected = all_ids(out)
+    reasons = {r["id"]: r["reason"] for r in read(out, "rejected")}
+    assert sorted(kept) == ["p-dup", "p-pii"] or sorted(kept) == ["p-ok", "p-pii"]
+    assert sorted(reasons.values()) == ["contaminated", "exact_dup", "malformed", "malformed", "malformed",
+                                        "sensitive"]
+    assert reasons["p-leak"] == "contaminated" and reasons["p-sensitive"] == "sensitive"
+    rows = {r["id"]: r for r in read(out, "train")}
+    assert set(rows["p-pii"]) == {"id", "prompt", "chosen", "rejected", "intent", "lang", "flags"}
+    assert "[EMAIL]" in rows["p-pii"]["rejected"] and "pii:email" in rows["p-pii"]["flags"]
+    assert rows["p-pii"]["prompt"] == [{"role": "user", "content": "How do I reach support?"}]
+    assert len(kept) + len(rejected) == manifest["counts"]["input"] == 8
+    from app.rl.preferences import read_pairs
+    pairs, skipped = read_pairs(out / "train")
+    assert sorted(p["id"] for p in pairs) == sorted(kept) and skipped == {}
+
+
+def test_rl_prompts_take_the_data_road(ray_local, sft_test, tmp_path):
+    path = write_jsonl(tmp_path / "prompts.jsonl", [
+        {"id": "q-1", "prompt": "Calculate 3 + 4. Reply with the result only.", "answer": "#### 7"},
+        {"id": "q-2", "prompt": [{"role": "user", "content": "计算 9 - 2，只回答结果。"}], "answer": "#### 7"},
+        {"id": "q-3", "prompt": "Calculate 3 + 4. Reply with the result only.", "answer": "#### 7"},
+        {"id": "q-4", "prompt": [{"role": "assistant", "content": "no user turn"}]},
+        {"id": "q-5", "prompt": "Where is LH12345678? My phone is 13812345678."},
+        {"id": "q-6", "prompt": LEAKED[0]["content"], "reference": LEAKED[1]["content"]},
+    ])
+    manifest, out = run_data(tmp_path, "prompts", f"input.path={path}", "input.kind=prompt",
+                             f"split.contamination_reference=[{sft_test}]", *KIND_OPTIONS)
+    reasons = {r["id"]: r["reason"] for r in read(out, "rejected")}
+    rows = {r["id"]: r for r in read(out, "train")}
+    assert sorted(rows) == ["q-1", "q-2", "q-5"] and reasons == {"q-3": "exact_dup", "q-4": "malformed",
+                                                                  "q-6": "contaminated"}
+    assert rows["q-2"]["answer"] == "#### 7" and rows["q-5"]["answer"] is None
+    assert "[PHONE]" in rows["q-5"]["prompt"][0]["content"]
+    from app.rl.controller import _prompts
+    from app.models import load_tokenizer
+    loaded = _prompts(str(out / "train"), load_tokenizer("tiny"))
+    assert [(i, ref) for i, _, _, ref in loaded] == [("q-1", "#### 7"), ("q-2", "#### 7"), ("q-5", None)]

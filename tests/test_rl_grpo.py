@@ -28,13 +28,33 @@ def test_grpo_configs_parse():
         load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml", ["critic_lr=1e-5"])
 
 
+HELD_OUT = ["Do you ship to Canada?", "包裹丢了怎么办？", "Can I pay with PayPal?", "可以开发票吗？", "What sizes exist?",
+            "周末发货吗？"]
+
+
+def test_heldout_prompts_must_be_unseen(prompts_file, tmp_path):
+    from app.config import UserError
+    from app.models import load_tokenizer
+    from app.rl.controller import _prompts
+    from app.rl.heldout import check_disjoint
+    tok = load_tokenizer("tiny")
+    train = _prompts(str(prompts_file), tok)
+    (tmp_path / "h.jsonl").write_text(json.dumps({"id": "h0", "prompt": "Where is my parcel?"}) + "\n")
+    with pytest.raises(UserError, match="shares 1 prompts with the training prompts"):
+        check_disjoint(_prompts(str(tmp_path / "h.jsonl"), tok), train)
+
+
 @pytest.mark.slow
 def test_grpo_raises_toy_reward_with_versioned_sync(ray_local, prompts_file, tmp_path):
     from app.config import load_config
     from app.rl.grpo import GRPOConfig, run
     out = tmp_path / "grpo"
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("\n".join(json.dumps({"id": f"h{i}", "prompt": q}, ensure_ascii=False)
+                                 for i, q in enumerate(HELD_OUT)) + "\n")
     summary = run(load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml",
-                              [f"prompts={prompts_file}", f"output_dir={out}"]))
+                              [f"prompts={prompts_file}", f"output_dir={out}", f"heldout.prompts={heldout}",
+                               "heldout.every=4"]))
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["policy_version"] for s in steps] == list(range(1, 9)) and len({s["checksum"] for s in steps}) == 8
     assert all(s["sampled_versions"] == [s["policy_version"] - 1] for s in steps)
@@ -44,3 +64,12 @@ def test_grpo_raises_toy_reward_with_versioned_sync(ray_local, prompts_file, tmp
     last = sum(s["reward_mean"] for s in steps[-2:]) / 2
     assert last > first + 0.05, (first, last)
     assert (out / "grpo_curve.png").exists() and summary["policy_version"] == 8
+    assert all(s["kl"] >= 0 for s in steps)  # k3
+    measured = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]
+    assert [(m["step"], m["version"], m["n"]) for m in measured] == [(0, 0, 6), (4, 4, 6), (8, 8, 6)]
+    assert [s["step"] for s in steps if "heldout_reward" in s] == [4, 8]
+    assert [i["id"] for i in measured[0]["items"]] == [f"h{i}" for i in range(6)]
+    assert summary["heldout_first"] == measured[0]["mean"] and summary["heldout_last"] == measured[-1]["mean"]
+    assert summary["heldout_ci_low"] <= summary["heldout_diff"] <= summary["heldout_ci_high"]
+    # pinned: greedy answers of the tiny policy are all line breaks from the start (sampled ones are not: 0.016)
+    assert [m["mean"] for m in measured] == [1.0, 1.0, 1.0] and summary["heldout_verdict"] == "no significant change"

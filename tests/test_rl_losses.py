@@ -112,3 +112,11 @@ def test_dpo_losses_by_hand():
     assert float(ipo) == pytest.approx((2 - 1 / (2 * 0.5)) ** 2)  # (margin - 1/(2 beta))^2 = 1
     with pytest.raises(ValueError, match="hinge"):
         dpo_loss(T([1.0]), T([-1.0]), T([0.0]), T([0.0]), variant="hinge")
+
+
+def test_sequence_kl_k1_can_go_negative_k3_cannot():
+    from app.rl.losses import sequence_kl
+    logp, ref, mask = T([[-2.0, -1.0, -5.0]]), T([[-1.0, -1.5, 0.0]]), T([[1.0, 1.0, 0.0]])
+    k1, k3 = sequence_kl(logp, ref, mask)
+    assert k1 == pytest.approx(-0.5)  # (-2 + 1) + (-1 + 1.5); the masked token does not count
+    assert k3 == pytest.approx((math.exp(1) - 2) + (math.exp(-0.5) - 0.5))

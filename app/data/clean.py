@@ -1,10 +1,14 @@
-"""One raw row -> a cleaned SFT record or a rejection with a reason code. Pure: no ray import.
+"""One raw row -> a cleaned record or a rejection with a reason code. Pure: no ray import.
 
-Steps, in order (the first that rejects names the reason):
+Three kinds of record go through the same steps (input.kind): `sft` (messages ending with the assistant's
+reply), `preference` (prompt messages, chosen, rejected) and `prompt` (prompt messages, an optional reference
+answer, for RL). Each is held as `messages` (sft: the dialog; preference: prompt + the chosen reply; prompt:
+the prompt) plus `extra` texts (rejected; answer). Steps, in order (the first that rejects names the reason):
   parse (malformed: not JSON, not a mapping, missing or mistyped fields)
-  -> normalize every message (app/data/normalize.py) -> empty (a message with no text left)
-  -> PII (pii: found, when the action is drop; else redacted) -> sensitive words (sensitive, or a flag)
-  -> quality filters on the final reply (too_short, too_long, symbols, digits, repetition, language)
+  -> normalize every text (app/data/normalize.py) -> empty (a text with nothing left)
+  -> PII in every text (pii: found, when the action is drop; else redacted)
+  -> sensitive words in `messages` (sensitive, or a flag; a rejected reply may be bad on purpose: only flagged)
+  -> quality filters on the last message (too_short, too_long, symbols, digits, repetition, language)
 """
 from __future__ import annotations
 
@@ -71,19 +75,53 @@ def to_messages(row: dict, fields: dict) -> list[dict]:
     raise Rejected("malformed", f"no {wanted} field")
 
 
+def _prompt_messages(row: dict, fields: dict) -> list[dict]:
+    """A prompt: a message list ending with the user's turn, or a plain text (one user turn)."""
+    source = fields.get("prompt", "prompt")
+    value = row.get(source)
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if value is None:
+        raise Rejected("malformed", f"no {source} field")
+    try:
+        messages = check_messages(value)
+    except ValueError as exc:
+        raise Rejected("malformed", f"{source}: {exc}") from None
+    if messages[-1]["role"] != "user":
+        raise Rejected("malformed", f"{source}: must end with a user turn")
+    return messages
+
+
+def to_record(row: dict, fields: dict, kind: str = "sft") -> tuple[list[dict], dict[str, str]]:
+    """(messages, extra texts) of one record of `kind` (see the module docstring)."""
+    if kind == "sft":
+        return to_messages(row, fields), {}
+    prompt = _prompt_messages(row, fields)
+    if kind == "preference":
+        chosen, rejected = _text(row, fields, "chosen"), _text(row, fields, "rejected")
+        if chosen is None or rejected is None:
+            raise Rejected("malformed", f"a preference pair needs {fields.get('chosen', 'chosen')} and "
+                                        f"{fields.get('rejected', 'rejected')}")
+        return prompt + [{"role": "assistant", "content": chosen}], {"rejected": rejected}
+    answer = _text(row, fields, "answer")
+    answer = answer if answer is not None else _text(row, fields, "reference")
+    return prompt, ({"answer": answer} if answer is not None else {})
+
+
 def clean(row: dict, fields: dict, rules=(), pii_action: str = "redact", sensitive: SensitiveWords | None = None,
-          sensitive_action: str = "drop", filters: dict | None = None) -> dict:
-    """A parsed row (parse_row) -> a cleaned record {messages, intent, lang, flags}; raises Rejected."""
-    messages = to_messages(row, fields)
+          sensitive_action: str = "drop", filters: dict | None = None, kind: str = "sft") -> dict:
+    """A parsed row (parse_row) -> a cleaned record {messages, extra, intent, lang, flags}; raises Rejected."""
+    messages, extra = to_record(row, fields, kind)
     intent, lang = _text(row, fields, "intent"), _text(row, fields, "lang")
-    for m in messages:
-        m["content"] = normalize(m["content"], rules)
-        if not m["content"]:
-            raise Rejected("empty", f"a {m['role']} message is empty after normalization")
+    texts = [(m["role"], m, "content") for m in messages] + [(k, extra, k) for k in extra]
+    for name, holder, key in texts:
+        holder[key] = normalize(holder[key], rules)
+        if not holder[key]:
+            raise Rejected("empty", f"a {name} text is empty after normalization")
     flags = []
     if pii_action != "off":
-        for m in messages:
-            m["content"], found = redact(m["content"])
+        for _, holder, key in texts:
+            holder[key], found = redact(holder[key])
             if found and pii_action == "drop":
                 raise Rejected("pii", ",".join(sorted(set(found))))
             flags += [f"pii:{tag.lower()}" for tag in found]
@@ -91,17 +129,19 @@ def clean(row: dict, fields: dict, rules=(), pii_action: str = "redact", sensiti
         hits = sorted({w for m in messages for w in sensitive.find(m["content"])})
         if hits and sensitive_action == "drop":
             raise Rejected("sensitive", ",".join(hits))
-        flags += [f"sensitive:{w}" for w in hits]
+        flags += [f"sensitive:{w}" for w in hits + sorted({w for t in extra.values() for w in sensitive.find(t)})]
     if (why := quality_reason(messages[-1]["content"], **(filters or {}))):
         raise Rejected(*why)
-    return {"messages": messages, "intent": (intent or "").strip(), "lang": (lang or "").strip(),
+    return {"messages": messages, "extra": extra, "intent": (intent or "").strip(), "lang": (lang or "").strip(),
             "flags": ",".join(sorted(set(flags)))}
 
 
-def conversation_text(messages: list[dict]) -> str:
-    return "\n".join(m["content"] for m in messages)
+def conversation_text(messages: list[dict], extra: dict | None = None) -> str:
+    """All of a record's text: what near-dedup and the contamination check compare."""
+    return "\n".join([m["content"] for m in messages] + list((extra or {}).values()))
 
 
-def content_hash(messages: list[dict]) -> str:
-    body = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+def content_hash(messages: list[dict], extra: dict | None = None) -> str:
+    body = json.dumps([[m["role"], m["content"]] for m in messages] + sorted((extra or {}).items()),
+                      ensure_ascii=False)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()

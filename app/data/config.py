@@ -11,6 +11,7 @@ from app.records import RAW_KEYS
 
 class InputConfig(Config):
     path: str = "data/demo/raw/dialogs.jsonl"  # a file, a folder or a glob; s3://... on a cluster
+    kind: Literal["sft", "preference", "prompt"] = "sft"  # dialogs | {prompt, chosen, rejected} | RL prompts
     format: Literal["jsonl", "csv", "parquet"] | None = None  # default: from the file extension
     fields: dict[str, str] = {}  # record key -> source column, e.g. {response: answer, id: ticket_no}
 
@@ -67,6 +68,7 @@ class SplitConfig(Config):
     max_class_share: float | None = 0.3
     contamination_ngram: int = 13
     contamination_threshold: float | None = 0.8  # share of a train record's n-grams found in val/test
+    contamination_reference: list[str] = []  # other outputs' splits (the SFT test/) that train must not overlap
 
 
 class DataConfig(JobConfig):

@@ -17,9 +17,11 @@ import shutil
 import time
 from collections import Counter
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
 from app.cluster import init_ray
@@ -32,13 +34,13 @@ from app.data.normalize import compile_rules
 from app.data.pii import SensitiveWords
 from app.data.report import manifest_counts, print_summary
 from app.data.split import assign, ngram_hashes, over_cap, overlap
-from app.records import REJECT_SCHEMA, SFT_SCHEMA
+from app.records import REJECT_SCHEMA, SCHEMAS
 from app.runinfo import write_manifest
 
 PROCESSED = pa.schema([("id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
                        ("detail", pa.string()), ("raw", pa.string()), ("messages", pa.string()),
                        ("intent", pa.string()), ("lang", pa.string()), ("flags", pa.string()),
-                       ("hash", pa.string()), ("sig", pa.binary())])
+                       ("hash", pa.string()), ("sig", pa.binary()), ("extra", pa.string())])
 
 
 @lru_cache(maxsize=4)
@@ -52,7 +54,7 @@ def parse_file(row: dict, fmt: str) -> list[dict]:
 
 def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_file: str | None,
                 sensitive_action: str, filters: dict, quality_model: str | None, quality_threshold: float,
-                num_perm: int, word_shingle: int, char_shingle: int) -> pa.Table:
+                num_perm: int, word_shingle: int, char_shingle: int, kind: str = "sft") -> pa.Table:
     """Clean a batch of raw rows; kept rows get a content hash and a MinHash signature."""
     rules = compile_rules(rules)
     words = _sensitive(words_file) if sensitive_action != "off" else None
@@ -64,13 +66,14 @@ def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_f
         except Rejected as rej:
             rejected = rejected or rej
         row = {"id": record_id(parsed, raw, fields), "source": source, "raw": raw, "reason": "", "detail": "",
-               "messages": "", "intent": "", "lang": "", "flags": "", "hash": "", "sig": b""}
+               "messages": "", "intent": "", "lang": "", "flags": "", "hash": "", "sig": b"", "extra": ""}
         try:
             if rejected:
                 raise rejected
-            rec = clean(parsed, fields, rules, pii_action, words, sensitive_action, filters)
+            rec = clean(parsed, fields, rules, pii_action, words, sensitive_action, filters, kind)
             row.update(messages=json.dumps(rec["messages"], ensure_ascii=False), intent=rec["intent"],
-                       lang=rec["lang"], flags=rec["flags"], hash=content_hash(rec["messages"]), raw="")
+                       lang=rec["lang"], flags=rec["flags"], hash=content_hash(rec["messages"], rec["extra"]),
+                       extra=json.dumps(rec["extra"], ensure_ascii=False), raw="")
         except Rejected as rej:
             row.update(reason=rej.reason, detail=rej.detail)
         out.append(row)
@@ -81,7 +84,7 @@ def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_f
             if score < quality_threshold:
                 r.update(reason="low_quality", detail=f"score {score:.3f} < {quality_threshold}")
         kept = [r for r in kept if not r["reason"]]
-    hashes, counts = dedup.shingles([conversation_text(json.loads(r["messages"])) for r in kept],
+    hashes, counts = dedup.shingles([conversation_text(json.loads(r["messages"]), json.loads(r["extra"])) for r in kept],
                                     word_shingle, char_shingle)
     for r, sig in zip(kept, dedup.signatures(hashes, counts, *dedup.permutations(num_perm))):
         r["sig"] = sig.tobytes()
@@ -134,22 +137,36 @@ def _subset(table: pa.Table, keep) -> pa.Table:
 
 
 def overlap_batch(batch: dict, reference: np.ndarray, n: int) -> dict:
-    shares = [overlap(conversation_text(json.loads(m)), reference, n) for m in batch["messages"]]
+    shares = [overlap(conversation_text(json.loads(m), json.loads(e)), reference, n)
+              for m, e in zip(batch["messages"], batch["extra"])]
     return {"id": batch["id"], "overlap": np.array(shares, np.float64)}
 
 
+def reference_texts(folder: str) -> list[str]:
+    """Every record's text in another data stage output (any kind): what must not leak into this train split."""
+    if not Path(folder).exists():
+        raise UserError(f"split.contamination_reference: {folder} not found (a data stage's test/ folder)")
+    texts = []
+    for r in pq.read_table(folder).to_pylist():
+        messages = r.get("messages") or r.get("prompt") or []
+        texts.append(conversation_text(messages, {k: r[k] for k in ("chosen", "rejected", "answer") if r.get(k)}))
+    return texts
+
+
 def contaminated(splits: dict, cfg: DataConfig) -> dict:
-    """id -> decision for train records whose n-grams are mostly in val/test (checked on Ray Data)."""
+    """id -> decision for train records whose n-grams are mostly in val/test or in the reference folders (for
+    preference pairs and RL prompts: the SFT test split), checked on Ray Data."""
     n, threshold = cfg.split.contamination_ngram, cfg.split.contamination_threshold
-    held_out = [ngram_hashes(conversation_text(json.loads(m)), n)
-                for s in ("val", "test") for m in splits[s].column("messages").to_pylist()]
+    held_out = [ngram_hashes(conversation_text(json.loads(m), json.loads(e)), n) for s in ("val", "test")
+                for m, e in zip(splits[s].column("messages").to_pylist(), splits[s].column("extra").to_pylist())]
+    held_out += [ngram_hashes(t, n) for folder in cfg.split.contamination_reference for t in reference_texts(folder)]
     if threshold is None or not held_out or not splits["train"].num_rows:
         return {}
     reference = np.unique(np.concatenate(held_out))
-    checked = ray.data.from_arrow(splits["train"].select(["id", "messages"])).map_batches(
+    checked = ray.data.from_arrow(splits["train"].select(["id", "messages", "extra"])).map_batches(
         overlap_batch, batch_format="numpy", fn_kwargs=dict(reference=reference, n=n))
     scores = pa.concat_tables(ray.get(checked.to_arrow_refs()))
-    return {rid: ("contaminated", f"{share:.2f} of its {n}-grams are in val/test")
+    return {rid: ("contaminated", f"{share:.2f} of its {n}-grams are in val/test or the reference")
             for rid, share in zip(scores.column("id").to_pylist(), scores.column("overlap").to_pylist())
             if share >= threshold}
 
@@ -169,7 +186,7 @@ def run(cfg: DataConfig) -> dict:
         fields=cfg.input.fields, rules=cfg.normalize.rules, pii_action=p.action, words_file=p.sensitive_words_file,
         sensitive_action=p.sensitive_action, filters=filters, quality_model=f.quality_model,
         quality_threshold=f.quality_threshold, num_perm=cfg.dedup.num_perm, word_shingle=cfg.dedup.word_shingle,
-        char_shingle=cfg.dedup.char_shingle))
+        char_shingle=cfg.dedup.char_shingle, kind=cfg.input.kind))
     table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
     if table.num_rows == 0:
         raise UserError(f"input is empty: no records in {cfg.input.path}")
@@ -188,7 +205,7 @@ def run(cfg: DataConfig) -> dict:
             decisions[rid] = ("class_cap", f"{name} class over its {cfg.split.max_class_share:.0%} share")
         splits[name] = _subset(part, lambda i: i not in decisions)
 
-    written = write_outputs(out, table, splits, decisions)
+    written = write_outputs(out, table, splits, decisions, cfg.input.kind)
     counts = manifest_counts(table, splits, decisions, renamed)
     local_inputs = [f for f in files if "://" not in f]
     manifest = write_manifest(out, cfg.model_dump(), local_inputs, outputs=file_hashes(written, out),
@@ -200,12 +217,21 @@ def run(cfg: DataConfig) -> dict:
     return manifest
 
 
-def write_outputs(out, table: pa.Table, splits: dict, decisions: dict) -> list:
+def output_record(row: dict, kind: str) -> dict:
+    """A processed row -> the record shape of its kind (app/records.py)."""
+    messages, extra = json.loads(row["messages"]), json.loads(row["extra"])
+    meta = {"id": row["id"], "intent": row["intent"], "lang": row["lang"], "flags": row["flags"]}
+    if kind == "preference":
+        return {**meta, "prompt": messages[:-1], "chosen": messages[-1]["content"], "rejected": extra["rejected"]}
+    if kind == "prompt":
+        return {**meta, "prompt": messages, "answer": extra.get("answer")}
+    return {**meta, "messages": messages}
+
+
+def write_outputs(out, table: pa.Table, splits: dict, decisions: dict, kind: str = "sft") -> list:
     written = []
     for name, rows in splits.items():
-        records = [{"id": r["id"], "messages": json.loads(r["messages"]), "intent": r["intent"], "lang": r["lang"],
-                    "flags": r["flags"]} for r in rows.to_pylist()]
-        written += write_parquet(records, SFT_SCHEMA, out / name)
+        written += write_parquet([output_record(r, kind) for r in rows.to_pylist()], SCHEMAS[kind], out / name)
     rejected = []
     for r in table.to_pylist():  # sorted by id
         reason, detail = (r["reason"], r["detail"]) if r["reason"] else decisions.get(r["id"], ("", ""))

@@ -26,10 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
 
+import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from app.config import Config, JobConfig, UserError
+from app.rl import heldout as held
 from app.rl import losses
+from app.rl.heldout import HeldoutConfig
 from app.rl.sync import Sampler, publish, ray_get, sync
 from app.train.config import LoraSection
 
@@ -77,6 +80,7 @@ class RLConfig(JobConfig):
     threads: dict[Literal["rollout", "reference", "reward", "critic", "learner"], int] = {}  # torch threads; 1
     cpus_per_actor: float = 0.3
     sync_timeout_s: float = 300
+    heldout: HeldoutConfig | None = None  # prompts never trained on, scored at the start, every N steps, the end
 
     @model_validator(mode="after")
     def _rows_for_every_learner(self):
@@ -101,15 +105,19 @@ class RLConfig(JobConfig):
 
 def _prompts(path: str, tokenizer, limit_len: int = 512) -> list[tuple[str, list[dict], list[int], str | None]]:
     """(id, messages, prompt tokens, reference answer) per record of a JSONL file: ours ({id, prompt: text or
-    messages}) or GSM8K's ({question, answer}; asked to end with '#### <number>'). `id` defaults to the line."""
+    messages, answer?}) or GSM8K's ({question, answer}; asked to end with '#### <number>'), or of a data stage
+    output folder (`input.kind=prompt`: Parquet prompt records, e.g. its train/). `id` defaults to the line."""
     from app.chat import render_prompt
     from app.eval.evaluate import GSM8K_PROMPT
-    if not Path(path).is_file():
+    if Path(path).is_dir():
+        records = pq.read_table(path).to_pylist()
+    elif Path(path).is_file():
+        records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
         raise UserError(f"prompts {path} not found (python -m jobs.demo_data writes data/demo/raw/prompts.jsonl "
-                        f"and arithmetic.jsonl)")
+                        f"and arithmetic.jsonl; python -m jobs.data ... input.kind=prompt cleans them)")
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
-        record = json.loads(line)
+    for n, record in enumerate(records):
         prompt = record.get("prompt") or GSM8K_PROMPT.format(question=record["question"])
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         out.append((str(record.get("id", n)), messages, render_prompt(tokenizer, messages, limit_len),
@@ -255,12 +263,14 @@ def run(cfg: RLConfig, step_fn: Callable) -> dict:
     policy = str(resolve(cfg.policy))
     tokenizer = load_tokenizer(policy)
     data = _prompts(cfg.prompts, tokenizer)
+    heldout = _prompts(cfg.heldout.prompts, tokenizer)[:cfg.heldout.max_samples] if cfg.heldout else []
+    held.check_disjoint(heldout, data)
     out = cfg.out(cfg.algorithm)
     out.mkdir(parents=True, exist_ok=True)
     init_ray()
     pg, roles = _actors(cfg, policy)
     try:
-        return _train(cfg, step_fn, roles, data, tokenizer, policy, out)
+        return _train(cfg, step_fn, roles, data, heldout, tokenizer, policy, out)
     finally:  # free the placement group's CPUs for whatever runs next on this cluster
         import ray
         from ray.util.placement_group import remove_placement_group
@@ -269,8 +279,9 @@ def run(cfg: RLConfig, step_fn: Callable) -> dict:
         remove_placement_group(pg)
 
 
-def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, tokenizer, policy: str, out: Path) -> dict:
-    from app.runinfo import sha256_file, write_manifest
+def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: list, tokenizer, policy: str,
+           out: Path) -> dict:
+    from app.runinfo import sha256_path, write_manifest
     from app.train.metrics import MetricsLogger, read_metrics
     kl_ctl = losses.KLController(cfg.kl.init, cfg.kl.target, cfg.kl.horizon)
     resumed = load_checkpoint(cfg, out, roles)
@@ -279,14 +290,26 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, tokenizer
         kl_ctl.load_state_dict(resumed["kl"])
         print(f"{cfg.algorithm}: resuming after step {start} (policy v{version})", flush=True)
     else:
-        for stale in ("metrics.jsonl", "samples.jsonl"):
+        for stale in ("metrics.jsonl", "samples.jsonl", "heldout.jsonl"):
             (out / stale).unlink(missing_ok=True)
     history = [m for m in read_metrics(out / "metrics.jsonl") if m["step"] <= start] if resumed else []
+    measured = [m for m in read_metrics(out / "heldout.jsonl") if m["step"] <= start] \
+        if resumed and (out / "heldout.jsonl").is_file() else []
     logger = MetricsLogger(str(out), cfg.name, cfg.model_dump(mode="json"), cfg.wandb, cfg.tensorboard,
                            cfg.algorithm)
     pub = publish(roles.learners[0], version, cfg.sync_timeout_s)
     sync(roles.rollouts, pub, cfg.sync_timeout_s, cfg.max_restarts)  # everyone samples the same version
     sampler = Sampler(cfg, roles.rollouts, data)
+
+    def measure(step: int, version: int) -> dict:
+        measured.append(held.measure(cfg, roles, heldout, version, tokenizer, step))
+        with open(out / "heldout.jsonl", "a") as f:
+            f.write(json.dumps(measured[-1], ensure_ascii=False) + "\n")
+        print(f"{cfg.algorithm} held-out reward at step {step}: {measured[-1]['mean']:.3f} "
+              f"[{measured[-1]['ci_low']:.3f}, {measured[-1]['ci_high']:.3f}] (n={measured[-1]['n']})", flush=True)
+        return held.figures(measured[-1])
+    if heldout and not measured:
+        measure(0, pub.version)  # the starting policy
     pending = sampler.launch(start, pub.version) if start < cfg.steps else None
     for step in range(start, cfg.steps):
         t_step = time.perf_counter()
@@ -305,6 +328,9 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, tokenizer
                        sampled_versions=sorted({b["version"] for b in batches}), generate_s=t_gen,
                        sync_s=time.perf_counter() - t1, sync_mb=pub.megabytes, rollout_restarts=sampler.restarts,
                        prompt_ids=[data[i][0] for i in ids])
+        every = cfg.heldout.every if cfg.heldout else 0
+        if heldout and ((every and (step + 1) % every == 0) or step + 1 == cfg.steps):
+            figures.update(measure(step + 1, pub.version))
         if not cfg.overlap and step + 1 < cfg.steps:
             pending = sampler.launch(step + 1, pub.version)
         texts, rewards = figures.pop("texts"), figures.pop("rewards")
@@ -322,12 +348,13 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, tokenizer
                                               "data_position": (step + 1) * len(ids), "checksum": pub.checksum})
     logger.close()
     final = _save_final(cfg, roles, tokenizer, policy, out)
-    plot(history, out / f"{cfg.algorithm}_curve.png")
+    plot(history, measured, out / f"{cfg.algorithm}_curve.png")
     summary = {"steps": cfg.steps, "policy_version": pub.version, "checksum": pub.checksum,
                "resumed_from": start if resumed else None, "reward_first": history[0]["reward_mean"],
                "reward_last": history[-1]["reward_mean"], "kl_last": history[-1]["kl"],
-               "rollout_restarts": sampler.restarts, "final": str(final)}
-    write_manifest(out, cfg.model_dump(mode="json"), [], prompts_sha256=sha256_file(cfg.prompts), summary=summary)
+               "rollout_restarts": sampler.restarts, "final": str(final),
+               **(held.change(measured[0], measured[-1]) if len(measured) > 1 else {})}
+    write_manifest(out, cfg.model_dump(mode="json"), [], prompts_sha256=sha256_path(cfg.prompts), summary=summary)
     print(json.dumps(summary))
     return summary
 
@@ -343,16 +370,21 @@ def _save_final(cfg: RLConfig, roles: Roles, tokenizer, policy: str, out: Path) 
     return final
 
 
-def plot(history: list[dict], path: Path) -> None:
+def plot(history: list[dict], measured: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax[0].plot(steps, [h["reward_mean"] for h in history], marker="o")
+    ax[0].plot(steps, [h["reward_mean"] for h in history], marker="o", label="training batch")
+    if measured:
+        ax[0].errorbar([m["step"] for m in measured], [m["mean"] for m in measured], capsize=3, marker="s",
+                       yerr=[[m["mean"] - m["ci_low"] for m in measured], [m["ci_high"] - m["mean"] for m in measured]],
+                       label=f"held-out (n={measured[0]['n']}, 95% CI)")
+        ax[0].legend(fontsize=8)
     ax[0].set(title="mean reward", xlabel="step")
     ax[1].plot(steps, [h["kl"] for h in history], marker="o", color="tab:red")
-    ax[1].set(title="KL to reference", xlabel="step")
+    ax[1].set(title="KL to reference (k3)", xlabel="step")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

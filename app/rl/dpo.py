@@ -216,12 +216,12 @@ def run(cfg: DPOConfig) -> dict:
     from pathlib import Path
     from app.cluster import init_ray
     from app.models import resolve
-    from app.runinfo import sha256_file, write_manifest
+    from app.runinfo import sha256_path, write_manifest
     from app.train import checkpoints
     from app.train.export import export
     from app.train.metrics import plot_curve, read_metrics
     from app.train.sft import check_model, check_resume, fit, loop_config
-    if not Path(cfg.data.path).is_file():
+    if not Path(cfg.data.path).exists():
         raise UserError(f"preference data {cfg.data.path} not found (python -m jobs.demo_data writes the demo's)")
     out = cfg.out("dpo")
     model_path = check_model(cfg)
@@ -240,7 +240,7 @@ def run(cfg: DPOConfig) -> dict:
     summary = {"data": counts, "best_step": checkpoints.state_of(best)["step"], "final": str(final),
                "val_before": {k: val[0][k] for k in ("val_loss", "val_accuracy", "val_margin")} if val else None,
                "val_after": {k: val[-1][k] for k in ("val_loss", "val_accuracy", "val_margin")} if val else None}
-    write_manifest(out, cfg.model_dump(mode="json"), [], model=model_path, data_sha256=sha256_file(cfg.data.path),
+    write_manifest(out, cfg.model_dump(mode="json"), [], model=model_path, data_sha256=sha256_path(cfg.data.path),
                    **summary)
     if val:
         print(f"dpo: val loss {val[0]['val_loss']:.4f} -> {val[-1]['val_loss']:.4f}, accuracy "

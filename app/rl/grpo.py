@@ -48,12 +48,12 @@ def grpo_step(cfg: GRPOConfig, roles: Roles, batches: list[dict], prompts: list,
         experiences.append((b, old, advantages[start:start + rows, None] * mask, ref, None))
         start += rows
         sampled = b["rollout_logprobs"] if old is None else old
-        kls.append(float(((sampled - ref) * mask).sum(1).mean()))
+        kls.append(losses.sequence_kl(sampled, ref, mask))
     updated = update(cfg, roles, experiences, kl_ctl.value)
-    kl_mean = sum(kls) / len(kls)
-    kl_ctl.update(kl_mean, start)
+    k1, k3 = (sum(k[i] for k in kls) / len(kls) for i in (0, 1))
+    kl_ctl.update(k1, start)
     groups = rewards.view(-1, cfg.group_size)
-    return {**step_figures(batches, scored, updated), "kl": kl_mean, "kl_coef": kl_ctl.value,
+    return {**step_figures(batches, scored, updated), "kl": k3, "kl_k1": k1, "kl_coef": kl_ctl.value,
             "groups_without_signal": float((groups.std(1) == 0).float().mean())}
 
 

@@ -137,6 +137,14 @@ class KLController:
         self.value, self.target, self.horizon = state["value"], state["target"], state["horizon"]
 
 
+def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(k1, k3): per-sequence summed KL(policy || reference) estimates over the response tokens, averaged over
+    sequences. k1 = sum(logp - ref) is what PPO's penalty and the KL controller use; it is unbiased but goes
+    negative on a batch, so the reported KL is k3 = sum(exp(d) - d - 1), d = ref - logp, never negative."""
+    d = (ref_logprobs - logprobs) * mask
+    return float((-d).sum(1).mean()), float(((torch.exp(d) - d - 1) * mask).sum(1).mean())
+
+
 def approx_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean per-sequence summed KL estimate (k1), the figure the KL controller tracks."""
     return float(((logprobs - ref_logprobs) * mask).sum(1).mean())

@@ -39,14 +39,14 @@ def ppo_step(cfg: PPOConfig, roles: Roles, batches: list[dict], prompts: list, r
         old = b["rollout_logprobs"] if old is None else old
         sequence_scores = torch.tensor(scored["rewards"]["reward"][start:start + rows])
         start += rows
-        rewards, kl = losses.token_rewards(sequence_scores, old, ref, mask, kl_ctl.value)
+        rewards, _ = losses.token_rewards(sequence_scores, old, ref, mask, kl_ctl.value)
         adv, returns = losses.gae(rewards, values, mask, cfg.gamma, cfg.lam)
         experiences.append((b, old, losses.whiten(adv, mask), None, (returns, values)))
-        kls.append(float(kl.sum(1).mean()))
+        kls.append(losses.sequence_kl(old, ref, mask))
     updated = update(cfg, roles, experiences)
-    kl_mean = sum(kls) / len(kls)
-    kl_ctl.update(kl_mean, start)
-    return {**step_figures(batches, scored, updated), "kl": kl_mean, "kl_coef": kl_ctl.value}
+    k1, k3 = (sum(k[i] for k in kls) / len(kls) for i in (0, 1))
+    kl_ctl.update(k1, start)
+    return {**step_figures(batches, scored, updated), "kl": k3, "kl_k1": k1, "kl_coef": kl_ctl.value}
 
 
 def run(cfg: PPOConfig) -> dict:

@@ -12,6 +12,8 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from app.chat import ChatTooLong, render
 
 TURN = re.compile(r"\n\n(Human|Assistant): ")
@@ -49,7 +51,11 @@ def to_pair(record: dict, index: int) -> dict:
 
 
 def read_pairs(path: str | Path) -> tuple[list[dict], dict[str, int]]:
-    """(pairs, skipped count by reason) from a .jsonl or .jsonl.gz file."""
+    """(pairs, skipped count by reason) from a .jsonl or .jsonl.gz file, or a data stage output folder
+    (`python -m jobs.data ... input.kind=preference`: Parquet preference records, e.g. its train/)."""
+    if Path(path).is_dir():
+        records = pq.read_table(path).to_pylist()
+        return [to_pair({k: v for k, v in r.items() if v is not None}, i) for i, r in enumerate(records)], {}
     opener = gzip.open if str(path).endswith(".gz") else open
     pairs, skipped = [], {}
     with opener(path, "rt", encoding="utf-8") as f:

@@ -141,8 +141,8 @@ def run(cfg: RewardConfig) -> dict:
     from app.cluster import init_ray
     from app.models import load_tokenizer, resolve
     from app.rl.preferences import read_pairs, split, tokenize
-    from app.runinfo import sha256_file, write_manifest
-    if not Path(cfg.data).is_file():
+    from app.runinfo import sha256_path, write_manifest
+    if not Path(cfg.data).exists():
         raise UserError(f"data {cfg.data} not found (python -m jobs.demo_data writes the demo pairs)")
     model_path = str(resolve(cfg.model))
     tokenizer = load_tokenizer(model_path)
@@ -175,7 +175,7 @@ def run(cfg: RewardConfig) -> dict:
     summary = {"pairs": len(pairs), "skipped": skipped, "train_pairs": len(train), "val_pairs": len(val),
                "dropped": dropped_train + dropped_val, "first_loss": metrics[0]["loss"],
                "last_loss": metrics[-1]["loss"], **evals[-1], "final": str(out / "final")}
-    write_manifest(out, cfg.model_dump(mode="json"), [], data_sha256=sha256_file(cfg.data), summary=summary)
+    write_manifest(out, cfg.model_dump(mode="json"), [], data_sha256=sha256_path(cfg.data), summary=summary)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
     print(f"reward: val accuracy {summary['val_accuracy']:.3f} -> {out / 'final'}")
     return summary

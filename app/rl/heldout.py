@@ -1,0 +1,86 @@
+"""RL measured on prompts it never trains on: a fixed held-out set, answered greedily by the rollout actors
+with the current policy version and scored by the same reward role as training, at the start (the starting
+policy, e.g. the SFT model), every `heldout.every` steps and at the end.
+
+    python -m jobs.grpo jobs/configs/grpo_demo.yaml heldout.prompts=<data stage output>/test
+
+Training-batch means are noisy (a handful of sampled answers, the policy moving under them); the held-out
+mean is the same prompts each time, so start vs end is a paired comparison (app/eval/compare.py: bootstrap
+CI of the difference, one-sided p). Each measurement goes to metrics.jsonl (heldout_reward, its 95% CI,
+heldout_n) and heldout.jsonl (every item's reward), and the summary carries the paired start -> end change.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+from scipy import stats
+
+from app.config import Config, UserError
+from app.eval.compare import paired_bootstrap, verdict
+from app.rl.sync import ray_get
+
+
+class HeldoutConfig(Config):
+    prompts: str                                 # JSONL or a data stage folder (its test/): never trained on
+    every: int = Field(0, ge=0)                  # steps between measurements; 0: at the start and the end only
+    max_samples: int = Field(64, ge=2)
+    max_new_tokens: int | None = None            # default: the training max_new_tokens
+
+
+def check_disjoint(heldout: list, train: list) -> None:
+    """Refuse a held-out set that shares an id or a prompt text with the training prompts."""
+    ids, texts = {r[0] for r in train}, {_text(r[1]) for r in train}
+    shared = [r[0] for r in heldout if r[0] in ids or _text(r[1]) in texts]
+    if shared:
+        raise UserError(f"heldout.prompts shares {len(shared)} prompts with the training prompts (e.g. {shared[0]}): "
+                        f"held-out prompts must be ones the policy never trains on (use the data stage's test/)")
+
+
+def _text(messages: list[dict]) -> str:
+    return "\n".join(m["content"] for m in messages)
+
+
+def measure(cfg, roles, data: list, version: int, tokenizer, step: int) -> dict:
+    """{step, version, mean, ci_low, ci_high, n, items: [{id, reward}]} for the policy the rollouts hold."""
+    k, h = len(roles.rollouts), cfg.heldout
+    chunks = [list(range(j, len(data), k)) for j in range(k)]
+    refs = [roles.rollouts[j].generate.remote([data[i][2] for i in chunk], version, h.max_new_tokens or
+                                              cfg.max_new_tokens, 0.0, 1.0, 0) for j, chunk in enumerate(chunks) if chunk]
+    batches = ray_get(refs, cfg.sync_timeout_s, "held-out generation")
+    order = [i for chunk in chunks for i in chunk]
+    texts = [t for b in batches for t in tokenizer.batch_decode(
+        b["sequences"][:, b["prompt_width"]:] * b["response_mask"], skip_special_tokens=True)]
+    rewards = ray_get(roles.reward.score.remote([data[i][1] for i in order], texts, [data[i][3] for i in order]),
+                      cfg.sync_timeout_s, "held-out reward")["reward"]
+    by_id = sorted(zip((data[i][0] for i in order), rewards, texts))
+    values = np.array([r for _, r, _ in by_id])
+    low, high = mean_ci(values)
+    return {"step": step, "version": version, "mean": float(values.mean()), "ci_low": low, "ci_high": high,
+            "n": len(values), "items": [{"id": i, "reward": float(r), "response": t} for i, r, t in by_id]}
+
+
+def mean_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    if len(set(values.tolist())) == 1:
+        return float(values[0]), float(values[0])
+    ci = stats.bootstrap((values,), np.mean, n_resamples=2000, method="percentile",
+                         rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def figures(m: dict) -> dict:
+    return {"heldout_reward": m["mean"], "heldout_ci_low": m["ci_low"], "heldout_ci_high": m["ci_high"],
+            "heldout_n": m["n"]}
+
+
+def change(first: dict, last: dict, alpha: float = 0.05) -> dict:
+    """The paired start -> end change on the same held-out prompts: diff, 95% CI, one-sided p, verdict."""
+    a = np.array([i["reward"] for i in first["items"]])
+    b = np.array([i["reward"] for i in last["items"]])
+    low, high, boot = paired_bootstrap("mean", b, a)
+    diff = float(b.mean() - a.mean())
+    p_better = (1 + int((boot <= 0).sum())) / (len(boot) + 1)
+    p_worse = (1 + int((boot >= 0).sum())) / (len(boot) + 1)
+    called = verdict(diff, (low, high), p_better, p_worse, 0.0, alpha)
+    return {"heldout_first": first["mean"], "heldout_last": last["mean"], "heldout_n": last["n"],
+            "heldout_diff": diff, "heldout_ci_low": low, "heldout_ci_high": high,
+            "heldout_p_value": p_better if diff >= 0 else p_worse, "heldout_verdict": called}
