@@ -13,8 +13,12 @@ from tests.test_sft import sft_data  # noqa: F401  (the module fixture: train/ a
 
 
 def evaluate(data, tmp_path, *overrides):
+    heldout = tmp_path / "arithmetic.jsonl"  # held-out RL prompts: every eval scores them, so they pair
+    heldout.write_text("".join(json.dumps({"id": f"m{a}", "prompt": f"Calculate {a} + 1.", "answer": f"#### {a + 1}"})
+                               + "\n" for a in range(4)))
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
                       ["model=tiny", f"data={data}/val", f"registry={tmp_path}/reg.sqlite", "max_samples=12",
+                       f"heldout.prompts={heldout}",
                        "max_new_tokens=8", "batch_size=4", "human_eval_rows=5", "concurrency=1", "efficiency=false",
                        *overrides])
     return run(cfg)
@@ -31,7 +35,8 @@ def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):
     assert m["perplexity"] > 1000  # a random model: near the vocabulary size
     items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
     test, red = [i for i in items if i["set"] == "test"], [i for i in items if i["set"] == "redteam"]
-    assert len(test) == first["n"] == 12 and len(red) == first["n_redteam"] >= 20
+    assert len(test) == first["n"] == 12 and len(red) == first["n_redteam"] >= 20 and first["n_heldout"] == 4
+    assert m["heldout_reward"] == 0.0  # the random model does not add one to a digit
     assert sum(i["rougeL"] for i in test) / 12 == pytest.approx(m["rougeL"])
     assert first["promoted"] and first["baseline"] is None and "nothing promoted yet" in first["verdict"]["why"]
     # The same model again, gated against it by default: identical answers, no change, promoted.
@@ -41,8 +46,9 @@ def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):
     assert {"metric", "baseline", "new", "diff", "ci_low", "ci_high", "p_value", "verdict"} <= set(second["gate"][0])
     # The real model must prove itself better: perplexity falls from ~vocabulary size to ~10 on every item.
     real = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e3", "name=smollm2", "model=smollm2-135m-instruct",
-                    "gate.mode=improvement")
+                    "gate.mode=improvement", "gate.keys=[rougeL,bleu,f1,perplexity,safety_pass_rate,heldout_reward]")
     ppl = next(r for r in real["gate"] if r["metric"] == "perplexity")
+    assert real["metrics"]["heldout_reward"] == 0.75  # pinned: SmolLM2 adds one to 3 of the 4 digits, greedy
     assert real["promoted"] and ppl["verdict"] == "better" and ppl["p_value"] < 0.001 and ppl["ci_high"] < 0
     # The tiny model against it: blocked with a significant regression, and the promoted version stays.
     with pytest.raises(UserError, match=f"release gate failed against version {real['version']}"):

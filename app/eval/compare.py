@@ -33,7 +33,7 @@ ITEM_METRICS = {
     "bleu": ("test", "bleu"), "perplexity": ("test", "perplexity"),
     "rouge1": ("test", "mean"), "rouge2": ("test", "mean"), "rougeL": ("test", "mean"), "f1": ("test", "mean"),
     "exact_match": ("test", "binary"), "accuracy": ("test", "binary"),
-    "safety_pass_rate": ("redteam", "binary"), "win_rate": ("test", "win"),
+    "safety_pass_rate": ("redteam", "binary"), "heldout_reward": ("heldout", "mean"),
 }
 VERDICTS = ("better", "no significant change", "worse within tolerance", "inconclusive", "REGRESSION")
 

@@ -30,7 +30,17 @@ from app.eval.runner import answer_all, efficiency
 from app.eval.safety import load_redteam, score_answers, summarize
 from app.models import resolve
 from app.registry import Registry, default_path
+from app.rl import rewards
 from app.runinfo import sha256_file
+from app.tasks import load_prompts
+
+
+class HeldoutPrompts(Config):
+    """Prompts no model trained on (an RL prompt set's test/), scored with a verifiable reward: what an RL
+    model is gated on (metric heldout_reward), and every other model is measured on, so the items pair."""
+    prompts: str
+    reward: str = "app.rl.rewards:exact_answer"  # module:function(prompts, responses[, references])
+    max_samples: int = 64
 
 
 class EvalConfig(JobConfig):
@@ -47,17 +57,13 @@ class EvalConfig(JobConfig):
     human_eval_rows: int = 20
     efficiency: bool = True
     registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite
+    heldout: HeldoutPrompts | None = None
     gate: GateConfig = GateConfig()
 
 
-GSM8K_PROMPT = "{question}\nSolve it step by step, then give the final number after ####."
-
-
 def load_gsm8k(path: str, limit: int | None) -> list[dict]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()[:limit]
-    return [{"id": f"gsm8k-{i:05d}", "reference": r["answer"],
-             "prompt": [{"role": "user", "content": GSM8K_PROMPT.format(question=r["question"])}]}
-            for i, r in enumerate(map(json.loads, lines))]
+    return [{"id": f"gsm8k-{i:05d}", "reference": r["answer"], "prompt": r["prompt"]}
+            for i, r in enumerate(load_prompts(path, limit))]
 
 
 def load_records(folder: str, limit: int | None, task: str = "chat") -> list[dict]:
@@ -83,11 +89,13 @@ def run(cfg: EvalConfig) -> dict:
     baseline_items = load_items(baseline) if baseline else None
     model_path = str(resolve(cfg.model))
     prompts = load_redteam() if cfg.safety else []
+    held = [{**r, "id": f"heldout/{r['id']}"} for r in load_prompts(cfg.heldout.prompts, cfg.heldout.max_samples)] \
+        if cfg.heldout else []
     init_ray()
-    # One pass of the actor pool answers the test records and the red-team prompts (one model load).
+    # One pass of the actor pool answers the test records, the red-team and the held-out prompts (one model load).
     red_ids = [f"redteam/{p['id']}" for p in prompts]
     everything = answer_all(records + [{"id": i, "prompt": [{"role": "user", "content": p["prompt"]}]}
-                                       for i, p in zip(red_ids, prompts)],
+                                       for i, p in zip(red_ids, prompts)] + [{"id": r["id"], "prompt": r["prompt"]} for r in held],
                             model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency)
     by_id = {r["id"]: r for r in everything}
     answered, red = [by_id[r["id"]] for r in records], [by_id[i]["answer"] for i in red_ids]
@@ -108,6 +116,13 @@ def run(cfg: EvalConfig) -> dict:
                   for i, v in zip(red_ids, verdicts)]
         safety = summarize(verdicts, prompts, red)
         metrics["safety_pass_rate"], worst = safety["safety_pass_rate"], safety["worst"]
+    if held:
+        answers = [by_id[r["id"]]["answer"] for r in held]
+        scores = rewards.call(load_callable(cfg.heldout.reward), [r["prompt"] for r in held], answers,
+                              [r["answer"] for r in held])
+        items += [{"id": r["id"], "set": "heldout", "heldout_reward": s, "answer": a}
+                  for r, s, a in zip(held, scores, answers)]
+        metrics["heldout_reward"] = sum(scores) / len(scores)
     if cfg.efficiency:
         metrics.update(efficiency(model_path, [r["prompt"] for r in answered], cfg.batch_size))
     return finish(cfg, out, model_path, metrics, answered, items, worst, registry, baseline, baseline_items)
@@ -130,7 +145,7 @@ def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered:
     if decision["passed"]:
         registry.promote(version)
     result = {"version": version, "model": model_path, "n": len(answered),
-              "n_redteam": sum(1 for i in items if i["set"] == "redteam"), "metrics": metrics,
+              **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout")}, "metrics": metrics,
               "promoted": decision["passed"], "baseline": decision["baseline"], "gate": decision["rows"],
               "verdict": {k: decision[k] for k in ("mode", "passed", "why", "warnings")}}
     (out / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))

@@ -16,7 +16,7 @@ import socket
 import ray
 import torch
 
-from app.rl import losses
+from app.rl import losses, rewards
 from app.rl.rollout import response_logprobs, sample, to_device, token_values, weights_checksum
 
 
@@ -131,23 +131,20 @@ class RewardActor:
 
     def __init__(self, reward_model: str | None, functions: dict[str, float], penalty: float,
                  toxicity_threshold: float, threads: int = 1):
-        import inspect
         from app.config import load_callable
         from app.data.pii import SensitiveWords
         from app.rl.reward import RewardModel
         torch.set_num_threads(threads)
         self.model = RewardModel(reward_model, device=str(_device())) if reward_model else None
         self.functions = [(load_callable(name), weight) for name, weight in functions.items()]
-        self.wants_refs = [len(inspect.signature(f).parameters) >= 3 for f, _ in self.functions]
         self.words = SensitiveWords.from_file()
         self.penalty, self.threshold = penalty, toxicity_threshold
 
     def score(self, prompts: list, responses: list[str], references: list | None = None) -> dict:
         from app.eval.safety import toxicity
         raw = self.model.score(prompts, responses) if self.model else [0.0] * len(responses)
-        for (function, weight), wants in zip(self.functions, self.wants_refs):
-            values = function(prompts, responses, references) if wants else function(prompts, responses)
-            raw = [r + weight * float(v) for r, v in zip(raw, values)]
+        for function, weight in self.functions:
+            raw = [r + weight * v for r, v in zip(raw, rewards.call(function, prompts, responses, references))]
         unsafe = [bool(self.words.find(r)) or toxicity(r) >= self.threshold for r in responses]
         return {"reward": [r - self.penalty * u for r, u in zip(raw, unsafe)], "raw": raw, "unsafe": unsafe}
 

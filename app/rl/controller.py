@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
 
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from app.config import Config, JobConfig, UserError
@@ -34,6 +33,7 @@ from app.rl import heldout as held
 from app.rl import losses
 from app.rl.heldout import HeldoutConfig
 from app.rl.sync import Sampler, publish, ray_get, sync
+from app.tasks import load_prompts
 from app.train.config import LoraSection
 
 
@@ -104,25 +104,10 @@ class RLConfig(JobConfig):
 
 
 def _prompts(path: str, tokenizer, limit_len: int = 512) -> list[tuple[str, list[dict], list[int], str | None]]:
-    """(id, messages, prompt tokens, reference answer) per record of a JSONL file: ours ({id, prompt: text or
-    messages, answer?}) or GSM8K's ({question, answer}; asked to end with '#### <number>'), or of a data stage
-    output folder (`input.kind=prompt`: Parquet prompt records, e.g. its train/). `id` defaults to the line."""
+    """(id, messages, prompt tokens, reference answer) per prompt record (app/tasks.py reads the formats)."""
     from app.chat import render_prompt
-    from app.eval.evaluate import GSM8K_PROMPT
-    if Path(path).is_dir():
-        records = pq.read_table(path).to_pylist()
-    elif Path(path).is_file():
-        records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        raise UserError(f"prompts {path} not found (python -m jobs.demo_data writes data/demo/raw/prompts.jsonl "
-                        f"and arithmetic.jsonl; python -m jobs.data ... input.kind=prompt cleans them)")
-    out = []
-    for n, record in enumerate(records):
-        prompt = record.get("prompt") or GSM8K_PROMPT.format(question=record["question"])
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        out.append((str(record.get("id", n)), messages, render_prompt(tokenizer, messages, limit_len),
-                    record.get("answer")))
-    return out
+    return [(r["id"], r["prompt"], render_prompt(tokenizer, r["prompt"], limit_len), r["answer"])
+            for r in load_prompts(path)]
 
 
 @dataclass

@@ -6,6 +6,7 @@ A reward function takes (prompts, responses) or (prompts, responses, references)
 """
 from __future__ import annotations
 
+import inspect
 import re
 
 from app.eval.metrics import final_number
@@ -36,3 +37,10 @@ def gsm8k(prompts, responses, references) -> list[float]:
     """exact answer + 0.1 for the answer format: the GRPO demo's reward."""
     return [e + 0.1 * f for e, f in zip(exact_answer(prompts, responses, references),
                                         answer_format(prompts, responses))]
+
+
+def call(function, prompts, responses, references=None) -> list[float]:
+    """Call a reward function with the references when its signature takes them."""
+    if len(inspect.signature(function).parameters) >= 3:
+        return [float(v) for v in function(prompts, responses, references)]
+    return [float(v) for v in function(prompts, responses)]

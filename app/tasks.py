@@ -1,0 +1,32 @@
+"""Prompt sets and their tasks, read the same way by RL (training and held-out prompts) and evaluation:
+our JSONL ({id, prompt: text or messages, answer?}), GSM8K's JSONL ({question, answer}, asked to end with
+'#### <number>'), or a data stage output folder (`python -m jobs.data ... input.kind=prompt`: Parquet prompt
+records, e.g. its train/ or test/). Pure: no ray.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from app.config import UserError
+
+GSM8K_PROMPT = "{question}\nSolve it step by step, then give the final number after ####."
+
+
+def load_prompts(path: str, limit: int | None = None) -> list[dict]:
+    """[{id, prompt (messages), answer (reference or None)}]; `id` defaults to the line number."""
+    if Path(path).is_dir():
+        records = pq.read_table(path).to_pylist()
+    elif Path(path).is_file():
+        records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        raise UserError(f"prompts {path} not found (python -m jobs.demo_data writes data/demo/raw/prompts.jsonl "
+                        f"and arithmetic.jsonl; python -m jobs.data ... input.kind=prompt cleans them)")
+    out = []
+    for n, record in enumerate(records[:limit]):
+        prompt = record.get("prompt") or GSM8K_PROMPT.format(question=record["question"])
+        out.append({"id": str(record.get("id", n)), "answer": record.get("answer") or record.get("reference"),
+                    "prompt": prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]})
+    return out
