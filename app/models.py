@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from app import CACHE_DIR
 from app.config import UserError
+from app.registry import Registry
 from app.runinfo import sha256_file
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -116,7 +117,15 @@ def verify(path: str | Path) -> bool:
 
 
 def resolve(spec: str) -> Path:
-    """A model spec -> a local HF directory (converting an alias or fetching a hub id when needed)."""
+    """A model spec -> a local HF directory (converting an alias or fetching a hub id when needed).
+    `registry:latest-promoted` / `registry:<id>` is the model of that version in the registry
+    (RAYPOST_REGISTRY or runs/registry.sqlite)."""
+    if spec.startswith("registry:"):
+        registry = Registry()
+        version = registry.get(spec.split(":", 1)[1])
+        if version is None:
+            raise ModelError(f"model {spec}: no such version in {registry.path} (see python -m jobs.registry list)")
+        return resolve(version["model"])
     if spec in ALIASES:
         return materialize(spec)
     path = Path(spec).expanduser()

@@ -11,7 +11,8 @@ and `${output_dir}` is the pipeline's own folder. A stage's key hashes its job, 
 overrides with every `${stage}` replaced by that stage's key, and the local files its config names
 (contents; folders by name, size and mtime). Its output lives in `<output_dir>/<stage>-<key[:12]>`,
 finished when `stage.json` is there: a re-run skips it, a changed config changes its key and its
-dependents' keys only. With `parallel: N`, up to N stages whose inputs are ready run at once (on a cluster
+dependents' keys only; `<output_dir>/<stage>` links to its latest output (runs/pipeline-demo/sft/final).
+A stage's `after:` stages enter its key too: shipping re-runs when the gate before it did. With `parallel: N`, up to N stages whose inputs are ready run at once (on a cluster
 each lands where Ray has room). A failing stage stops the pipeline with its error; finished outputs stay
 for the next run. Code changes do not change keys: `--from <stage>` forces a re-run.
 """
@@ -127,6 +128,8 @@ def stage_key(stage: StageConfig, upstream: dict[str, str]) -> str:
     payload = {"job": stage.job, "config": config,
                "overrides": [substitute(o, {**upstream, "output_dir": "${output_dir}"}) for o in stage.overrides],
                "inputs": local_inputs(stage)}
+    if stage.after:  # a gate that re-ran may have promoted something else: what ships after it runs again
+        payload["after"] = {a: upstream.get(a) for a in stage.after}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -170,6 +173,7 @@ def run(cfg: PipelineConfig) -> dict:
             for name in cached:  # one at a time, so they are listed in run order
                 print(f"{tag[name]} cached      {dirs[name]}", flush=True)
                 results[name] = {"dir": Path(dirs[name]), "key": keys[name], "cached": True, "seconds": 0.0}
+                link_latest(root, name, Path(dirs[name]))
             if cached:
                 continue
             for name in ([] if errors else ready[:cfg.parallel - len(running)]):
@@ -184,6 +188,7 @@ def run(cfg: PipelineConfig) -> dict:
                 name = running.pop(future)
                 try:
                     results[name] = future.result()
+                    link_latest(root, name, results[name]["dir"])
                     print(f"{tag[name]} done        in {results[name]['seconds']:.0f} s", flush=True)
                 except UserError as e:
                     print(f"{tag[name]} FAILED", flush=True)
@@ -195,6 +200,18 @@ def run(cfg: PipelineConfig) -> dict:
     (root / "last_run.json").write_text(json.dumps(
         {"seconds": round(total, 1), "stages": {n: {**r, "dir": str(r["dir"])} for n, r in results.items()}}, indent=2))
     return {"stages": results, "seconds": total, "root": root}
+
+
+def link_latest(root: Path, name: str, target: Path) -> None:
+    """<root>/<stage> -> <stage>-<key>: the stable name of the stage's latest output, so the step-by-step
+    commands (python -m jobs.sft ..., serve run ...) find what the pipeline made."""
+    link, tmp = root / name, root / f".{name}.link"
+    if link.exists() and not link.is_symlink():
+        print(f"pipeline: {link} is not a link; not replacing it", flush=True)
+        return
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target.name)
+    tmp.replace(link)
 
 
 def _run(name: str, stage: StageConfig, dirs: dict[str, str], deps: list[str], keys: dict[str, str],

@@ -1,6 +1,7 @@
 """The pipeline's closing summary, read from what each stage left in its folder (manifest.json, eval.json,
-answer.txt): records kept and rejected by reason, losses, metrics side by side, gate verdicts, the served
-answer and the time. Stages are recognised by their job, so a pipeline of any shape gets the parts it has.
+answer.json): records kept and rejected by reason, losses, RL's held-out reward with its paired CI, metrics
+side by side, each gate's verdicts with CIs, the served version and answer, and the time. Stages are
+recognised by their job, so a pipeline of any shape gets the parts it has.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 from pathlib import Path
 
 METRICS = {"rougeL": "rougeL", "bleu": "BLEU", "f1": "F1", "perplexity": "PPL", "safety_pass_rate": "safety",
-           "accuracy": "accuracy", "ttft_ms": "TTFT ms", "tokens_per_s_batch8": "tok/s b8"}
+           "heldout_reward": "held-out", "accuracy": "accuracy", "ttft_ms": "TTFT ms", "tokens_per_s_batch8": "tok/s b8"}
 
 
 def _read(path: Path) -> dict:
@@ -17,6 +18,17 @@ def _read(path: Path) -> dict:
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def gate_lines(name: str, e: dict) -> list[str]:
+    """One eval's gate: its verdict and why, then each key metric's change with its CI, p-value and verdict."""
+    v = e["verdict"]
+    head = (f"gate {name} ({v['mode']} vs v{e['baseline']}, n={e['n']}): " if e["baseline"] else f"gate {name}: ")
+    out = [head + ("promoted" if e["promoted"] else "NOT promoted") + f" ({v['why']})"]
+    for r in e["gate"]:
+        out.append(f"  {r['metric']:<16} {_fmt(r['baseline']):>8} -> {_fmt(r['new']):<8} diff {r['diff']:+.4g}  "
+                   f"95% CI [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]  p {r['p_value']:.3g}  {r['verdict']}")
+    return out + [f"  warning: {w}" for w in v["warnings"]]
 
 
 def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list[str]:
@@ -41,9 +53,15 @@ def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list
                        f"loss {_fmt(s.get('first_loss'))} -> {_fmt(s.get('last_loss'))}")
     for name, d in by_job("ppo") + by_job("grpo"):
         s = _read(d / "manifest.json").get("summary", {})
-        if s:
-            out.append(f"{name}: reward {_fmt(s.get('reward_first'))} -> {_fmt(s.get('reward_last'))} over "
-                       f"{s.get('steps')} steps, KL {_fmt(s.get('kl_last'))}")
+        if s and "heldout_diff" in s:
+            out.append(f"{name}: held-out reward {s['heldout_first']:.3f} -> {s['heldout_last']:.3f} (n={s['heldout_n']}, "
+                       f"paired diff {s['heldout_diff']:+.3f}, 95% CI [{s['heldout_ci_low']:+.3f}, "
+                       f"{s['heldout_ci_high']:+.3f}], p {s['heldout_p_value']:.3g}: {s['heldout_verdict']})")
+            out.append(f"{' ' * len(name)}  training-batch reward {_fmt(s['reward_first'])} -> {_fmt(s['reward_last'])} "
+                       f"over {s['steps']} steps, KL (k3) {_fmt(s['kl_last'])}")
+        elif s:
+            out.append(f"{name}: reward {_fmt(s['reward_first'])} -> {_fmt(s['reward_last'])} over "
+                       f"{s['steps']} steps, KL (k3) {_fmt(s['kl_last'])}")
     evals = [(n, _read(d / "eval.json")) for n, d in by_job("eval")]
     evals = [(n, e) for n, e in evals if e]
     if evals:
@@ -54,6 +72,8 @@ def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list
             verdict = ("promoted" if e["promoted"] else "NOT promoted") + (f" vs v{e['baseline']}" if e["baseline"] else "")
             out.append(n.ljust(width) + "  " + "  ".join(f"{_fmt(e['metrics'].get(k, '-')):>9}" for k in keys)
                        + f"  v{e['version']} {verdict}")
+        for n, e in evals:
+            out += gate_lines(n, e)
     for name, d in by_job("quantize"):
         c = _read(d / "comparison.json")
         if c:
@@ -62,7 +82,8 @@ def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list
     for name, d in by_job("serve_demo"):
         answer = _read(d / "answer.json")
         if answer:
-            out.append(f"{name}: user: {answer['prompt']}")
+            out.append(f"{name}: registry version {answer['version']} ({answer['model']})")
+            out.append(f"{' ' * len(name)}  user: {answer['prompt']}")
             out.append(f"{' ' * len(name)}  assistant: {answer['answer'].strip()}")
     ran = sum(1 for s in stages.values() if not s["cached"])
     out.append(f"total: {seconds / 60:.1f} min ({ran} stages run, {len(stages) - ran} cached)")

@@ -117,3 +117,17 @@ def test_win_rate_row():
     assert row["p_value"] == pytest.approx(stats.binomtest(30, 38, 0.5, alternative="greater").pvalue)
     assert row["ci_low"] > 0 and "30 wins, 8 losses, 10 ties" in row["test"]
     assert win_rate_row([0.5] * 20)["verdict"] == "no significant change"
+
+
+def test_a_reward_that_is_pass_or_fail_is_tested_with_mcnemar():
+    base = items({"heldout_reward": [1.0] * 20 + [0.0] * 12})
+    new = items({"heldout_reward": [1.0] * 29 + [0.0] * 3})
+    for r in base + new:
+        r["set"] = "heldout"
+    row = compare_metric("heldout_reward", new, base)
+    assert row["test"] == "McNemar exact (b=9, c=0)" and row["p_value"] == pytest.approx(0.5 ** 9)
+    assert row["verdict"] == "better"
+    graded = items({"heldout_reward": [0.5] * 32})
+    for r in graded:
+        r["set"] = "heldout"
+    assert compare_metric("heldout_reward", graded, base)["test"] == "paired bootstrap"

@@ -33,7 +33,7 @@ def test_references_are_edges_in_written_order_and_bad_graphs_fail_at_start():
     with pytest.raises(ConfigError, match="cycle"):
         order(edges(stages(a=["x=${b}"], b=["x=${a}"])))
     graph["d"].after = ["c"]
-    assert edges(graph)["d"] == ["c"] and stage_key(graph["d"], {}) == stage_key(StageConfig(job="data"), {})
+    assert edges(graph)["d"] == ["c"] and stage_key(graph["d"], {"c": "k1"}) != stage_key(graph["d"], {"c": "k2"})
     graph["d"].after = ["e"]
     with pytest.raises(ConfigError, match="stages.d.after: e is not a stage"):
         edges(graph)
@@ -47,12 +47,14 @@ def test_references_are_edges_in_written_order_and_bad_graphs_fail_at_start():
 
 def test_shipped_dags_are_valid_and_an_upstream_output_can_be_a_config():
     demo = load_config(PipelineConfig, "jobs/configs/demo.yaml")
-    assert check(demo) == ["demo_data", "data", "sft", "eval_base", "eval_sft", "reward", "ppo", "eval_ppo",
-                           "quantize", "serve"]
-    assert edges(demo.stages)["quantize"] == ["ppo", "data", "eval_ppo"]  # the gate comes before shipping
+    assert check(demo) == ["demo_data", "data", "data_prefs", "data_math", "data_prompts", "sft", "eval_base",
+                           "eval_sft", "grpo", "eval_grpo", "quantize", "eval_int8", "serve"]
+    assert edges(demo.stages)["quantize"] == ["data", "eval_grpo"]  # the gate comes before shipping
+    assert edges(demo.stages)["serve"] == ["eval_int8"]
     alt = load_config(PipelineConfig, "jobs/configs/pipeline_alt.yaml")
     deps = edges(alt.stages)
-    assert deps["sft_best"] == ["sweep"] and deps["eval_dpo"] == ["dpo", "data", "eval_sft"]
+    assert deps["sft_best"] == ["sweep"] and deps["eval_dpo"] == ["dpo", "data", "data_math", "eval_sft"]
+    assert deps["ppo"] == ["sft", "reward", "data_prompts"] and deps["reward"] == ["data_prefs"]
     order_ = check(alt)
     assert order_.index("sweep") < order_.index("sft_best") and order_.index("dpo") < order_.index("eval_dpo")
     best = alt.stages["sft_best"]
@@ -127,6 +129,9 @@ def test_pipeline_failure_caching_changes_and_from(ray_local, tmp_path):
     new_data = next(json.loads(p.read_text()) for p in stage_dirs(tmp_path, "data")
                     if json.loads(p.read_text())["key"] != first_data["key"])
     assert new_data["upstream"] == first_data["upstream"]  # same raw stage
+    # the stable name follows the latest run: what the step-by-step commands read
+    assert (tmp_path / "pipe" / "data").resolve().name == f"data-{new_data['key'][:12]}"
+    assert (tmp_path / "pipe" / "data" / "train").is_dir()
 
     forced, ran, cached = pipeline(tmp_path, ["filters.min_words=5"], [], "--from", "quant")
     assert forced.returncode == 0 and ran == {"quant"} and cached == {"raw", "data"}

@@ -10,7 +10,7 @@ from app.records import RAW_KEYS
 
 
 class InputConfig(Config):
-    path: str = "data/demo/raw/dialogs.jsonl"  # a file, a folder or a glob; s3://... on a cluster
+    path: str = "runs/pipeline-demo/demo_data/dialogs.jsonl"  # a file, a folder or a glob; s3://... on a cluster
     kind: Literal["sft", "preference", "prompt"] = "sft"  # dialogs | {prompt, chosen, rejected} | RL prompts
     format: Literal["jsonl", "csv", "parquet"] | None = None  # default: from the file extension
     fields: dict[str, str] = {}  # record key -> source column, e.g. {response: answer, id: ticket_no}

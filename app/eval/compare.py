@@ -131,7 +131,7 @@ def compare_metric(metric: str, new_items: list[dict], base_items: list[dict], t
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     good, good_boot = sign * (new_value - base_value), sign * boot
     good_ci = (min(sign * low, sign * high), max(sign * low, sign * high))
-    if kind == "binary":
+    if kind == "binary" or (kind == "mean" and np.isin(np.r_[new, base], (0.0, 1.0)).all()):  # pass/fail items
         p_better, p_worse, b, c = mcnemar(new, base)
         test = f"McNemar exact (b={b}, c={c})"
     else:
@@ -148,7 +148,7 @@ def compare_metric(metric: str, new_items: list[dict], base_items: list[dict], t
 
 
 def win_rate_row(wins: list[float], alpha: float = 0.05, resamples: int = 2000, seed: int = 0,
-                 confidence: float = 0.95, tolerance: float = 0.05) -> dict:
+                 confidence: float = 0.95, tolerance: float = 0.05, power: float = 0.8) -> dict:
     """A judge's verdicts on the same prompts (1 win, 0.5 tie, 0 loss for the new model) as a gate row:
     the baseline is 0.5 (no preference), the CI is the bootstrap CI of the mean, the test an exact sign
     test on the items that were not ties."""
@@ -161,7 +161,7 @@ def win_rate_row(wins: list[float], alpha: float = 0.05, resamples: int = 2000, 
     better, worse = int((w == 1).sum()), int((w == 0).sum())
     p_better, p_worse = sign_test(better, worse)
     se = float(np.std(res.bootstrap_distribution, ddof=1))
-    mde = (stats.norm.ppf(1 - alpha) + stats.norm.ppf(0.8)) * se
+    mde = (stats.norm.ppf(1 - alpha) + stats.norm.ppf(power)) * se
     good = float(w.mean()) - 0.5
     margin = tolerance * 0.5
     return {"metric": "win_rate", "n": len(w), "baseline": 0.5, "new": float(w.mean()), "diff": good,

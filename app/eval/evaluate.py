@@ -25,6 +25,7 @@ from app.eval import report
 from app.eval.compare import table
 from app.eval.gate import ITEMS_FILE, GateConfig, decide, find_baseline, load_items
 from app.eval.human import export_sheet
+from app.eval.judge import JudgeConfig, wins as judge_wins
 from app.eval.metrics import final_number, item_scores, perplexity, text_scores
 from app.eval.runner import answer_all, efficiency
 from app.eval.safety import load_redteam, score_answers, summarize
@@ -45,7 +46,7 @@ class HeldoutPrompts(Config):
 
 class EvalConfig(JobConfig):
     model: str = "smollm2-135m-instruct"
-    data: str = "runs/data-demo/test"  # Parquet SFT records (the last assistant turn is the reference),
+    data: str = "runs/pipeline-demo/data/test"  # Parquet SFT records (the last assistant turn is the reference),
     task: Literal["chat", "gsm8k"] = "chat"  # or GSM8K JSONL {question, answer}: adds final-answer accuracy
     max_samples: int | None = 64
     batch_size: int = 8
@@ -58,6 +59,7 @@ class EvalConfig(JobConfig):
     efficiency: bool = True
     registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite
     heldout: HeldoutPrompts | None = None
+    judge: JudgeConfig | None = None  # win_rate against the baseline's answers (app/eval/judge.py)
     gate: GateConfig = GateConfig()
 
 
@@ -123,13 +125,33 @@ def run(cfg: EvalConfig) -> dict:
         items += [{"id": r["id"], "set": "heldout", "heldout_reward": s, "answer": a}
                   for r, s, a in zip(held, scores, answers)]
         metrics["heldout_reward"] = sum(scores) / len(scores)
+    wins = judge(cfg, baseline, answered, items, metrics) if cfg.judge and baseline else None
     if cfg.efficiency:
         metrics.update(efficiency(model_path, [r["prompt"] for r in answered], cfg.batch_size))
-    return finish(cfg, out, model_path, metrics, answered, items, worst, registry, baseline, baseline_items)
+    return finish(cfg, out, model_path, metrics, answered, items, worst, registry, baseline, baseline_items, wins)
+
+
+def judge(cfg: EvalConfig, baseline: dict, answered: list[dict], items: list[dict], metrics: dict) -> list[float]:
+    """Per test item 1 / 0.5 / 0: the judge's verdict on this answer against the baseline's to the same prompt."""
+    path = Path(baseline["eval_dir"]) / "answers.jsonl"
+    old = {r["id"]: r["answer"] for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+    missing = [r["id"] for r in answered if r["id"] not in old]
+    if missing:
+        raise UserError(f"cannot judge against version {baseline['id']}: its answers lack {len(missing)} of these "
+                        f"items (e.g. {missing[0]}); the gate pairs the same items")
+    wins, unreadable = judge_wins(cfg.judge, [r["prompt"] for r in answered], [r["answer"] for r in answered],
+                                  [old[r["id"]] for r in answered])
+    for item, w in zip(items, wins):  # the test items come first, in the same order
+        item["win_vs_baseline"] = w
+    metrics["win_rate"] = sum(wins) / len(wins)
+    if unreadable:
+        metrics["judge_unreadable"] = unreadable
+    return wins
 
 
 def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered: list[dict], items: list[dict],
-           worst: list, registry: Registry, baseline: dict | None, baseline_items: list[dict] | None) -> dict:
+           worst: list, registry: Registry, baseline: dict | None, baseline_items: list[dict] | None,
+           wins: list[float] | None = None) -> dict:
     """Write the answers and per-item results, gate against the baseline, register (and maybe promote)."""
     for name, rows in (("answers.jsonl", answered), (ITEMS_FILE, items)):
         with open(out / name, "w", encoding="utf-8") as f:
@@ -138,7 +160,7 @@ def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered:
                    "reference": r["reference"]} for r in answered], out / "human_eval.csv", cfg.human_eval_rows, cfg.seed)
     manifest = Path(cfg.data).parent / "manifest.json"
     data_sha = sha256_file(manifest) if manifest.is_file() else None
-    decision = decide(cfg.gate, items, baseline, baseline_items, registry, data_sha)
+    decision = decide(cfg.gate, items, baseline, baseline_items, registry, data_sha, wins)
     version = registry.register(cfg.name, model_path, metrics, cfg.model_dump(mode="json"), data_sha,
                                 eval_dir=str(out.resolve()), parent=decision["baseline"],
                                 verdict={k: decision[k] for k in ("baseline", "mode", "passed", "why")})

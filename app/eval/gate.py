@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from app.config import Config, UserError
-from app.eval.compare import ITEM_METRICS, ItemMismatch, compare, passes, warnings
+from app.eval.compare import ITEM_METRICS, ItemMismatch, compare, passes, warnings, win_rate_row
 from app.registry import Registry
 
 ITEMS_FILE = "items.jsonl"
@@ -42,9 +42,10 @@ class GateConfig(Config):
     @field_validator("keys")
     @classmethod
     def _known(cls, keys: list[str]) -> list[str]:
-        unknown = [k for k in keys if k not in ITEM_METRICS]
+        unknown = [k for k in keys if k not in ITEM_METRICS and k != "win_rate"]
         if unknown:
-            raise ValueError(f"{unknown[0]} is not a metric the gate can pair (per item: {', '.join(ITEM_METRICS)})")
+            raise ValueError(f"{unknown[0]} is not a metric the gate can pair (per item: {', '.join(ITEM_METRICS)}, "
+                             f"and win_rate with a judge)")
         return keys
 
 
@@ -70,7 +71,7 @@ def load_items(version: dict) -> list[dict]:
 
 
 def decide(cfg: GateConfig, items: list[dict], baseline: dict | None, baseline_items: list[dict] | None,
-           registry: Registry, data_sha256: str | None) -> dict:
+           registry: Registry, data_sha256: str | None, wins: list[float] | None = None) -> dict:
     """{baseline, mode, passed, why, rows, warnings}: whether the candidate may be promoted, and why."""
     current = registry.get("latest-promoted")
     if baseline is None:
@@ -81,11 +82,16 @@ def decide(cfg: GateConfig, items: list[dict], baseline: dict | None, baseline_i
     if baseline.get("data_sha256") and data_sha256 and baseline["data_sha256"] != data_sha256:
         raise UserError(f"baseline version {baseline['id']} was evaluated on other data (manifest sha256 "
                         f"{baseline['data_sha256'][:12]} vs {data_sha256[:12]}): the gate pairs the same items")
+    options = dict(tolerance=cfg.tolerance, alpha=cfg.alpha, resamples=cfg.resamples, seed=cfg.seed,
+                   confidence=cfg.confidence)
     try:
-        rows = compare(items, baseline_items, cfg.keys, tolerance=cfg.tolerance, alpha=cfg.alpha,
-                       resamples=cfg.resamples, seed=cfg.seed, confidence=cfg.confidence)
+        rows = compare(items, baseline_items, [k for k in cfg.keys if k != "win_rate"], **options)
     except ItemMismatch as exc:
         raise UserError(f"cannot gate against version {baseline['id']}: {exc}") from None
+    if "win_rate" in cfg.keys:
+        if wins is None:
+            raise UserError("gate key win_rate needs a judge (judge.reward_model or judge.base_url)")
+        rows.append(win_rate_row(wins, **options))
     passed, why = passes(rows, cfg.mode)
     return _result(baseline["id"], cfg, passed, why, rows)
 

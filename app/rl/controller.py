@@ -47,11 +47,11 @@ class RLConfig(JobConfig):
     """What PPO and GRPO share; each algorithm's config adds its own part."""
     algorithm: ClassVar[str]
     uses_critic: ClassVar[bool]
-    policy: str = "runs/sft-demo/final"
+    policy: str = "runs/pipeline-demo/sft/final"
     reward_model: str | None = "runs/reward-demo/final"
     # module:function(prompts, responses[, references]) -> list[float], or {name: weight, ...}; added to the model
     reward_function: str | dict[str, float] | None = None
-    prompts: str = "data/demo/raw/prompts.jsonl"
+    prompts: str = "runs/pipeline-demo/data_prompts/train"
     steps: int = Field(8, ge=1)
     rollout_actors: int = Field(2, ge=1)
     prompts_per_actor: int = Field(4, ge=1)

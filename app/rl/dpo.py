@@ -27,7 +27,7 @@ from app.train.config import (CheckpointSection, EvalSection, LoraSection, Optim
 
 
 class PreferenceData(Config):
-    path: str = "data/demo/raw/preferences.jsonl"   # {prompt, chosen, rejected} JSONL, or HH-RLHF (.jsonl.gz)
+    path: str = "runs/pipeline-demo/data_prefs/train"  # a data stage output, {prompt, chosen, rejected} JSONL, or HH-RLHF (.jsonl.gz)
     val_share: float = 0.1
     max_len: int = 512
     max_train_pairs: int | None = None

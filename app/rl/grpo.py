@@ -19,7 +19,7 @@ class GRPOConfig(RLConfig):
     uses_critic = False
     reward_model: str | None = None
     reward_function: str | dict[str, float] | None = "app.rl.rewards:gsm8k"
-    prompts: str = "data/demo/raw/arithmetic.jsonl"
+    prompts: str = "runs/pipeline-demo/data_math/train"
     group_size: int = Field(4, ge=2)
     epochs: int = Field(1, ge=1)          # DeepSeekMath's GRPO: one update per batch (mu = 1)
     entropy_coef: float = 0.0

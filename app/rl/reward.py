@@ -32,7 +32,7 @@ class RewardScaling(Config):
 
 class RewardConfig(JobConfig):
     model: str = "smollm2-135m-instruct"   # base or SFT model (a spec or runs/sft-<name>/final)
-    data: str = "data/demo/raw/preferences.jsonl"
+    data: str = "runs/pipeline-demo/data_prefs/train"
     heads: dict[str, float] = {"preference": 1.0}
     val_share: float = Field(0.1, gt=0, lt=1)
     max_len: int = 256

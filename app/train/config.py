@@ -9,7 +9,7 @@ from app.config import Config, JobConfig
 
 
 class DataSection(Config):
-    path: str = "runs/data-demo"  # the data stage's output dir (train/ and val/ Parquet inside)
+    path: str = "runs/pipeline-demo/data"  # the data stage's output dir (train/ and val/ Parquet inside)
     max_len: int = 512  # tokens per sample; longer chats lose their oldest turns (app/chat.py)
     packing: bool = False  # pack samples into max_len rows; position ids reset, no cross-sample attention
     replay_path: str | None = None  # general-domain SFT records mixed in against forgetting
