@@ -109,3 +109,15 @@ def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
     assert result["metrics"]["accuracy"] == 0.0  # a random model does not solve grade-school math
     answers = [json.loads(line) for line in (tmp_path / "g" / "answers.jsonl").read_text().splitlines()]
     assert "####" in answers[0]["reference"] and "step by step" in answers[0]["prompt"][0]["content"]
+
+
+def test_int8_variant_is_non_inferior_to_its_source(ray_local, sft_data, tmp_path):  # noqa: F811
+    from app.quantize import QuantizeConfig, run as quantize
+    source = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/src", "name=tiny")
+    quantize(QuantizeConfig(model="tiny", data=f"{sft_data}/val", max_texts=4, decode_tokens=8,
+                            output_dir=str(tmp_path / "q")))
+    int8 = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/int8", "name=tiny-int8", f"model={tmp_path}/q/model",
+                    "gate.mode=non_inferiority")
+    assert int8["baseline"] == source["version"] and int8["promoted"], int8["verdict"]
+    assert all(r["verdict"] not in ("REGRESSION", "inconclusive") for r in int8["gate"])
+    assert Registry(tmp_path / "reg.sqlite").get(int8["version"])["parent"] == source["version"]

@@ -49,5 +49,11 @@ def test_reward_model_learns_a_separable_set(ray_local, toy_pairs, tmp_path):
     good, bad = model.score(["Where is my order?"] * 2, [GOOD[1], BAD[0]])
     assert good > bad
     assert model.score_heads(["q"], ["a"]).shape == (1, 2)
+    # the same model as the eval's judge: win rate of polite answers against rude ones on the same prompts
+    from app.eval.judge import JudgeConfig, wins
+    judge, prompts = JudgeConfig(reward_model=summary["final"]), [[{"role": "user", "content": "Where is my order?"}]] * 3
+    assert wins(judge, prompts, GOOD[:3], BAD[:3]) == ([1.0, 1.0, 1.0], 0)
+    assert wins(judge, prompts, BAD[:3], GOOD[:3]) == ([0.0, 0.0, 0.0], 0)
+    assert wins(judge, prompts, GOOD[:3], GOOD[:3]) == ([0.5, 0.5, 0.5], 0)
     manifest = json.loads((tmp_path / "rm" / "manifest.json").read_text())
     assert manifest["data_sha256"] and manifest["summary"]["val_accuracy"] == summary["val_accuracy"]

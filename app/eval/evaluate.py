@@ -42,6 +42,7 @@ class HeldoutPrompts(Config):
     prompts: str
     reward: str = "app.rl.rewards:exact_answer"  # module:function(prompts, responses[, references])
     max_samples: int = 64
+    max_new_tokens: int = 24  # as the demo's GRPO rollouts: a short answer is what these prompts ask for
 
 
 class EvalConfig(JobConfig):
@@ -97,7 +98,8 @@ def run(cfg: EvalConfig) -> dict:
     # One pass of the actor pool answers the test records, the red-team and the held-out prompts (one model load).
     red_ids = [f"redteam/{p['id']}" for p in prompts]
     everything = answer_all(records + [{"id": i, "prompt": [{"role": "user", "content": p["prompt"]}]}
-                                       for i, p in zip(red_ids, prompts)] + [{"id": r["id"], "prompt": r["prompt"]} for r in held],
+                                       for i, p in zip(red_ids, prompts)] + [{"id": r["id"], "prompt": r["prompt"],
+                                         "max_new_tokens": cfg.heldout.max_new_tokens} for r in held],
                             model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency)
     by_id = {r["id"]: r for r in everything}
     answered, red = [by_id[r["id"]] for r in records], [by_id[i]["answer"] for i in red_ids]

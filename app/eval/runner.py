@@ -35,7 +35,8 @@ class AnswerActor:
 
     def __call__(self, batch: dict) -> dict:
         prompts = [list(p) for p in batch["prompt"]]
-        answers = generate_chat(self.model, self.tokenizer, prompts, self.max_new_tokens)
+        limit = int(max(batch["max_new_tokens"])) if "max_new_tokens" in batch else self.max_new_tokens
+        answers = generate_chat(self.model, self.tokenizer, prompts, limit)
         nll, n = zip(*[self.reference_nll(p, r) if r else (0.0, 0) for p, r in zip(prompts, batch["reference"])])
         return {"id": batch["id"], "answer": np.array(answers, dtype=object), "nll": np.array(nll),
                 "n_tokens": np.array(n)}
@@ -43,9 +44,10 @@ class AnswerActor:
 
 def answer_all(records: list[dict], model_path: str, batch_size: int, max_new_tokens: int, max_len: int,
                concurrency: int) -> list[dict]:
-    """records: {id, prompt (messages), reference} -> the same with answer, nll, n_tokens; sorted by id."""
-    ds = ray.data.from_items([{"id": r["id"], "prompt": r["prompt"], "reference": r.get("reference") or ""}
-                              for r in records])
+    """records: {id, prompt (messages), reference, max_new_tokens?} -> the same with answer, nll, n_tokens;
+    sorted by id. A batch generates up to the largest max_new_tokens of its records."""
+    ds = ray.data.from_items([{"id": r["id"], "prompt": r["prompt"], "reference": r.get("reference") or "",
+                               "max_new_tokens": r.get("max_new_tokens", max_new_tokens)} for r in records])
     out = ds.map_batches(AnswerActor, batch_size=batch_size, batch_format="numpy",
                          compute=ray.data.ActorPoolStrategy(size=concurrency),
                          fn_constructor_kwargs=dict(model_path=model_path, max_new_tokens=max_new_tokens,

@@ -31,7 +31,6 @@ from pydantic import Field, model_validator
 from app.config import Config, JobConfig, UserError
 from app.rl import heldout as held
 from app.rl import losses
-from app.rl.heldout import HeldoutConfig
 from app.rl.sync import Sampler, publish, ray_get, sync
 from app.tasks import load_prompts
 from app.train.config import LoraSection
@@ -80,7 +79,7 @@ class RLConfig(JobConfig):
     threads: dict[Literal["rollout", "reference", "reward", "critic", "learner"], int] = {}  # torch threads; 1
     cpus_per_actor: float = 0.3
     sync_timeout_s: float = 300
-    heldout: HeldoutConfig | None = None  # prompts never trained on, scored at the start, every N steps, the end
+    heldout: held.HeldoutConfig | None = None  # prompts never trained on, scored at the start, every N steps, the end
 
     @model_validator(mode="after")
     def _rows_for_every_learner(self):

@@ -142,7 +142,7 @@ def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.
     sequences. k1 = sum(logp - ref) is what PPO's penalty and the KL controller use; it is unbiased but goes
     negative on a batch, so the reported KL is k3 = sum(exp(d) - d - 1), d = ref - logp, never negative."""
     d = (ref_logprobs - logprobs) * mask
-    return float((-d).sum(1).mean()), float(((torch.exp(d) - d - 1) * mask).sum(1).mean())
+    return float((-d).sum(1).mean()), max(0.0, float(((torch.exp(d) - d - 1) * mask).sum(1).mean()))  # float noise
 
 
 def approx_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> float:
