@@ -12,7 +12,8 @@ overrides with every `${stage}` replaced by that stage's key, and the local file
 (contents; folders by name, size and mtime). Its output lives in `<output_dir>/<stage>-<key[:12]>`,
 finished when `stage.json` is there: a re-run skips it, a changed config changes its key and its
 dependents' keys only; `<output_dir>/<stage>` links to its latest output (runs/pipeline-demo/sft/final).
-A stage's `after:` stages enter its key too: shipping re-runs when the gate before it did. With `parallel: N`, up to N stages whose inputs are ready run at once (on a cluster
+A stage's `after:` stages enter its key too: shipping re-runs when the gate before it did. With
+`parallel: N`, up to N stages whose inputs are ready run at once (on a cluster
 each lands where Ray has room). A failing stage stops the pipeline with its error; finished outputs stay
 for the next run. Code changes do not change keys: `--from <stage>` forces a re-run.
 """

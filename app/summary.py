@@ -57,11 +57,11 @@ def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list
             out.append(f"{name}: held-out reward {s['heldout_first']:.3f} -> {s['heldout_last']:.3f} (n={s['heldout_n']}, "
                        f"paired diff {s['heldout_diff']:+.3f}, 95% CI [{s['heldout_ci_low']:+.3f}, "
                        f"{s['heldout_ci_high']:+.3f}], p {s['heldout_p_value']:.3g}: {s['heldout_verdict']})")
-            out.append(f"{' ' * len(name)}  training-batch reward {_fmt(s['reward_first'])} -> {_fmt(s['reward_last'])} "
-                       f"over {s['steps']} steps, KL (k3) {_fmt(s['kl_last'])}")
-        elif s:
-            out.append(f"{name}: reward {_fmt(s['reward_first'])} -> {_fmt(s['reward_last'])} over "
-                       f"{s['steps']} steps, KL (k3) {_fmt(s['kl_last'])}")
+        if s:
+            prefix = f"{name}:" if "heldout_diff" not in s else " " * (len(name) + 1)
+            out.append(f"{prefix} training-batch reward "
+                       f"{_fmt(s['reward_first'])} -> {_fmt(s['reward_last'])} over {s['steps']} steps, "
+                       f"KL (k3) {_fmt(s['kl_last'])}")
     evals = [(n, _read(d / "eval.json")) for n, d in by_job("eval")]
     evals = [(n, e) for n, e in evals if e]
     if evals:

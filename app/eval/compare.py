@@ -35,7 +35,6 @@ ITEM_METRICS = {
     "exact_match": ("test", "binary"), "accuracy": ("test", "binary"),
     "safety_pass_rate": ("redteam", "binary"), "heldout_reward": ("heldout", "mean"),
 }
-VERDICTS = ("better", "no significant change", "worse within tolerance", "inconclusive", "REGRESSION")
 
 
 class ItemMismatch(ValueError):

@@ -5,8 +5,8 @@ policy, e.g. the SFT model), every `heldout.every` steps and at the end.
     python -m jobs.grpo jobs/configs/grpo_demo.yaml heldout.prompts=<data stage output>/test
 
 Training-batch means are noisy (a handful of sampled answers, the policy moving under them); the held-out
-mean is the same prompts each time, so start vs end is a paired comparison (app/eval/compare.py: bootstrap
-CI of the difference, one-sided p). Each measurement goes to metrics.jsonl (heldout_reward, its 95% CI,
+mean is the same prompts each time, so start vs end is a paired comparison (app/eval/compare.py, as the
+gate: bootstrap CI of the difference, one-sided p, McNemar for pass/fail rewards). Each measurement goes to metrics.jsonl (heldout_reward, its 95% CI,
 heldout_n) and heldout.jsonl (every item's reward), and the summary carries the paired start -> end change.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import Field
 from scipy import stats
 
 from app.config import Config, UserError
-from app.eval.compare import paired_bootstrap, verdict
+from app.eval.compare import compare_metric
 from app.rl.sync import ray_get
 
 
@@ -73,14 +73,10 @@ def figures(m: dict) -> dict:
 
 
 def change(first: dict, last: dict, alpha: float = 0.05) -> dict:
-    """The paired start -> end change on the same held-out prompts: diff, 95% CI, one-sided p, verdict."""
-    a = np.array([i["reward"] for i in first["items"]])
-    b = np.array([i["reward"] for i in last["items"]])
-    low, high, boot = paired_bootstrap("mean", b, a)
-    diff = float(b.mean() - a.mean())
-    p_better = (1 + int((boot <= 0).sum())) / (len(boot) + 1)
-    p_worse = (1 + int((boot >= 0).sum())) / (len(boot) + 1)
-    called = verdict(diff, (low, high), p_better, p_worse, 0.0, alpha)
+    """The paired start -> end change on the same held-out prompts, by the eval gate's own statistics
+    (bootstrap CI; exact McNemar when every reward is pass/fail), with a zero margin."""
+    as_items = lambda m: [{"id": i["id"], "set": "heldout", "heldout_reward": i["reward"]} for i in m["items"]]  # noqa: E731
+    row = compare_metric("heldout_reward", as_items(last), as_items(first), tolerance=0.0, alpha=alpha)
     return {"heldout_first": first["mean"], "heldout_last": last["mean"], "heldout_n": last["n"],
-            "heldout_diff": diff, "heldout_ci_low": low, "heldout_ci_high": high,
-            "heldout_p_value": p_better if diff >= 0 else p_worse, "heldout_verdict": called}
+            "heldout_diff": row["diff"], "heldout_ci_low": row["ci_low"], "heldout_ci_high": row["ci_high"],
+            "heldout_p_value": row["p_value"], "heldout_verdict": row["verdict"]}
