@@ -1,6 +1,7 @@
 # Set-up and the two README commands. Both create (or reuse) .venv themselves.
 #   make demo    run the main job on the embedded default (local Ray, bundled model, bundled data)
 #   make test    run the test suite (CPU, tiny models)
+#   make test-fast  the pure unit tests only (the inner loop)
 # GPU machines:  make setup EXTRAS=dev,gpu TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup demo test clean-cache
+.PHONY: setup demo test test-fast clean-cache
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	@# the inner loop: pure units, no Ray cluster, no training run (under 2 minutes)
+	$(PY) -m pytest -q -m "not slow"
 
 clean-cache:
 	rm -rf .cache

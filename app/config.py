@@ -3,7 +3,8 @@
     python -m jobs.<stage> jobs/configs/<stage>_demo.yaml optim.lr=1e-4 name=try2
 
 Configs are pydantic models that forbid unknown keys, so a typo fails at start naming the key and the
-keys allowed at that level. Only a job's `run(cfg)` reads a config; library code takes flat arguments.
+keys allowed at that level. A job's `run(cfg)` reads its config, and so do the trainers' workers
+(app/train/loop.py re-validates it there); library code takes flat arguments.
 """
 from __future__ import annotations
 
@@ -63,12 +64,25 @@ def load_callable(spec: str):
         raise ConfigError(f"cannot load {spec!r}: give an importable module:function") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

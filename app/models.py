@@ -23,7 +23,7 @@ import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from app import CACHE_DIR
+from app import CACHE_DIR, int8
 from app.config import UserError
 from app.registry import Registry
 from app.runinfo import sha256_file
@@ -166,9 +166,8 @@ def load_policy(spec: str, dtype: str = "float32", trust_remote_code: bool = Fal
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r} (allowed: {', '.join(DTYPES)})")
     path = resolve(spec)
-    if (path / "raypost_quant.json").exists():  # written by jobs.quantize
-        from app.quantize import load_int8
-        return load_int8(path, DTYPES[dtype]), load_tokenizer(str(path), trust_remote_code)
+    if (path / int8.MARKER).exists():  # written by jobs.quantize
+        return int8.load_int8(path, DTYPES[dtype]), load_tokenizer(str(path), trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
                                                  trust_remote_code=trust_remote_code)
     return model.eval(), load_tokenizer(str(path), trust_remote_code)

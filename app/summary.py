@@ -1,7 +1,8 @@
 """The pipeline's closing summary, read from what each stage left in its folder (manifest.json, eval.json,
 answer.json): records kept and rejected by reason, losses, RL's held-out reward with its paired CI, metrics
 side by side, each gate's verdicts with CIs, the served version and answer, and the time. Stages are
-recognised by their job, so a pipeline of any shape gets the parts it has.
+recognised by their job, so a pipeline of any shape gets the parts it has. A finished stage whose file lacks
+a figure printed here is an error naming the file and the key, not a silently missing line.
 """
 from __future__ import annotations
 
@@ -12,8 +13,21 @@ METRICS = {"rougeL": "rougeL", "bleu": "BLEU", "f1": "F1", "perplexity": "PPL", 
            "heldout_reward": "held-out", "accuracy": "accuracy", "ttft_ms": "TTFT ms", "tokens_per_s_batch8": "tok/s b8"}
 
 
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+class Record(dict):
+    """A stage's JSON file whose missing keys raise an error that names the file."""
+
+    def __init__(self, data: dict, path: Path):
+        super().__init__({k: Record(v, path) if isinstance(v, dict) else v for k, v in data.items()})
+        self.path = path
+
+    def __missing__(self, key):
+        raise KeyError(f"{self.path} has no {key!r}: the summary prints it (did the stage finish?)")
+
+
+def _read(path: Path) -> Record:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the summary reads it from the finished stage")
+    return Record(json.loads(path.read_text(encoding="utf-8")), path)
 
 
 def _fmt(value) -> str:
@@ -36,34 +50,36 @@ def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list
     out = []
     by_job = lambda job: [(n, Path(stages[n]["dir"])) for n in stages if jobs[n] == job]  # noqa: E731
     for name, d in by_job("data"):
-        counts = _read(d / "manifest.json").get("counts", {})
-        kept, dropped = counts.get("splits", {}), counts.get("dropped", {})
-        out.append(f"{name}: {counts.get('input', '?')} records in, {sum(kept.values())} kept "
+        counts = _read(d / "manifest.json")["counts"]
+        kept, dropped = counts["splits"], counts["dropped"]
+        out.append(f"{name}: {counts['input']} records in, {sum(kept.values())} kept "
                    f"({', '.join(f'{k} {v}' for k, v in kept.items())}), {sum(dropped.values())} rejected: "
                    + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1])))
     for name, d in by_job("sft") + by_job("dpo"):
         m = _read(d / "manifest.json")
-        if m.get("val_loss_before") is not None:
+        if jobs[name] == "dpo":
+            if m["val_before"] is not None:
+                out.append(f"{name}: validation loss {m['val_before']['val_loss']:.4f} -> {m['val_after']['val_loss']:.4f}, "
+                           f"preference accuracy {m['val_before']['val_accuracy']:.2f} -> "
+                           f"{m['val_after']['val_accuracy']:.2f}")
+        elif m["val_loss_before"] is not None:
             out.append(f"{name}: validation loss {m['val_loss_before']:.4f} before -> {m['val_loss_after']:.4f} after "
-                       f"({m.get('steps')} steps)")
+                       f"({m['steps']} steps)")
     for name, d in by_job("reward"):
-        s = _read(d / "manifest.json").get("summary", {})
-        if s:
-            out.append(f"{name}: held-out pairwise accuracy {_fmt(s.get('val_accuracy'))}, "
-                       f"loss {_fmt(s.get('first_loss'))} -> {_fmt(s.get('last_loss'))}")
+        s = _read(d / "manifest.json")["summary"]
+        out.append(f"{name}: held-out pairwise accuracy {_fmt(s['val_accuracy'])}, "
+                   f"loss {_fmt(s['first_loss'])} -> {_fmt(s['last_loss'])}")
     for name, d in by_job("ppo") + by_job("grpo"):
-        s = _read(d / "manifest.json").get("summary", {})
-        if s and "heldout_diff" in s:
+        s = _read(d / "manifest.json")["summary"]
+        if "heldout_diff" in s:
             out.append(f"{name}: held-out reward {s['heldout_first']:.3f} -> {s['heldout_last']:.3f} (n={s['heldout_n']}, "
                        f"paired diff {s['heldout_diff']:+.3f}, 95% CI [{s['heldout_ci_low']:+.3f}, "
                        f"{s['heldout_ci_high']:+.3f}], p {s['heldout_p_value']:.3g}: {s['heldout_verdict']})")
-        if s:
-            prefix = f"{name}:" if "heldout_diff" not in s else " " * (len(name) + 1)
-            out.append(f"{prefix} training-batch reward "
-                       f"{_fmt(s['reward_first'])} -> {_fmt(s['reward_last'])} over {s['steps']} steps, "
-                       f"KL (k3) {_fmt(s['kl_last'])}")
+        prefix = f"{name}:" if "heldout_diff" not in s else " " * (len(name) + 1)
+        out.append(f"{prefix} training-batch reward "
+                   f"{_fmt(s['reward_first'])} -> {_fmt(s['reward_last'])} over {s['steps']} steps, "
+                   f"KL (k3) {_fmt(s['kl_last'])}")
     evals = [(n, _read(d / "eval.json")) for n, d in by_job("eval")]
-    evals = [(n, e) for n, e in evals if e]
     if evals:
         keys = [k for k in METRICS if any(k in e["metrics"] for _, e in evals)]
         width = max(len(n) for n, _ in evals)
@@ -76,15 +92,13 @@ def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list
             out += gate_lines(n, e)
     for name, d in by_job("quantize"):
         c = _read(d / "comparison.json")
-        if c:
-            out.append(f"{name}: {c['original']['size_mb']} MB -> {c['int8']['size_mb']} MB, decode x{c['speedup']}, "
-                       f"perplexity {c['original']['perplexity']} -> {c['int8']['perplexity']}")
+        out.append(f"{name}: {c['original']['size_mb']} MB -> {c['int8']['size_mb']} MB, decode x{c['speedup']}, "
+                   f"perplexity {c['original']['perplexity']} -> {c['int8']['perplexity']}")
     for name, d in by_job("serve_demo"):
         answer = _read(d / "answer.json")
-        if answer:
-            out.append(f"{name}: registry version {answer['version']} ({answer['model']})")
-            out.append(f"{' ' * len(name)}  user: {answer['prompt']}")
-            out.append(f"{' ' * len(name)}  assistant: {answer['answer'].strip()}")
+        out.append(f"{name}: registry version {answer['version']} ({answer['model']})")
+        out.append(f"{' ' * len(name)}  user: {answer['prompt']}")
+        out.append(f"{' ' * len(name)}  assistant: {answer['answer'].strip()}")
     ran = sum(1 for s in stages.values() if not s["cached"])
     out.append(f"total: {seconds / 60:.1f} min ({ran} stages run, {len(stages) - ran} cached)")
     return out

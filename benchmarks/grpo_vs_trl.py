@@ -34,7 +34,7 @@ def ours(model: str, prompts: Path, a) -> dict:
     out = prompts.parent / "ours"
     cfg = load_config(GRPOConfig, "jobs/configs/grpo_demo.yaml", [
         f"policy={model}", f"prompts={prompts}", f"output_dir={out}", f"steps={a.steps}", f"group_size={a.group}",
-        "rollout_actors=2", f"prompts_per_actor={a.prompts // 2}", f"max_new_tokens={a.tokens}", "temperature=1.0", f"lr={a.lr}",
+        "rollout_actors=2", f"prompts_per_actor={a.prompts // 2}", f"max_new_tokens={a.tokens}", "temperature=1.0", f"optim.lr={a.lr}",
         f"kl={{init: {a.beta}}}", "checkpoint_every=0", "wandb=false", "threads={learner: 2, reference: 2}"])
     run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -61,7 +61,7 @@ def ppo_run(model: str, steps: int, overlap: bool, out: Path, prompts: Path) -> 
     cfg = load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", [
         f"policy={model}", f"prompts={prompts}", f"output_dir={out}", f"steps={steps}", f"overlap={overlap}",
         "max_new_tokens=32", "temperature=1.0", "epochs=2", "checkpoint_every=0", "wandb=false", lora,
-        "lr=1e-5", "cpus_per_actor=0.25"])
+        "optim.lr=1e-5", "cpus_per_actor=0.25"])
     t = time.perf_counter()
     run(cfg)
     total = time.perf_counter() - t

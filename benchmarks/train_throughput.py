@@ -36,16 +36,14 @@ def samples(model: str, n: int, max_len: int) -> list[dict]:
 def bare_loop(model_name: str, method: str, steps: int, mb: int, max_len: int, packing: bool, threads: int) -> dict:
     """A plain PyTorch loop on our batches: the baseline. Returns tokens/s (non-pad) after one warm-up step."""
     import torch
-    from types import SimpleNamespace
     from app.models import resolve
+    from app.train.config import SFTConfig
     from app.train.data import micro_batches
     from app.train.model import build_model
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    a = SimpleNamespace(model_path=str(resolve(model_name)), trust_remote_code=False, method=method, precision="fp32",
-                        dropout=None, gradient_checkpointing=False, lora_r=16, lora_alpha=32, lora_dropout=0.0,
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], num_virtual_tokens=20)
-    model, pad = build_model(a)
+    cfg = SFTConfig(model=model_name, method=method, lora={"dropout": 0.0})
+    model, pad = build_model(cfg, str(resolve(model_name)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     batches = micro_batches(samples(model_name, mb * (steps + 1) * 3, max_len), mb, max_len, packing, 0, 0, pad)

@@ -6,7 +6,7 @@
 """
 from app.cli import run_job
 from app.data.config import DataConfig
-from app.data.pipeline import run
+from app.data.stage import run
 
 if __name__ == "__main__":
     run_job(DataConfig, run, default_config="data_demo.yaml")

@@ -4,7 +4,7 @@
     python -m jobs.dpo jobs/configs/dpo_tiny.yaml data.path=<pairs.jsonl>
 """
 from app.cli import run_job
-from app.rl.dpo import DPOConfig, run
+from app.train.dpo import DPOConfig, run
 
 if __name__ == "__main__":
     run_job(DPOConfig, run, default_config="dpo_demo.yaml")

@@ -4,7 +4,7 @@
     python -m jobs.reward jobs/configs/reward_hh.yaml
 """
 from app.cli import run_job
-from app.rl.reward import RewardConfig, run
+from app.train.reward import RewardConfig, run
 
 if __name__ == "__main__":
     run_job(RewardConfig, run, default_config="reward_demo.yaml")

@@ -9,12 +9,13 @@ import torch
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
+    """`gpu` tests skip without CUDA; a test on a Ray cluster is `slow` (make test-fast leaves those out)."""
+    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs CUDA")
     for item in items:
-        if "gpu" in item.keywords:
+        if skip and "gpu" in item.keywords:
             item.add_marker(skip)
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +106,18 @@ def toy_pairs(tmp_path_factory):
              "rejected": rng.choice(BAD), "dimension": ["helpfulness", "safety"][i % 2]} for i in range(96)]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory):
+    """train/ and val/ in the data stage's record shape, from the demo dialog generator."""
+    from app.data.io import write_parquet
+    from app.demo.generate import dialog
+    from app.records import SFT_SCHEMA
+    root = tmp_path_factory.mktemp("sftdata")
+    rng = random.Random(0)
+    recs = [{"id": f"r{i:04d}", "messages": dialog(rng, "refund" if i % 2 else "order_status", "en" if i % 3 else "zh"),
+             "intent": "refund", "lang": "en", "flags": ""} for i in range(300)]
+    write_parquet(recs[:256], SFT_SCHEMA, root / "train")
+    write_parquet(recs[256:], SFT_SCHEMA, root / "val")
+    return root

@@ -66,6 +66,8 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(TrainConfig, tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(TrainConfig, write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="c.yaml at line 4.*duplicate key 'lr'"):
+        load_config(TrainConfig, write(tmp_path, "name: a\noptim:\n  lr: 1\n  lr: 2\n"))
 
 
 def test_bad_override_shapes(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from app.config import UserError, load_config
 from app.data.config import DataConfig
-from app.data.pipeline import run
+from app.data.stage import run
 from app.demo.generate import generate
 
 
@@ -190,7 +190,7 @@ def test_preference_pairs_take_the_data_road(ray_local, sft_test, tmp_path):
     assert "[EMAIL]" in rows["p-pii"]["rejected"] and "pii:email" in rows["p-pii"]["flags"]
     assert rows["p-pii"]["prompt"] == [{"role": "user", "content": "How do I reach support?"}]
     assert len(kept) + len(rejected) == manifest["counts"]["input"] == 8
-    from app.rl.preferences import read_pairs
+    from app.train.preferences import read_pairs
     pairs, skipped = read_pairs(out / "train")
     assert sorted(p["id"] for p in pairs) == sorted(kept) and skipped == {}
 

@@ -8,8 +8,8 @@ import pytest
 from app import PROJECT_ROOT
 from app.config import ConfigError, UserError, load_config
 from app.eval.evaluate import EvalConfig, run
+from app.eval.metrics import final_number
 from app.registry import Registry
-from tests.test_sft import sft_data  # noqa: F401  (the module fixture: train/ and val/ Parquet)
 
 
 def evaluate(data, tmp_path, *overrides):
@@ -24,7 +24,7 @@ def evaluate(data, tmp_path, *overrides):
     return run(cfg)
 
 
-def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):  # noqa: F811
+def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):
     reg = Registry(tmp_path / "reg.sqlite")
     first = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e1", "name=tiny", "efficiency=true")
     out = tmp_path / "e1"
@@ -72,7 +72,7 @@ def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):
         evaluate(sft_data, tmp_path, "gate.keys=[ttft_ms]")
 
 
-def test_a_baseline_without_per_item_results_is_refused(ray_local, sft_data, tmp_path):  # noqa: F811
+def test_a_baseline_without_per_item_results_is_refused(ray_local, sft_data, tmp_path):
     reg = Registry(tmp_path / "reg.sqlite")
     reg.promote(reg.register("old", "elsewhere", {"rougeL": 0.5}))  # registered before per-item results existed
     with pytest.raises(UserError, match="has no per-item results"):
@@ -106,12 +106,15 @@ def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
                        "max_new_tokens=8", "batch_size=4", "safety=false", "efficiency=false", "concurrency=1",
                        f"output_dir={tmp_path}/g"])
     result = run(cfg)
-    assert result["metrics"]["accuracy"] == 0.0  # a random model does not solve grade-school math
     answers = [json.loads(line) for line in (tmp_path / "g" / "answers.jsonl").read_text().splitlines()]
+    items = [json.loads(line) for line in (tmp_path / "g" / "items.jsonl").read_text().splitlines()]
+    hits = [float(final_number(a["answer"]) == final_number(a["reference"])) for a in answers]
+    assert [i["accuracy"] for i in items if i["set"] == "test"] == hits and len(hits) == 4
+    assert result["metrics"]["accuracy"] == sum(hits) / 4
     assert "####" in answers[0]["reference"] and "step by step" in answers[0]["prompt"][0]["content"]
 
 
-def test_int8_variant_is_non_inferior_to_its_source(ray_local, sft_data, tmp_path):  # noqa: F811
+def test_int8_variant_is_non_inferior_to_its_source(ray_local, sft_data, tmp_path):
     from app.quantize import QuantizeConfig, run as quantize
     source = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/src", "name=tiny")
     quantize(QuantizeConfig(model="tiny", data=f"{sft_data}/val", max_texts=4, decode_tokens=8,

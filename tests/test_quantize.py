@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from app.quantize import Int8Linear, quantize_model, quantize_weight
+from app.int8 import Int8Linear, quantize_model, quantize_weight
 
 
 def test_quantize_weight_per_channel_error_is_small():

@@ -10,7 +10,8 @@ import torch
 
 
 def test_rollout_actor_refuses_stale_versions_and_bad_checksums(ray_local):
-    from app.rl.actors import RolloutActor, StaleWeights
+    from app.rl.actors import RolloutActor
+    from app.rl.sync import StaleWeights
     from app.rl.rollout import weights_checksum
     actor = RolloutActor.options(num_cpus=0).remote("tiny")
     with pytest.raises(StaleWeights, match="holds policy v0"):
@@ -62,8 +63,8 @@ def test_lora_learner_group_survives_a_killed_rollout_actor(ray_local, prompts_f
     from app.rl.ppo import PPOConfig, run
     out = tmp_path / "ppo"
     cfg = load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", [
-        f"prompts={prompts_file}", f"output_dir={out}", "name=kill", "steps=5", "learners=2", "zero_stage=2",
-        "lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}", "lr=1e-3", "checkpoint_every=0"])
+        f"prompts={prompts_file}", f"output_dir={out}", "name=kill", "steps=5", "scaling.learners=2", "scaling.zero_stage=2",
+        "lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}", "optim.lr=1e-3", "checkpoint_every=0"])
     result: list = []
     worker = threading.Thread(target=lambda: result.append(run(cfg)))
     worker.start()
@@ -113,8 +114,8 @@ def test_ppo_configs_parse_and_bad_keys_are_named():
         load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", ["gpus={actor: 1}"])
     with pytest.raises(ConfigError, match="LoRA policy"):
         load_config(PPOConfig, "jobs/configs/ppo_8b_gpu.yaml", ["lora={r: 8}"])
-    with pytest.raises(ConfigError, match="must be >= learners"):
-        load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", ["learners=8"])
+    with pytest.raises(ConfigError, match="must be >= scaling.learners"):
+        load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", ["scaling.learners=8"])
 
 
 def test_sampler_resamples_the_chunk_of_an_actor_killed_mid_generation(ray_local, prompts_file):
@@ -133,7 +134,7 @@ def test_sampler_resamples_the_chunk_of_an_actor_killed_mid_generation(ray_local
     ray.get(learner.setup.remote("127.0.0.1", ray.get(learner.address.remote())[1]))
     pub = publish(learner, 3, 60)
     sync(rollouts, pub, 60, 2)
-    sampler = Sampler(cfg, rollouts, data)
+    sampler = Sampler(cfg.sampling_plan(), rollouts, data)
     reference = sampler.collect(sampler.launch(1, 3), pub)
     pending = sampler.launch(1, 3)
     ray.kill(rollouts[0], no_restart=False)

@@ -119,6 +119,7 @@ def test_continuous_batching_matches_generate_for_staggered_requests(tiny_adapte
         return await asyncio.gather(*[one(i, *j) for i, j in enumerate(jobs)])
 
     results = asyncio.run(all_jobs())
+    assert engine.batcher.peak_rows == 3  # the staggered rows really shared decode steps (max_batch_size 3)
     for (q, adapter, n), (text, last) in zip(jobs, results):
         model = PeftModel.from_pretrained(load_tiny(), str(tiny_adapters[adapter])) if adapter else load_tiny()
         ids = render_prompt(tok, [{"role": "user", "content": q}])

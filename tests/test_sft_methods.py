@@ -5,7 +5,7 @@ import json
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.test_sft import sft, sft_data  # noqa: F401  (the module fixture)
+from tests.test_sft import sft
 
 
 def val_losses(out):
@@ -13,7 +13,7 @@ def val_losses(out):
             if "val_loss" in line]
 
 
-def test_full_finetune_zero3_packed(ray_local, sft_data, tmp_path):  # noqa: F811
+def test_full_finetune_zero3_packed(ray_local, sft_data, tmp_path):
     out = tmp_path / "full"
     summary = sft(sft_data, out, "method=full", "scaling.zero_stage=3", "data.packing=true", "optim.lr=3e-3",
                   "train.max_steps=8", "checkpoint.every=8", "eval.every=4")
@@ -24,7 +24,7 @@ def test_full_finetune_zero3_packed(ray_local, sft_data, tmp_path):  # noqa: F81
     assert model.config.num_hidden_layers == 2 and not (out / "adapter").exists()
 
 
-def test_prompt_tuning(ray_local, sft_data, tmp_path):  # noqa: F811
+def test_prompt_tuning(ray_local, sft_data, tmp_path):
     from peft import AutoPeftModelForCausalLM
     out = tmp_path / "pt"
     summary = sft(sft_data, out, "method=prompt_tuning", "prompt_tuning.num_virtual_tokens=8", "optim.lr=3e-2",

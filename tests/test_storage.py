@@ -8,7 +8,7 @@ import pytest
 
 from app.cli import run_job
 from app.data.config import DataConfig
-from app.data.pipeline import run as run_data
+from app.data.stage import run as run_data
 from app.demo.generate import generate
 from app.quantize import QuantizeConfig
 from app.quantize import run as run_quantize

@@ -15,7 +15,6 @@ import pytest
 from app.config import ConfigError, load_config
 from app.train.config import SFTConfig
 from app.train.sweep import SweepConfig, check
-from tests.test_sft import sft_data  # noqa: F401  (fixture)
 
 
 def test_bad_search_space_fails_at_start_naming_the_key():
@@ -36,7 +35,7 @@ def test_bad_search_space_fails_at_start_naming_the_key():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # 3 trials and a resume: ~3 min alone on 2 cores
-def test_interrupted_sweep_resumes_and_writes_best_yaml(sft_data, tmp_path):  # noqa: F811
+def test_interrupted_sweep_resumes_and_writes_best_yaml(sft_data, tmp_path):
     out = tmp_path / "sweep"
     args = [f"output_dir={out}", f"overrides=[data.path={sft_data}, scaling.num_workers=1, train.max_steps=8, "
             "eval.every=2, eval.patience=null, checkpoint.every=8, tensorboard=false]"]
@@ -48,6 +47,9 @@ def test_interrupted_sweep_resumes_and_writes_best_yaml(sft_data, tmp_path):  # 
         time.sleep(0.5)
     finished = [p.parent.parent.name for p in (out / "trials").glob("*/final/config.json")]
     time.sleep(3)  # Tune records the finished trial
+    # what a finished trial wrote: a trial that ran again would append to its metrics and re-export final/
+    written = {t: ((out / "trials" / t / "metrics.jsonl").read_bytes(),
+                   (out / "trials" / t / "final" / "config.json").stat().st_mtime_ns) for t in finished}
     os.killpg(first.pid, signal.SIGKILL)  # an interruption the sweep did not see coming
     first.wait()
     assert finished, "no trial finished before the interruption"
@@ -56,7 +58,8 @@ def test_interrupted_sweep_resumes_and_writes_best_yaml(sft_data, tmp_path):  # 
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming" in again.stdout
     for trial in finished:  # finished trials were not run again
-        assert (out / "trials" / trial / "starts.txt").read_text().count("start") == 1
+        assert ((out / "trials" / trial / "metrics.jsonl").read_bytes(),
+                (out / "trials" / trial / "final" / "config.json").stat().st_mtime_ns) == written[trial]
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 3 and all(r["status"] == "OK" for r in rows)
     stopped = {r["optim.lr"]: r["stopped_early"] for r in rows}

@@ -1,4 +1,4 @@
-"""Exact and near-duplicate detection, pure numpy; app/data/pipeline.py runs the hashing on Ray Data.
+"""Exact and near-duplicate detection, pure numpy; app/data/stage.py runs the hashing on Ray Data.
 
 MinHash: each text becomes a set of shingles (5 consecutive words for Latin text, 5 consecutive characters
 for CJK text, by app/data/text.py's tokens), each shingle a 64-bit hash, and `num_perm` hash functions

@@ -1,1 +1,2 @@
-"""Evaluation: metrics (pure), and later batch inference, safety, registry and the release gate."""
+"""Evaluation: per-item and corpus metrics, batch answering, safety, paired comparison and the release gate
+(app/eval/evaluate.py is the stage)."""

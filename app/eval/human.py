@@ -1,4 +1,4 @@
-"""Human evaluation sheets, as the seeds describe: export sampled (prompt, answer) rows with empty columns
+"""Human evaluation sheets: export sampled (prompt, answer) rows with empty columns
 for relevance, fluency and domain expertise (0-5) and safety (pass/fail); import the filled sheets (one
 per rater) and aggregate: mean with a 95% confidence interval per criterion, safety pass rate, and
 inter-rater agreement (Krippendorff's alpha, interval metric for scores, nominal for safety).

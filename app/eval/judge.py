@@ -18,6 +18,7 @@ import re
 from pydantic import model_validator
 
 from app.config import Config, UserError
+from app.train.reward import RewardModel
 
 JUDGE_PROMPT = """You compare two assistant replies to the same conversation. Which reply is more helpful, correct \
 and polite? Answer with exactly one word: A, B or tie.
@@ -52,7 +53,6 @@ class JudgeConfig(Config):
 def wins(cfg: JudgeConfig, prompts: list[list[dict]], new: list[str], old: list[str]) -> tuple[list[float], int]:
     """(per-item 1 / 0.5 / 0 for the new answer, unreadable judge replies)."""
     if cfg.reward_model:
-        from app.rl.reward import RewardModel
         model = RewardModel(cfg.reward_model)
         a, b = model.score(prompts, new), model.score(prompts, old)
         return [0.5 if abs(x - y) <= cfg.tie_margin else float(x > y) for x, y in zip(a, b)], 0

@@ -14,13 +14,13 @@ import torch
 
 from app.chat import render
 from app.generation import generate_chat
+from app.models import load_policy
 
 
 class AnswerActor:
     """Loads the model once per actor; __call__ answers a batch and scores its references."""
 
     def __init__(self, model_path: str, max_new_tokens: int, max_len: int):
-        from app.models import load_policy
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.model, self.tokenizer = load_policy(model_path)
         self.max_new_tokens, self.max_len = max_new_tokens, max_len
@@ -60,7 +60,6 @@ def answer_all(records: list[dict], model_path: str, batch_size: int, max_new_to
 @torch.inference_mode()
 def efficiency(model_path: str, prompts: list[list[dict]], batch_size: int, new_tokens: int = 32) -> dict:
     """Time to first token (ms) and decode tokens/s at batch 1 and at `batch_size`, in this process."""
-    from app.models import load_policy
     model, tokenizer = load_policy(model_path)
 
     def rate(convs, n):  # (seconds, generated tokens)

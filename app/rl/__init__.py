@@ -1,1 +1,1 @@
-"""RLHF: reward model (pairwise ranking loss) and the pure PPO math. See app/rl/losses.py."""
+"""Online RL (PPO, GRPO): rollout, reference, reward, critic and learner actors around app/rl/controller.py."""

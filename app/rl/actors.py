@@ -17,11 +17,22 @@ import ray
 import torch
 
 from app.rl import losses, rewards
+from app.rl.experience import Experience
 from app.rl.rollout import response_logprobs, sample, to_device, token_values, weights_checksum
-
-
-class StaleWeights(RuntimeError):
-    """A rollout actor was asked to sample for a policy version it does not hold."""
+from app.rl.sync import StaleWeights
+from app.config import load_callable
+from app.data.pii import SensitiveWords
+from app.eval.safety import toxicity
+from app.models import load_policy
+from app.models import load_tokenizer
+from app.rl.rollout import sample_vllm
+from app.rl.rollout import vllm_engine
+from app.train.checkpoints import rng_state
+from app.train.checkpoints import set_rng_state
+from app.train.deepspeed import build_ds_config
+from app.train.model import peft_config
+from app.train.reward import RewardModel
+from app.train.reward import freeze_below
 
 
 def _device() -> torch.device:
@@ -31,13 +42,11 @@ def _device() -> torch.device:
 
 def _load_policy(path: str, seed: int, lora: dict | None = None):
     """(policy, tokenizer); with `lora` (r, alpha, dropout, target_modules) the base wrapped in a LoRA adapter."""
-    from app.models import load_policy
     torch.manual_seed(seed)
     model, tokenizer = load_policy(path)
     model.to(_device())
     if lora:
         from peft import get_peft_model
-        from app.train.model import peft_config
         model = get_peft_model(model, peft_config("lora", lora["r"], lora["alpha"], lora["dropout"],
                                                   lora["target_modules"], 0))
     return model, tokenizer
@@ -72,8 +81,6 @@ class RolloutActor:
         torch.set_num_threads(threads)
         self.lora, self.llm = bool(lora), None
         if engine == "vllm":
-            from app.models import load_tokenizer
-            from app.rl.rollout import vllm_engine
             self.llm, self.tokenizer = vllm_engine(model_path, seed), load_tokenizer(model_path)
             self.checksum = "initial"
         else:
@@ -102,7 +109,6 @@ class RolloutActor:
         if self.version != expected_version:
             raise StaleWeights(f"holds policy v{self.version}, asked to sample v{expected_version}")
         if self.llm is not None:
-            from app.rl.rollout import sample_vllm
             batch = sample_vllm(self.llm, prompts, self.tokenizer.pad_token_id, self.eos, max_new_tokens,
                                 temperature, top_p, seed)
         else:
@@ -131,9 +137,6 @@ class RewardActor:
 
     def __init__(self, reward_model: str | None, functions: dict[str, float], penalty: float,
                  toxicity_threshold: float, threads: int = 1):
-        from app.config import load_callable
-        from app.data.pii import SensitiveWords
-        from app.rl.reward import RewardModel
         torch.set_num_threads(threads)
         self.model = RewardModel(reward_model, device=str(_device())) if reward_model else None
         self.functions = [(load_callable(name), weight) for name, weight in functions.items()]
@@ -141,7 +144,6 @@ class RewardActor:
         self.penalty, self.threshold = penalty, toxicity_threshold
 
     def score(self, prompts: list, responses: list[str], references: list | None = None) -> dict:
-        from app.eval.safety import toxicity
         raw = self.model.score(prompts, responses) if self.model else [0.0] * len(responses)
         for function, weight in self.functions:
             raw = [r + weight * v for r, v in zip(raw, rewards.call(function, prompts, responses, references))]
@@ -154,7 +156,6 @@ class CriticActor:
     def __init__(self, init_path: str, lr: float, clip: float, top_layers: int | None = None,
                  max_grad_norm: float = 1.0, threads: int = 1):
         from transformers import AutoModelForSequenceClassification
-        from app.rl.reward import freeze_below
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         self.model = AutoModelForSequenceClassification.from_pretrained(
@@ -213,7 +214,6 @@ class LearnerActor:
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the group (every rank at once: a rendezvous) and wrap the policy in a DeepSpeed engine."""
         import deepspeed
-        from app.train.deepspeed import build_ds_config
         a = self.args
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world), LOCAL_RANK="0")
@@ -229,18 +229,18 @@ class LearnerActor:
     def logprobs(self, batch: dict) -> torch.Tensor:
         return response_logprobs(self.engine.module, to_device(batch, self.engine.device), self.temperature)[0].cpu()
 
-    def update(self, batch: dict, old_logprobs: torch.Tensor | None, advantages: torch.Tensor,
-               ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0) -> dict:
-        """One clipped-surrogate step (- entropy bonus); GRPO adds kl_coef * KL(policy || reference).
-        Without old log-probs (one on-policy pass) this forward's own, detached, are the old ones."""
-        b = to_device({**batch, "old": old_logprobs, "adv": advantages, "ref": ref_logprobs}, self.engine.device)
+    def update(self, exp: Experience, kl_coef: float = 0.0) -> dict:
+        """One clipped-surrogate step (- entropy bonus) on this rank's rows; GRPO adds kl_coef * KL(policy ||
+        reference). Without old log-probs (one on-policy pass) this forward's own, detached, are the old ones."""
+        b = to_device({**exp.batch, "old": exp.old_logprobs, "adv": exp.advantages, "ref": exp.ref_logprobs},
+                      self.engine.device)
         logprobs, logits = response_logprobs(self.engine, b, self.temperature)
         mask = b["response_mask"]
-        old = logprobs.detach() if old_logprobs is None else b["old"]
+        old = logprobs.detach() if exp.old_logprobs is None else b["old"]
         gap = losses.masked_mean((logprobs.detach() - b["rollout_logprobs"]).abs(), mask)
         pg, clip_frac = losses.policy_loss(logprobs, old, b["adv"], mask, self.clip)
         ent = losses.entropy(logits, mask)
-        kl = losses.kl_k3(logprobs, b["ref"], mask) if ref_logprobs is not None else torch.zeros(())
+        kl = losses.kl_k3(logprobs, b["ref"], mask) if exp.ref_logprobs is not None else torch.zeros(())
         self.engine.backward(pg - self.entropy_coef * ent + kl_coef * kl)
         self.engine.step()
         return {"policy_loss": float(pg.detach()), "clip_frac": float(clip_frac), "entropy": float(ent.detach()),
@@ -258,11 +258,9 @@ class LearnerActor:
 
     def save(self, folder: str) -> None:
         """DeepSpeed's checkpoint of this rank (every rank at once), plus its RNG state."""
-        from app.train.checkpoints import rng_state
         self.engine.save_checkpoint(folder, tag="learner", client_state={"rng": rng_state()},
                                     exclude_frozen_parameters=self.lora)
 
     def load(self, folder: str) -> None:
-        from app.train.checkpoints import set_rng_state
         _, client = self.engine.load_checkpoint(folder, tag="learner", load_module_strict=not self.lora)
         set_rng_state(client["rng"])

@@ -31,15 +31,35 @@ from pydantic import Field, model_validator
 from app.config import Config, JobConfig, UserError
 from app.rl import heldout as held
 from app.rl import losses
-from app.rl.sync import Sampler, publish, ray_get, sync
+from app.rl.experience import Experience
+from app.rl.sync import Sampler, SamplingPlan, publish, ray_get, sync
 from app.tasks import load_prompts
 from app.train.config import LoraSection
+from app.chat import render_prompt
+from app.cluster import init_ray
+from app.models import load_policy
+from app.models import load_tokenizer, resolve
+from app.rl.actors import CriticActor, LearnerActor, ReferenceActor, RewardActor, RolloutActor
+from app.runinfo import sha256_path, write_manifest
+from app.train.logger import MetricsLogger, read_metrics
 
 
 class KLConfig(Config):
     init: float = 0.05
     target: float | None = None   # None: fixed coefficient; else adaptive towards this KL
     horizon: int = 10000
+
+
+class RLOptim(Config):
+    """The learners' optimizer (torch AdamW under DeepSpeed): SFT's optim.* names."""
+    lr: float = 1e-5
+    grad_clip: float = 1.0
+
+
+class RLScaling(Config):
+    """The learner group: SFT's scaling.* names."""
+    learners: int = Field(1, ge=1)       # DeepSpeed ranks of the learner group
+    zero_stage: int = Field(0, ge=0, le=2)
 
 
 class RLConfig(JobConfig):
@@ -59,15 +79,14 @@ class RLConfig(JobConfig):
     temperature: float = 1.0
     top_p: float = 1.0
     epochs: int = Field(4, ge=1)         # K passes over the step's minibatches
-    lr: float = 1e-5
+    optim: RLOptim = RLOptim()
     clip: float = 0.2
     entropy_coef: float = 0.01
     kl: KLConfig = KLConfig()            # PPO: the penalty in the reward; GRPO: the KL term in the loss
     safety_penalty: float = 1.0
     toxicity_threshold: float = 0.3
     lora: LoraSection | None = None      # LoRA policy: only the adapter trains and travels at each sync
-    learners: int = Field(1, ge=1)       # DeepSpeed ranks of the learner group
-    zero_stage: int = Field(0, ge=0, le=2)
+    scaling: RLScaling = RLScaling()
     overlap: bool = False                # sample step t+1 while the learners train on step t
     max_restarts: int = Field(3, ge=0)   # per rollout actor
     checkpoint_every: int = Field(1, ge=0)  # steps; 0: never
@@ -83,13 +102,17 @@ class RLConfig(JobConfig):
 
     @model_validator(mode="after")
     def _rows_for_every_learner(self):
-        if self.prompts_per_actor < self.learners:
-            raise ValueError(f"prompts_per_actor ({self.prompts_per_actor}) must be >= learners "
-                             f"({self.learners}): every learner rank trains on rows of each batch")
+        if self.prompts_per_actor < self.scaling.learners:
+            raise ValueError(f"prompts_per_actor ({self.prompts_per_actor}) must be >= scaling.learners "
+                             f"({self.scaling.learners}): every learner rank trains on rows of each batch")
         if self.engine() == "vllm" and self.lora:
             raise ValueError("rollout_engine vllm with a LoRA policy is not supported yet: use lora: null or "
                              "rollout_engine: hf")
         return self
+
+    def sampling_plan(self) -> SamplingPlan:
+        return SamplingPlan(self.rollout_actors, self.prompts_per_actor, self.group_size, self.max_new_tokens,
+                            self.temperature, self.top_p, self.seed, self.max_restarts, self.sync_timeout_s)
 
     def reward_functions(self) -> dict[str, float]:
         f = self.reward_function
@@ -104,7 +127,6 @@ class RLConfig(JobConfig):
 
 def _prompts(path: str, tokenizer, limit_len: int = 512) -> list[tuple[str, list[dict], list[int], str | None]]:
     """(id, messages, prompt tokens, reference answer) per prompt record (app/tasks.py reads the formats)."""
-    from app.chat import render_prompt
     return [(r["id"], r["prompt"], render_prompt(tokenizer, r["prompt"], limit_len), r["answer"])
             for r in load_prompts(path)]
 
@@ -126,9 +148,8 @@ def _actors(cfg: RLConfig, policy: str):
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from app.rl.actors import CriticActor, LearnerActor, ReferenceActor, RewardActor, RolloutActor
-    k, lora = cfg.rollout_actors, cfg.lora.model_dump() if cfg.lora else None
-    order = ["rollout"] * k + ["reference", "reward"] + ["critic"] * cfg.uses_critic + ["learner"] * cfg.learners
+    k, n, lora = cfg.rollout_actors, cfg.scaling.learners, cfg.lora.model_dump() if cfg.lora else None
+    order = ["rollout"] * k + ["reference", "reward"] + ["critic"] * cfg.uses_critic + ["learner"] * cfg.scaling.learners
     bundles = [{"CPU": cfg.cpus_per_actor, **({"GPU": cfg.gpus[r]} if cfg.gpus.get(r) else {})} for r in order]
     pg = placement_group(bundles, strategy="PACK")
     ray_get(pg.ready(), 600, "placement group")
@@ -146,8 +167,9 @@ def _actors(cfg: RLConfig, policy: str):
                      cfg.toxicity_threshold),
         critic=place(CriticActor, k + 2, cfg.critic_init or cfg.reward_model or policy, cfg.critic_lr,
                      cfg.value_clip, cfg.critic_top_layers) if cfg.uses_critic else None,
-        learners=[place(LearnerActor, len(order) - cfg.learners + r, policy, r, cfg.learners, cfg.lr, cfg.clip, cfg.entropy_coef,
-                        cfg.temperature, cfg.zero_stage, lora, seed=cfg.seed) for r in range(cfg.learners)])
+        learners=[place(LearnerActor, len(order) - n + r, policy, r, n, cfg.optim.lr, cfg.clip, cfg.entropy_coef,
+                        cfg.temperature, cfg.scaling.zero_stage, lora, cfg.optim.grad_clip, seed=cfg.seed)
+                  for r in range(n)])
     addr, port = ray_get(roles.learners[0].address.remote(), 120, "learner 0")
     ray_get([learner.setup.remote(addr, port) for learner in roles.learners], 600, "learner group set-up")
     return pg, roles
@@ -175,21 +197,17 @@ def score(cfg: RLConfig, roles: Roles, batches: list[dict], prompts: list, refer
             "gap": max(gaps) if gaps else None, "score_s": time.perf_counter() - t0}
 
 
-def update(cfg: RLConfig, roles: Roles, experiences: list[tuple], kl_coef: float = 0.0) -> dict:
-    """K epochs over the step's minibatches (one per rollout batch), each split by rows across the learner
-    ranks; `experiences` are (batch, old log-probs or None (on-policy: the first forward's), token
-    advantages, reference log-probs or None, (returns, old values) for the critic or None). Returns the
-    last epoch's mean figures and the rollout gap rank 0 saw before the first optimizer step."""
-    from app.rl.rollout import shard
+def update(cfg: RLConfig, roles: Roles, experiences: list[Experience], kl_coef: float = 0.0) -> dict:
+    """K epochs over the step's minibatches (one Experience per rollout batch), each split by rows across the
+    learner ranks; the critic (PPO) trains on the whole batch. Returns the last epoch's mean figures and the
+    rollout gap rank 0 saw before the first optimizer step."""
     n, t0, first_gap = len(roles.learners), time.perf_counter(), None
-    rows = lambda x, r: None if x is None else x[r::n]  # noqa: E731
     for _ in range(cfg.epochs):
         stats, value_losses = [], []
-        for b, old, adv, ref, critic in experiences:
-            stats += [learner.update.remote(shard(b, r, n), rows(old, r), adv[r::n], rows(ref, r), kl_coef)
-                      for r, learner in enumerate(roles.learners)]
-            if critic is not None:
-                value_losses.append(roles.critic.update.remote(b, *critic))
+        for exp in experiences:
+            stats += [learner.update.remote(exp.rows(r, n), kl_coef) for r, learner in enumerate(roles.learners)]
+            if exp.returns is not None:
+                value_losses.append(roles.critic.update.remote(exp.batch, exp.returns, exp.values))
         stats = ray_get(stats, cfg.sync_timeout_s, "learner update")
         value_losses = ray_get(value_losses, cfg.sync_timeout_s, "critic update")
         first_gap = stats[0]["rollout_gap"] if first_gap is None else first_gap
@@ -240,8 +258,6 @@ def load_checkpoint(cfg: RLConfig, out: Path, roles: Roles) -> dict | None:
 
 def run(cfg: RLConfig, step_fn: Callable) -> dict:
     """Train with `step_fn(cfg, roles, batches, prompts, references, tokenizer, kl_ctl) -> figures`."""
-    from app.cluster import init_ray
-    from app.models import load_tokenizer, resolve
     if not (cfg.reward_model or cfg.reward_function):
         raise UserError("set reward_model (a jobs.reward output) and/or reward_function (module:function)")
     policy = str(resolve(cfg.policy))
@@ -265,8 +281,6 @@ def run(cfg: RLConfig, step_fn: Callable) -> dict:
 
 def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: list, tokenizer, policy: str,
            out: Path) -> dict:
-    from app.runinfo import sha256_path, write_manifest
-    from app.train.metrics import MetricsLogger, read_metrics
     kl_ctl = losses.KLController(cfg.kl.init, cfg.kl.target, cfg.kl.horizon)
     resumed = load_checkpoint(cfg, out, roles)
     start, version = (resumed["step"], resumed["version"]) if resumed else (0, 0)
@@ -283,7 +297,7 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: 
                            cfg.algorithm)
     pub = publish(roles.learners[0], version, cfg.sync_timeout_s)
     sync(roles.rollouts, pub, cfg.sync_timeout_s, cfg.max_restarts)  # everyone samples the same version
-    sampler = Sampler(cfg, roles.rollouts, data)
+    sampler = Sampler(cfg.sampling_plan(), roles.rollouts, data)
 
     def measure(step: int, version: int) -> dict:
         measured.append(held.measure(cfg, roles, heldout, version, tokenizer, step))
@@ -345,7 +359,6 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: 
 
 def _save_final(cfg: RLConfig, roles: Roles, tokenizer, policy: str, out: Path) -> Path:
     """final/: the trained policy as a plain HF directory (a LoRA adapter merged in), safetensors."""
-    from app.models import load_policy
     final = out / "final"
     model, _ = load_policy(policy)
     model.load_state_dict(ray_get(roles.learners[0].merged_state.remote(), cfg.sync_timeout_s, "learner state"))

@@ -12,6 +12,8 @@ from pydantic import Field, model_validator
 
 from app.rl import losses
 from app.rl.controller import KLConfig, RLConfig, Roles, score, step_figures, update
+from app.rl.experience import Experience
+from app.rl.controller import run as run_rl
 
 
 class GRPOConfig(RLConfig):
@@ -45,7 +47,8 @@ def grpo_step(cfg: GRPOConfig, roles: Roles, batches: list[dict], prompts: list,
     experiences, start, kls = [], 0, []
     for b, ref, old in zip(batches, scored["ref"], scored["old"]):
         rows, mask = len(b["sequences"]), b["response_mask"]
-        experiences.append((b, old, advantages[start:start + rows, None] * mask, ref, None))
+        experiences.append(Experience(b, advantages[start:start + rows, None] * mask, old_logprobs=old,
+                                      ref_logprobs=ref, rewards=rewards[start:start + rows], version=b["version"]))
         start += rows
         sampled = b["rollout_logprobs"] if old is None else old
         kls.append(losses.sequence_kl(sampled, ref, mask))
@@ -58,5 +61,4 @@ def grpo_step(cfg: GRPOConfig, roles: Roles, batches: list[dict], prompts: list,
 
 
 def run(cfg: GRPOConfig) -> dict:
-    from app.rl.controller import run as run_rl
     return run_rl(cfg, grpo_step)

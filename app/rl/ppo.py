@@ -11,6 +11,8 @@ import torch
 
 from app.rl import losses
 from app.rl.controller import RLConfig, Roles, score, step_figures, update
+from app.rl.experience import Experience
+from app.rl.controller import run as run_rl
 
 
 class PPOConfig(RLConfig):
@@ -41,7 +43,8 @@ def ppo_step(cfg: PPOConfig, roles: Roles, batches: list[dict], prompts: list, r
         start += rows
         rewards, _ = losses.token_rewards(sequence_scores, old, ref, mask, kl_ctl.value)
         adv, returns = losses.gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        experiences.append((b, old, losses.whiten(adv, mask), None, (returns, values)))
+        experiences.append(Experience(b, losses.whiten(adv, mask), old_logprobs=old, returns=returns, values=values,
+                                      rewards=sequence_scores, version=b["version"]))
         kls.append(losses.sequence_kl(old, ref, mask))
     updated = update(cfg, roles, experiences)
     k1, k3 = (sum(k[i] for k in kls) / len(kls) for i in (0, 1))
@@ -50,5 +53,4 @@ def ppo_step(cfg: PPOConfig, roles: Roles, batches: list[dict], prompts: list, r
 
 
 def run(cfg: PPOConfig) -> dict:
-    from app.rl.controller import run as run_rl
     return run_rl(cfg, ppo_step)

@@ -75,11 +75,6 @@ def token_values(value_model, batch: dict) -> torch.Tensor:
     return values * batch["response_mask"]
 
 
-def shard(batch: dict, rank: int, world: int) -> dict:
-    """Rows rank, rank + world, ... of a batch: a learner rank's share."""
-    return {k: v[rank::world] if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 class VLLMWeightLoader:
     """vLLM worker extension (`worker_extension_cls`): loads published weights into the running engine."""
 

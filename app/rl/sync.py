@@ -1,18 +1,34 @@
 """Weight sync and sampling for the RL controller (app.rl.controller): the learner publishes a policy version
 with its checksum, every rollout actor loads and reports it, and the Sampler hands each actor its chunk of
-the step's prompts, re-sampling a chunk whose actor died or came back stale. Every wait has a timeout."""
+the step's prompts, re-sampling a chunk whose actor died or came back stale. Every wait has a timeout.
+A leaf module: it knows the actors only by their remote methods (load_weights, generate, weights)."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from app.rl.controller import RLConfig
+import ray
+
+
+class StaleWeights(RuntimeError):
+    """A rollout actor was asked to sample for a policy version it does not hold."""
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """How a step's prompts are spread and sampled (RLConfig.sampling_plan() builds it)."""
+    rollout_actors: int
+    prompts_per_actor: int
+    group_size: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    max_restarts: int
+    timeout_s: float
 
 
 def ray_get(refs, timeout: float, what: str):
-    import ray
     try:
         return ray.get(refs, timeout=timeout)
     except ray.exceptions.GetTimeoutError:
@@ -29,7 +45,6 @@ class Published:
 
 
 def publish(learner, version: int, timeout: float) -> Published:
-    import ray
     state, checksum = ray_get(learner.weights.remote(), timeout, "learner weights")
     return Published(version, ray.put(state), checksum, sum(v.nbytes for v in state.values()) / 1e6)
 
@@ -41,7 +56,6 @@ def _check(status: dict, pub: Published) -> None:
 
 def load_into(actor, pub: Published, timeout: float, tries: int) -> None:
     """Load a published version into one rollout actor, waiting out a restart; the actor must report it."""
-    import ray
     for attempt in range(tries + 1):
         try:
             status = ray_get(actor.load_weights.remote(pub.version, pub.ref, pub.checksum), timeout, "weight sync")
@@ -55,7 +69,6 @@ def load_into(actor, pub: Published, timeout: float, tries: int) -> None:
 
 def sync(rollouts: list, pub: Published, timeout: float, tries: int) -> None:
     """Every rollout actor loads `pub` (in parallel) and reports its version and checksum."""
-    import ray
     refs = [a.load_weights.remote(pub.version, pub.ref, pub.checksum) for a in rollouts]
     for actor, ref in zip(rollouts, refs):
         try:
@@ -70,17 +83,17 @@ class Sampler:
     """The step's prompts, split into one chunk per rollout actor, sampled with seeds fixed by (step, chunk);
     a chunk whose actor died or came back stale is re-sampled after reloading the current version."""
 
-    def __init__(self, cfg: RLConfig, rollouts: list, data: list):
-        self.cfg, self.rollouts, self.data = cfg, rollouts, data
+    def __init__(self, plan: SamplingPlan, rollouts: list, data: list):
+        self.plan, self.rollouts, self.data = plan, rollouts, data
         self.restarts = 0
 
     def chunks(self, step: int) -> list[list[int]]:
-        per_step = self.cfg.rollout_actors * self.cfg.prompts_per_actor
+        per_step = self.plan.rollout_actors * self.plan.prompts_per_actor
         idx = [(step * per_step + i) % len(self.data) for i in range(per_step)]
-        return [idx[j::self.cfg.rollout_actors] for j in range(self.cfg.rollout_actors)]
+        return [idx[j::self.plan.rollout_actors] for j in range(self.plan.rollout_actors)]
 
     def _launch(self, step: int, j: int, chunk: list[int], version: int):
-        c = self.cfg
+        c = self.plan
         return self.rollouts[j].generate.remote([self.data[i][2] for i in chunk for _ in range(c.group_size)],
                                                 version, c.max_new_tokens,
                                                 c.temperature, c.top_p, c.seed * 100003 + step * 101 + j)
@@ -91,24 +104,22 @@ class Sampler:
                 "refs": [self._launch(step, j, chunk, version) for j, chunk in enumerate(chunks)]}
 
     def collect(self, pending: dict, pub: Published) -> list[dict]:
-        import ray
-        from app.rl.actors import StaleWeights
         batches = []
         for j, (chunk, ref) in enumerate(zip(pending["chunks"], pending["refs"])):
-            for attempt in range(self.cfg.max_restarts + 1):
+            for attempt in range(self.plan.max_restarts + 1):
                 try:
-                    batch = ray_get(ref, self.cfg.sync_timeout_s, f"rollout actor {j}")
+                    batch = ray_get(ref, self.plan.timeout_s, f"rollout actor {j}")
                     break
                 except (ray.exceptions.RayActorError, StaleWeights) as e:
-                    if attempt == self.cfg.max_restarts:
+                    if attempt == self.plan.max_restarts:
                         raise
                     self.restarts += 1
                     print(f"rollout actor {j} lost its chunk ({type(e).__name__}); reloading v{pub.version} "
                           f"and sampling it again", flush=True)
-                    load_into(self.rollouts[j], pub, self.cfg.sync_timeout_s, self.cfg.max_restarts)
+                    load_into(self.rollouts[j], pub, self.plan.timeout_s, self.plan.max_restarts)
                     ref = self._launch(pending["step"], j, chunk, pub.version)
-            if len(batch["sequences"]) != len(chunk) * self.cfg.group_size:
+            if len(batch["sequences"]) != len(chunk) * self.plan.group_size:
                 raise RuntimeError(f"rollout actor {j} returned {len(batch['sequences'])} rows for {len(chunk)} "
-                                   f"prompts x {self.cfg.group_size}")
+                                   f"prompts x {self.plan.group_size}")
             batches.append(batch)
         return batches

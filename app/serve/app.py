@@ -37,7 +37,7 @@ from app.serve import protocol as P
 from app.serve.config import ServeArgs
 from app.serve.engines import GenParams, make_engine
 from app.serve.limits import RateLimiter
-from app.serve.metrics import ServeMetrics
+from app.serve.prometheus import ServeMetrics
 from app.serve.safety import REFUSAL, OutputFilter
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

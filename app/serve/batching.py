@@ -75,6 +75,7 @@ class Batcher:
         self.mask: torch.Tensor | None = None      # [B, W] 1 on real tokens
         self.next_ids: torch.Tensor | None = None  # [B] the token each row feeds next
         self.lock = threading.Lock()               # held while the model runs (adapter loading waits on it)
+        self.peak_rows = 0                         # the most rows one decode step carried (metrics, tests)
         threading.Thread(target=self._loop, daemon=True, name="batcher").start()
 
     def submit(self, seq: Sequence) -> None:
@@ -138,6 +139,7 @@ class Batcher:
         self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
 
     def _step(self) -> None:
+        self.peak_rows = max(self.peak_rows, len(self.running))
         positions = self.mask.sum(1, keepdim=True)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.running), 1)], dim=1)
         logits = self._forward(self.next_ids[:, None], self.mask, positions, self.cache, self.running)

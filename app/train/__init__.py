@@ -1,1 +1,2 @@
-"""Supervised fine-tuning on Ray Train + DeepSpeed (app/train/sft.py is the entrypoint)."""
+"""The offline trainers (SFT, DPO, the reward model) on one training loop: app/train/loop.py per worker,
+app/train/fit.py on the driver."""

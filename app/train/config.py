@@ -1,4 +1,8 @@
-"""The SFT config: `python -m jobs.sft jobs/configs/sft_demo.yaml [key=value ...]`."""
+"""The trainers' configs: the sections app/train/loop.py reads (optim, train, eval, checkpoint, scaling), shared
+by SFT, DPO (app/train/dpo.py) and the reward model (app/train/reward.py), and the SFT config itself.
+
+    python -m jobs.sft jobs/configs/sft_demo.yaml [key=value ...]
+"""
 from __future__ import annotations
 
 from typing import Literal
@@ -68,14 +72,10 @@ class ScalingSection(Config):
     max_failures: int = 2  # worker group restarts from the last checkpoint before the run fails
 
 
-class SFTConfig(JobConfig):
+class TrainerConfig(JobConfig):
+    """What every offline trainer shares: the starting model and the loop's sections."""
     model: str = "smollm2-135m-instruct"
-    init_from: str | None = None  # an earlier run's output dir (its final/): two-stage fine-tuning
     trust_remote_code: bool = False
-    method: Literal["full", "lora", "qlora", "prompt_tuning"] = "lora"
-    lora: LoraSection = LoraSection()
-    prompt_tuning: PromptTuningSection = PromptTuningSection()
-    data: DataSection = DataSection()
     optim: OptimSection = OptimSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
@@ -83,6 +83,14 @@ class SFTConfig(JobConfig):
     scaling: ScalingSection = ScalingSection()
     wandb: bool = True  # offline unless WANDB_MODE says otherwise
     tensorboard: bool = True
+
+
+class SFTConfig(TrainerConfig):
+    init_from: str | None = None  # an earlier run's output dir (its final/): two-stage fine-tuning
+    method: Literal["full", "lora", "qlora", "prompt_tuning"] = "lora"
+    lora: LoraSection = LoraSection()
+    prompt_tuning: PromptTuningSection = PromptTuningSection()
+    data: DataSection = DataSection()
 
     @model_validator(mode="after")
     def consistent(self):

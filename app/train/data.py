@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from app.chat import ChatTooLong, render
+from app.models import load_tokenizer
 
 IGNORE = -100
 
 
 @lru_cache(maxsize=2)
 def _tokenizer(path: str):
-    from app.models import load_tokenizer
     return load_tokenizer(path)
 
 

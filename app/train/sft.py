@@ -1,12 +1,14 @@
-"""Supervised fine-tuning on Ray Train: the driver side.
+"""Supervised fine-tuning on Ray Train: the data, the objective the shared loop trains (app/train/loop.py),
+the export.
 
     python -m jobs.sft jobs/configs/sft_demo.yaml [key=value ...]
     ray job submit --working-dir . -- python -m jobs.sft jobs/configs/sft_demo.yaml
 
 It checks the config against the model before any worker starts (QLoRA needs CUDA, LoRA target modules
 must exist, a checkpoint under output_dir must come from the same model and method), tokenizes the data
-stage's train/ and val/ with app/chat.py on Ray Data, runs app/train/loop.py on `scaling.num_workers`
-TorchTrainer workers with DeepSpeed, restarts failed workers from the last checkpoint, and finally
+stage's train/ and val/ with app/chat.py on Ray Data, runs app/train/loop.py with this module's
+`objective` on `scaling.num_workers` TorchTrainer workers with DeepSpeed (app/train/fit.py), restarts
+failed workers from the last checkpoint, and finally
 exports the best checkpoint as final/ (and adapter/), metrics.jsonl, training_curve.png, manifest.json.
 Re-running the same command resumes from the last complete checkpoint.
 """
@@ -24,9 +26,12 @@ from app.models import resolve
 from app.runinfo import sha256_file, write_manifest
 from app.train import checkpoints
 from app.train.config import SFTConfig
-from app.train.data import tokenize_batch
+from app.train.data import IGNORE, micro_batches, tokenize_batch
 from app.train.export import export
-from app.train.metrics import plot_curve, read_metrics
+from app.train.fit import check_resume, fit, quiet_data, split
+from app.train.loop import Objective, Run, Step, perplexity
+from app.train.logger import plot_curve, read_metrics
+from app.train.model import build_model
 
 
 def check_model(cfg: SFTConfig) -> str:
@@ -47,21 +52,6 @@ def check_model(cfg: SFTConfig) -> str:
             raise UserError(f"lora.target_modules {missing} are not linear layers of {spec} "
                             f"(available: {', '.join(sorted(names))})")
     return path
-
-
-def check_resume(run_dir: Path, cfg: SFTConfig, model_path: str) -> None:
-    done = checkpoints.complete_checkpoints(run_dir) if run_dir.is_dir() else []
-    if done:
-        saved = checkpoints.state_of(done[-1]).get("identity", {})
-        if saved and saved != identity(cfg, model_path):
-            raise UserError(f"{run_dir} holds checkpoints of another model, method or world size ({saved}); "
-                            f"use another output_dir or name")
-
-
-def identity(cfg: SFTConfig, model_path: str) -> dict:
-    """What a checkpoint must share with the run that resumes it."""
-    return {"model": model_path, "method": cfg.method, "workers": cfg.scaling.num_workers,
-            "zero_stage": cfg.scaling.zero_stage}
 
 
 def load_split(folder: Path, model_path: str, max_len: int, limit: int | None):
@@ -89,74 +79,38 @@ def build_datasets(cfg: SFTConfig, model_path: str) -> dict:
     if train.count() == 0:
         raise UserError(f"no usable training rows in {data}/train (every conversation was empty or too long)")
     val = load_split(data / "val", model_path, cfg.data.max_len, cfg.data.max_val_samples)
-    val = val.materialize() if val is not None else None
-    # One fixed part per worker (split once, here): the same rows reach the same rank on every run and
-    # restart, which exact resume needs; each worker streams only its own part.
-    n = cfg.scaling.num_workers
-    datasets = {f"train_{i}": part for i, part in enumerate(train.split(n, equal=True))}
-    if val is not None and val.count() >= n:  # else no validation (each worker needs a part)
-        datasets.update({f"val_{i}": part for i, part in enumerate(val.split(n, equal=True))})
-    return datasets
-
-
-def loop_config(cfg: SFTConfig, model_path: str, out: Path, has_val: bool) -> dict:
-    """The flat arguments train_loop_per_worker gets (it never sees the config object)."""
-    o, t = cfg.optim, cfg.train
-    return dict(model_path=model_path, trust_remote_code=cfg.trust_remote_code, method=cfg.method,
-                lora_r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                target_modules=cfg.lora.target_modules, num_virtual_tokens=cfg.prompt_tuning.num_virtual_tokens,
-                max_len=cfg.data.max_len, packing=getattr(cfg.data, "packing", False), lr=o.lr, weight_decay=o.weight_decay,
-                betas=list(o.betas), schedule=o.schedule, warmup_steps=o.warmup_steps, grad_clip=o.grad_clip,
-                grad_accum=o.grad_accum, epochs=t.epochs, max_steps=t.max_steps, micro_batch_size=t.micro_batch_size,
-                precision=t.precision, gradient_checkpointing=t.gradient_checkpointing, dropout=t.dropout,
-                log_every=t.log_every, eval_every=cfg.eval.every, patience=cfg.eval.patience,
-                save_every=cfg.checkpoint.every, zero_stage=cfg.scaling.zero_stage, offload=cfg.scaling.offload,
-                seed=cfg.seed, has_val=has_val, out_dir=str(out.resolve()), name=cfg.name,
-                identity=identity(cfg, model_path), wandb=cfg.wandb, tensorboard=cfg.tensorboard,
-                config=cfg.model_dump(mode="json"))
+    return split(train, val.materialize() if val is not None else None, cfg.scaling.num_workers)
 
 
 def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
     """Train; `callbacks` are Ray Train callbacks (a sweep passes Tune's TuneReportCallback)."""
-    from app.train.loop import train_loop_per_worker
     out = cfg.out("sft")
     model_path = check_model(cfg)
-    run_dir = (out / "ray" / "train").resolve()
-    check_resume(run_dir, cfg, model_path)
+    check_resume(out, cfg, model_path)
     init_ray()
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # workers read small buffered parts
-    ctx.execution_options.preserve_order = True  # same blocks in the same order: same parts every run
-    datasets = build_datasets(cfg, model_path)
-    best = fit(cfg, train_loop_per_worker, loop_config(cfg, model_path, out, "val_0" in datasets), datasets, run_dir,
-               callbacks)
+    quiet_data()
+    best = fit(cfg, objective, build_datasets(cfg, model_path), out, model_path, "sft", callbacks=callbacks)
     final = export(best, model_path, out, cfg.method, cfg.lora.model_dump(), cfg.prompt_tuning.num_virtual_tokens)
     return summarize(cfg, out, best, final, model_path)
 
 
-def fit(cfg: SFTConfig, train_loop, loop: dict, datasets: dict, run_dir: Path, callbacks: list | None = None) -> Path:
-    """`train_loop` on Ray Train workers (cfg.scaling), checkpoints under run_dir, restarts on worker failure;
-    returns the best complete checkpoint (lowest val loss, else the last). SFT and DPO share it."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    has_val = "val_0" in datasets
-    trainer = TorchTrainer(
-        train_loop, train_loop_config=loop,
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
-        run_config=RunConfig(name="train", storage_path=str(run_dir.parent), callbacks=callbacks or [],
-                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                             checkpoint_config=CheckpointConfig(
-                                 num_to_keep=cfg.checkpoint.keep,  # the best by val loss; Ray keeps the latest too
-                                 checkpoint_score_attribute="val_loss" if has_val else None,
-                                 checkpoint_score_order="min")))
-    trainer.fit()
-    kept = checkpoints.complete_checkpoints(run_dir)
-    if not kept:
-        raise RuntimeError(f"training finished without a complete checkpoint under {run_dir}")
-    scored = [c for c in kept if checkpoints.state_of(c).get("val_loss") is not None]
-    return min(scored, key=lambda c: checkpoints.state_of(c)["val_loss"]) if scored else kept[-1]
+def objective(cfg_json: dict, run: Run) -> tuple[SFTConfig, Objective]:
+    """On each worker: the model (method applied) and the next-token loss on assistant tokens."""
+    cfg = SFTConfig.model_validate(cfg_json)
+    model, pad_id = build_model(cfg, run.model_path)
+    d, mb = cfg.data, cfg.train.micro_batch_size
+
+    def batches(rows: list[dict], epoch: int, train: bool) -> list[dict]:
+        if train:
+            return micro_batches(rows, mb, d.max_len, d.packing, cfg.seed, epoch, pad_id)
+        return micro_batches(rows, mb, d.max_len, False, 0, 0, pad_id, drop_last=False)
+
+    def step(engine, batch: dict) -> Step:
+        inputs = {k: v.to(engine.device) for k, v in batch.items() if k != "_real_tokens"}
+        loss = engine(**inputs).loss
+        return Step(loss, {"loss": loss.item()}, float((batch["labels"][:, 1:] != IGNORE).sum()),
+                    batch["_real_tokens"])
+    return cfg, Objective(model, batches, step, derive=perplexity)
 
 
 def summarize(cfg: SFTConfig, out: Path, best: Path, final: Path, model_path: str) -> dict:

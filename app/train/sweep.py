@@ -30,6 +30,9 @@ from pydantic import Field, ValidationError
 
 from app.config import Config, ConfigError, JobConfig, explain, load_config, read_yaml, set_dotted
 from app.train.config import SFTConfig
+from app.cluster import init_ray
+from app.runinfo import sha256_file, write_manifest
+from app.train import sft
 
 DISTRIBUTION = re.compile(r"^\s*(loguniform|uniform|randint)\(\s*([^,]+?)\s*,\s*([^)]+?)\s*\)\s*$")
 
@@ -121,14 +124,11 @@ def train_trial(params: dict, cfg_json: str, root: str, trials_dir: str) -> None
     """One Tune trial: an SFT run whose reports reach Tune (and so ASHA)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
-    from app.train import sft
     os.chdir(root)  # relative paths in the configs are the project's
     cfg = SweepConfig.model_validate_json(cfg_json)
     trial_id = tune.get_context().get_trial_id()
     out = Path(trials_dir) / trial_id
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "starts.txt", "a") as f:  # how many times this trial was started (resume must not re-run)
-        f.write("start\n")
     sft_cfg = SFTConfig.model_validate(trial_config(cfg, params, str(out)))
     sft.run(sft_cfg, callbacks=[TuneReportCallback()])
 
@@ -136,8 +136,6 @@ def train_trial(params: dict, cfg_json: str, root: str, trials_dir: str) -> None
 def run(cfg: SweepConfig) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from app.cluster import init_ray
-    from app.runinfo import sha256_file, write_manifest
     check(cfg)
     out = cfg.out("sweep").resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,8 @@ from app.data.report import manifest_counts, print_summary
 from app.data.split import assign, ngram_hashes, over_cap, overlap
 from app.records import REJECT_SCHEMA, SCHEMAS
 from app.runinfo import write_manifest
+from app.tracking import log_summary
+import app
 
 PROCESSED = pa.schema([("id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
                        ("detail", pa.string()), ("raw", pa.string()), ("messages", pa.string()),
@@ -212,7 +214,6 @@ def run(cfg: DataConfig) -> dict:
                               counts=counts, dedup=dedup_stats, versions=_versions(), started=started)
     print_summary(counts, dedup_stats, out)
     if cfg.wandb:
-        from app.tracking import log_summary
         log_summary("data", cfg.name, cfg.model_dump(), {**counts["after_stage"], **dedup_stats}, out)
     return manifest
 
@@ -244,7 +245,6 @@ def write_outputs(out, table: pa.Table, splits: dict, decisions: dict, kind: str
 
 def _versions() -> dict:
     import pyarrow
-    import app
     return {"ray": ray.__version__, "pyarrow": pyarrow.__version__, "numpy": np.__version__,
             "raypost": getattr(app, "__version__", "0.1.0")}
 

@@ -1,4 +1,5 @@
-"""Preference pairs: reading them (our JSONL, or Anthropic HH-RLHF transcripts), splitting, tokenizing. Pure.
+"""Preference pairs for DPO and the reward model: reading them (a data stage output, our JSONL, or Anthropic
+HH-RLHF transcripts), splitting, tokenizing. Pure (no Ray).
 
 A pair is {id, prompt: [messages], chosen: str, rejected: str, dimension?, margin?}. HH-RLHF records hold
 two whole transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."); their shared turns become the prompt and
@@ -9,12 +10,24 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import random
 import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from app.chat import ChatTooLong, render
+from app.config import Config, UserError
+
+class PairData(Config):
+    """The pairs a trainer reads: a data stage output (input.kind=preference), {prompt, chosen, rejected} JSONL,
+    or HH-RLHF (.jsonl.gz)."""
+    path: str = "runs/pipeline-demo/data_prefs/train"
+    val_share: float = 0.1
+    max_len: int = 512
+    max_train_pairs: int | None = None
+    max_val_pairs: int | None = 64
+
 
 TURN = re.compile(r"\n\n(Human|Assistant): ")
 
@@ -104,3 +117,32 @@ def tokenize(tokenizer, pairs: list[dict], heads: list[str], max_len: int) -> tu
         rows.append({"id": p["id"], "chosen": chosen, "rejected": rejected, "chosen_mask": last_run(chosen_mask),
                      "rejected_mask": last_run(rejected_mask), "head": heads.index(head), "margin": float(p.get("margin", 0.0))})
     return rows, dropped
+
+
+def load(data: PairData, tokenizer, heads: list[str] | None, seed: int, min_train: int) -> tuple[list, list, dict]:
+    """(train rows, val rows, counts) of tokenized pairs; `heads` None: every dimension the pairs name.
+    Fewer than `min_train` usable training pairs is an error that says where the others went."""
+    if not Path(data.path).exists():
+        raise UserError(f"preference data {data.path} not found (python -m jobs.demo_data writes the demo's)")
+    pairs, skipped = read_pairs(data.path)
+    heads = heads or sorted({p.get("dimension", "preference") for p in pairs})
+    train_pairs, val_pairs = split(pairs, data.val_share, seed)
+    train, dropped = tokenize(tokenizer, train_pairs[:data.max_train_pairs], heads, data.max_len)
+    val, dropped_val = tokenize(tokenizer, val_pairs[:data.max_val_pairs], heads, data.max_len)
+    counts = {"pairs": len(pairs), "skipped": skipped, "train": len(train), "val": len(val),
+              "too_long_or_unknown_head": dropped + dropped_val}
+    if len(train) < min_train:
+        unread = f", {sum(skipped.values())} unreadable ({skipped})" if skipped else ""
+        raise UserError(f"{len(train)} usable training pairs in {data.path}, fewer than {min_train} (one micro-batch "
+                        f"per worker): of {len(train_pairs[:data.max_train_pairs])} training pairs read, {dropped} "
+                        f"are longer than data.max_len={data.max_len} tokens or name a head not in {heads}{unread}")
+    return train, val, counts
+
+
+def micro_batches(rows: list[dict], size: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[dict]]:
+    """One epoch of tokenized pairs in groups of `size`: sorted by id, shuffled by (seed, epoch) for training
+    (a short last group dropped), in order and complete for validation."""
+    rows = sorted(rows, key=lambda r: r["id"])
+    if shuffle:
+        random.Random(seed * 1000 + epoch).shuffle(rows)
+    return [rows[i:i + size] for i in range(0, len(rows) - (size - 1 if shuffle else 0), size)]
