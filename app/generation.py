@@ -1,4 +1,4 @@
-"""Batched chat generation with HF `generate`: the CPU engine behind jobs.generate (and later eval/rollout).
+"""Batched chat generation with HF `generate`: what jobs.generate and the eval stage (app/eval/runner.py) answer with.
 
     python -m jobs.generate model=smollm2-135m-instruct prompt="What is the capital of France?"
 """

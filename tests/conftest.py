@@ -8,13 +8,17 @@ import pytest
 import torch
 
 
+SLOW_FIXTURES = {"ray_local", "cluster", "tiny_adapters"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests skip without CUDA; a test on a Ray cluster is `slow` (make test-fast leaves those out)."""
+    """`gpu` tests skip without CUDA; a test on a Ray cluster, in a child process or on a trained adapter is
+    `slow` (make test-fast leaves those out)."""
     skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs CUDA")
     for item in items:
         if skip and "gpu" in item.keywords:
             item.add_marker(skip)
-        if "ray_local" in getattr(item, "fixturenames", ()):
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

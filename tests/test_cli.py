@@ -12,6 +12,7 @@ def job(*args):
                           timeout=300)
 
 
+@pytest.mark.slow  # child processes
 @pytest.mark.parametrize("args,needle", [
     (["model=no-such-model", "prompt=hi"], "model path not found: no-such-model"),
     (["model=tiny", "promt=hi"], "unknown config key 'promt'"),
@@ -27,6 +28,7 @@ def test_generate_bad_input_is_one_line(args, needle):
         [result.stderr.strip().splitlines()[-1]]
 
 
+@pytest.mark.slow  # child processes
 def test_generate_tiny_is_seeded_across_processes(tiny):
     from app.generation import generate_chat
     result = job("jobs.generate", "model=tiny", "prompt=hello", "max_new_tokens=8", "temperature=1.0", "seed=7")

@@ -137,6 +137,7 @@ def test_pipeline_failure_caching_changes_and_from(ray_local, tmp_path):
     assert forced.returncode == 0 and ran == {"quant"} and cached == {"raw", "data"}
 
 
+@pytest.mark.slow  # child processes
 def test_independent_stages_run_at_once_with_parallel(tmp_path):
     spec = {"job": "demo_data", "overrides": ["n_dialogs=20", "n_tickets=2", "n_preferences=2", "n_prompts=2",
                                               "n_arithmetic=2"]}
