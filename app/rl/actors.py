@@ -22,7 +22,7 @@ from app.rl.rollout import response_logprobs, sample, to_device, token_values, w
 from app.rl.sync import StaleWeights
 from app.config import load_callable
 from app.data.pii import SensitiveWords
-from app.eval.safety import toxicity
+from app import safety
 from app.models import load_policy
 from app.models import load_tokenizer
 from app.rl.rollout import sample_vllm
@@ -132,8 +132,8 @@ class ReferenceActor:
 
 @ray.remote
 class RewardActor:
-    """score = reward model + sum of weight * function(prompts, responses[, references]) - penalty on a
-    sensitive-word hit or a toxicity score >= the threshold."""
+    """score = reward model + sum of weight * function(prompts, responses[, references]) - penalty on an
+    unsafe response (app.safety.verdict: a sensitive word, a PII leak, toxicity >= the threshold)."""
 
     def __init__(self, reward_model: str | None, functions: dict[str, float], penalty: float,
                  toxicity_threshold: float, threads: int = 1):
@@ -147,7 +147,7 @@ class RewardActor:
         raw = self.model.score(prompts, responses) if self.model else [0.0] * len(responses)
         for function, weight in self.functions:
             raw = [r + weight * v for r, v in zip(raw, rewards.call(function, prompts, responses, references))]
-        unsafe = [bool(self.words.find(r)) or toxicity(r) >= self.threshold for r in responses]
+        unsafe = [not safety.verdict(r, self.words, threshold=self.threshold)["safe"] for r in responses]
         return {"reward": [r - self.penalty * u for r, u in zip(raw, unsafe)], "raw": raw, "unsafe": unsafe}
 
 
