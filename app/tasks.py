@@ -1,11 +1,13 @@
 """Prompt sets and their tasks, read the same way by RL (training and held-out prompts) and evaluation:
 our JSONL ({id, prompt: text or messages, answer?}), GSM8K's JSONL ({question, answer}, asked to end with
 '#### <number>'), or a data stage output folder (`python -m jobs.data ... input.kind=prompt`: Parquet prompt
-records, e.g. its train/ or test/). Pure: no ray.
+records, e.g. its train/ or test/). The tasks' answer check lives here too: `final_number`, which the eval's
+GSM8K accuracy and the verifiable RL rewards (app/rl/rewards.py) both use. Pure: no ray.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -30,3 +32,17 @@ def load_prompts(path: str, limit: int | None = None) -> list[dict]:
         out.append({"id": str(record.get("id", n)), "answer": record.get("answer") or record.get("reference"),
                     "prompt": prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]})
     return out
+
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str) -> str | None:
+    """GSM8K's answer: the number after '####', else the last number in the text; commas dropped."""
+    text = text or ""
+    tail = text.split("####")[-1] if "####" in text else text
+    found = NUMBER.findall(tail)
+    if not found:
+        return None
+    value = found[0 if "####" in text else -1].replace(",", "").rstrip(".")
+    return value[:-2] if value.endswith(".0") else value

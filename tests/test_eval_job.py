@@ -8,7 +8,7 @@ import pytest
 from app import PROJECT_ROOT
 from app.config import ConfigError, UserError, load_config
 from app.eval.evaluate import EvalConfig, run
-from app.eval.metrics import final_number
+from app.tasks import final_number
 from app.registry import Registry
 
 

@@ -5,8 +5,9 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from app.eval.metrics import (accuracy, bleu, exact_match, final_number, normalize_answer, perplexity, rouge,
+from app.eval.metrics import (accuracy, bleu, exact_match, normalize_answer, perplexity, rouge,
                               text_scores, token_f1)
+from app.tasks import final_number
 
 
 def test_exact_match_and_f1_hand_computed():

@@ -26,14 +26,14 @@ from app.eval.compare import table
 from app.eval.gate import ITEMS_FILE, GateConfig, decide, find_baseline, load_items
 from app.eval.human import export_sheet
 from app.eval.judge import JudgeConfig, wins as judge_wins
-from app.eval.metrics import final_number, item_scores, perplexity, text_scores
+from app.eval.metrics import item_scores, perplexity, text_scores
 from app.eval.runner import answer_all, efficiency
 from app.eval.safety import load_redteam, score_answers, summarize
 from app.models import resolve
 from app.registry import Registry, default_path
 from app.rl import rewards
 from app.runinfo import sha256_file
-from app.tasks import load_prompts
+from app.tasks import final_number, load_prompts
 
 
 class HeldoutPrompts(Config):

@@ -9,7 +9,6 @@ An empty prediction scores 0; predictions and references of different lengths ar
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 
 from rouge_score import rouge_scorer
@@ -91,20 +90,6 @@ def rouge(preds: list[str], refs: list[str]) -> dict[str, float]:
 def accuracy(preds: list, labels: list) -> float:
     _check(preds, labels)
     return sum(p == l for p, l in zip(preds, labels)) / len(labels)
-
-
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def final_number(text: str) -> str | None:
-    """GSM8K's answer: the number after '####', else the last number in the text; commas dropped."""
-    text = text or ""
-    tail = text.split("####")[-1] if "####" in text else text
-    found = NUMBER.findall(tail)
-    if not found:
-        return None
-    value = found[0 if "####" in text else -1].replace(",", "").rstrip(".")
-    return value[:-2] if value.endswith(".0") else value
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:

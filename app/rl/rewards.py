@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import re
 
-from app.eval.metrics import final_number
+from app.tasks import final_number
 
 ANSWER_LINE = re.compile(r"####\s*-?\d[\d,]*(?:\.\d+)?\s*$")
 
