@@ -8,8 +8,8 @@ The driver reads preference pairs (ours or HH-RLHF, app.train.preferences), spli
 tokenizes them (the loss covers only the final answer's tokens) and hands each worker its part through
 Ray Data. The shared loop (app/train/loop.py) runs this module's `objective`: each worker first scores its
 pairs with the explicit reference model (`dpo.reference`, default the starting model), frees it, then
-trains the policy on app.rl.losses.dpo_loss. Validation reports the
-DPO loss, preference accuracy (implicit reward of chosen > rejected) and the mean reward margin.
+trains the policy on app.rl.losses.dpo_loss. Validation reports the DPO loss, preference accuracy
+(implicit reward of chosen > rejected) and the mean reward margin.
 Outputs as SFT: runs/dpo-<name>/final (+ adapter/), metrics.jsonl, training_curve.png, manifest.json.
 """
 from __future__ import annotations
@@ -51,19 +51,6 @@ class DPOConfig(TrainerConfig):
     optim: OptimSection = OptimSection(lr=5e-5)
 
 
-def _pad(seqs: list[list[int]], pad: int) -> torch.Tensor:
-    width = max(map(len, seqs))
-    return torch.tensor([list(s) + [pad] * (width - len(s)) for s in seqs])
-
-
-def collate(rows: list[dict], pad_id: int) -> dict:
-    """Chosen sequences then rejected ones, right-padded: input ids, attention and answer-token masks."""
-    ids = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
-    masks = [r["chosen_mask"] for r in rows] + [r["rejected_mask"] for r in rows]
-    return {"input_ids": _pad(ids, pad_id), "attention_mask": _pad([[1] * len(s) for s in ids], 0),
-            "answer_mask": _pad(masks, 0)}
-
-
 def sequence_logprobs(model, batch: dict) -> torch.Tensor:
     """Summed log-probs of each sequence's answer tokens: [2B] (chosen first)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
@@ -76,7 +63,7 @@ def add_reference_logprobs(rows: list[dict], reference: str, pad_id: int, size: 
     """Score every pair once with the frozen reference (loaded here, freed after)."""
     model = load_policy(reference)[0]
     for batch_rows in preferences.micro_batches(rows, size, 0, 0, shuffle=False):
-        lp = sequence_logprobs(model, collate(batch_rows, pad_id))
+        lp = sequence_logprobs(model, preferences.collate(batch_rows, pad_id))
         for i, r in enumerate(batch_rows):
             r["ref_chosen"], r["ref_rejected"] = float(lp[i]), float(lp[len(batch_rows) + i])
     del model
@@ -94,7 +81,7 @@ def objective(cfg_json: dict, run: Run) -> tuple[DPOConfig, Objective]:
             preferences.micro_batches(rows, mb, 0, 0, shuffle=False)
 
     def step(engine, rows: list[dict]) -> Step:
-        batch = {k: v.to(engine.device) for k, v in collate(rows, pad_id).items()}
+        batch = {k: v.to(engine.device) for k, v in preferences.collate(rows, pad_id).items()}
         lp = sequence_logprobs(engine, batch)
         n = len(rows)
         ref = torch.tensor([[r["ref_chosen"] for r in rows], [r["ref_rejected"] for r in rows]], device=lp.device)

@@ -1,5 +1,5 @@
 """Preference pairs for DPO and the reward model: reading them (a data stage output, our JSONL, or Anthropic
-HH-RLHF transcripts), splitting, tokenizing. Pure (no Ray).
+HH-RLHF transcripts), splitting, tokenizing, batching. Pure (no Ray).
 
 A pair is {id, prompt: [messages], chosen: str, rejected: str, dimension?, margin?}. HH-RLHF records hold
 two whole transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."); their shared turns become the prompt and
@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import torch
 
 from app.chat import ChatTooLong, render
 from app.config import Config, UserError
@@ -146,3 +147,16 @@ def micro_batches(rows: list[dict], size: int, seed: int, epoch: int, shuffle: b
     if shuffle:
         random.Random(seed * 1000 + epoch).shuffle(rows)
     return [rows[i:i + size] for i in range(0, len(rows) - (size - 1 if shuffle else 0), size)]
+
+
+def _pad(seqs: list[list[int]], pad: int) -> torch.Tensor:
+    width = max(map(len, seqs))
+    return torch.tensor([list(s) + [pad] * (width - len(s)) for s in seqs])
+
+
+def collate(rows: list[dict], pad_id: int) -> dict:
+    """Chosen sequences then rejected ones, right-padded: input ids, attention and answer-token masks."""
+    ids = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    masks = [r["chosen_mask"] for r in rows] + [r["rejected_mask"] for r in rows]
+    return {"input_ids": _pad(ids, pad_id), "attention_mask": _pad([[1] * len(s) for s in ids], 0),
+            "answer_mask": _pad(masks, 0)}

@@ -45,22 +45,14 @@ class RewardConfig(TrainerConfig):
     optim: OptimSection = OptimSection(lr=2e-5, schedule="constant", warmup_steps=0)
 
 
-def _batch(rows: list[dict], pad: int):
-    """Chosen rows then rejected rows, right-padded: (ids, attention, heads, margins)."""
-    seqs = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
-    width = max(map(len, seqs))
-    ids = torch.tensor([list(s) + [pad] * (width - len(s)) for s in seqs])
-    attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-    return ids, attention, torch.tensor([r["head"] for r in rows]), torch.tensor([r["margin"] for r in rows])
-
-
 def pair_scores(model, rows: list[dict], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(chosen scores, rejected scores, margins), each on the head its pair names."""
-    ids, attention, heads, margins = _batch(rows, pad)
-    logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
-    n = len(rows)
-    pick = heads.to(device)[:, None]
-    return logits[:n].gather(1, pick).squeeze(1), logits[n:].gather(1, pick).squeeze(1), margins.to(device)
+    batch = preferences.collate(rows, pad)
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    n, logits = len(rows), logits.float()
+    pick = torch.tensor([r["head"] for r in rows], device=device)[:, None]
+    margins = torch.tensor([r["margin"] for r in rows], device=device)
+    return logits[:n].gather(1, pick).squeeze(1), logits[n:].gather(1, pick).squeeze(1), margins
 
 
 def freeze_below(model, top_layers: int | None) -> None:
