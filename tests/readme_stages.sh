@@ -37,7 +37,7 @@ serve_check() {  # serve_check <config>: serve run, wait for /v1/models, print i
         kill -0 $pid 2>/dev/null || break
         sleep 2
     done
-    kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null
+    kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null  # (SIGINT is ignored by a background job of a script)
     ray stop --force >/dev/null 2>&1
     echo "$body"
     [ -n "$body" ]
