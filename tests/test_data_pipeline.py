@@ -203,13 +203,16 @@ def test_rl_prompts_take_the_data_road(ray_local, sft_test, tmp_path):
         {"id": "q-4", "prompt": [{"role": "assistant", "content": "no user turn"}]},
         {"id": "q-5", "prompt": "Where is LH12345678? My phone is 13812345678."},
         {"id": "q-6", "prompt": LEAKED[0]["content"], "reference": LEAKED[1]["content"]},
+        {"id": "q-7", "prompt": "Calculate 3 + 4. Reply with the result only.", "answer": "7, of course"},
     ])
     manifest, out = run_data(tmp_path, "prompts", f"input.path={path}", "input.kind=prompt",
                              f"split.contamination_reference=[{sft_test}]", *KIND_OPTIONS)
     reasons = {r["id"]: r["reason"] for r in read(out, "rejected")}
     rows = {r["id"]: r for r in read(out, "train")}
+    # q-7 asks q-1's question with another reference answer: the same prompt, a duplicate (else it could land
+    # in test/ beside q-1 in train/, and the held-out check would refuse the pair)
     assert sorted(rows) == ["q-1", "q-2", "q-5"] and reasons == {"q-3": "exact_dup", "q-4": "malformed",
-                                                                  "q-6": "contaminated"}
+                                                                  "q-6": "contaminated", "q-7": "exact_dup"}
     assert rows["q-2"]["answer"] == "#### 7" and rows["q-5"]["answer"] is None
     assert "[PHONE]" in rows["q-5"]["prompt"][0]["content"]
     from app.rl.controller import _prompts

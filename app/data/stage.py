@@ -74,7 +74,9 @@ def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_f
                 raise rejected
             rec = clean(parsed, fields, rules, pii_action, words, sensitive_action, filters, kind)
             row.update(messages=json.dumps(rec["messages"], ensure_ascii=False), intent=rec["intent"],
-                       lang=rec["lang"], flags=rec["flags"], hash=content_hash(rec["messages"], rec["extra"]),
+                       lang=rec["lang"], flags=rec["flags"],
+                       # a prompt is the same RL item whatever reference answer it carries
+                       hash=content_hash(rec["messages"], None if kind == "prompt" else rec["extra"]),
                        extra=json.dumps(rec["extra"], ensure_ascii=False), raw="")
         except Rejected as rej:
             row.update(reason=rej.reason, detail=rej.detail)
