@@ -102,7 +102,7 @@ GSM8K = PROJECT_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 @pytest.mark.skipif(not GSM8K.is_file(), reason="../shared/data/gsm8k not present")
 def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
-                      ["model=tiny", f"data={GSM8K}", "task=gsm8k", f"registry={tmp_path}/reg.sqlite", "max_samples=4",
+                      ["model=tiny", f"data={GSM8K}", "task=gsm8k", "heldout=null", f"registry={tmp_path}/reg.sqlite", "max_samples=4",
                        "max_new_tokens=8", "batch_size=4", "safety=false", "efficiency=false", "concurrency=1",
                        f"output_dir={tmp_path}/g"])
     result = run(cfg)
