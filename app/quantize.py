@@ -4,7 +4,7 @@ decode speed, perplexity and greedy agreement against the source model.
     python -m jobs.quantize model=registry:latest-promoted
 
 Output: runs/quantize-<name>/model (serve it with serve_configs/int8.yaml, gate it with jobs.eval
-gate.mode=non_inferiority) and comparison.json.
+gate.mode=non_inferiority gate.keys=baseline) and comparison.json.
 """
 from __future__ import annotations
 

@@ -165,13 +165,13 @@ def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered:
     decision = decide(cfg.gate, items, baseline, baseline_items, registry, data_sha, wins)
     version = registry.register(cfg.name, model_path, metrics, cfg.model_dump(mode="json"), data_sha,
                                 eval_dir=str(out.resolve()), parent=decision["baseline"],
-                                verdict={k: decision[k] for k in ("baseline", "mode", "passed", "why")})
+                                verdict={k: decision[k] for k in ("baseline", "mode", "keys", "passed", "why")})
     if decision["passed"]:
         registry.promote(version)
     result = {"version": version, "model": model_path, "n": len(answered),
               **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout")}, "metrics": metrics,
               "promoted": decision["passed"], "baseline": decision["baseline"], "gate": decision["rows"],
-              "verdict": {k: decision[k] for k in ("mode", "passed", "why", "warnings")}}
+              "verdict": {k: decision[k] for k in ("mode", "keys", "passed", "why", "warnings")}}
     (out / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     report.write(out, result, answered, worst, baseline)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))

@@ -9,7 +9,10 @@ A candidate is compared with `latest-promoted` unless told otherwise; the statis
 metric drops by more than `tolerance` (relative), now only when the drop is also significant at `alpha`.
 Modes: `no_regression` (no key metric a REGRESSION), `improvement` (that, and one key metric significantly
 better: what the demo asks of a fine-tuned model), `non_inferiority` (every key metric's CI excludes a drop
-beyond the tolerance: for compressed variants). `gate.baseline: none` skips the comparison and never
+beyond the tolerance: for compressed variants). `gate.keys: baseline` gates on the keys the baseline version
+was itself gated on: a compressed variant must be non-inferior wherever its source was judged, and is not
+held to a metric its source never was (at n=64 one flipped pass/fail item is a 1.6-point drop that no test
+can call non-inferior within 5%; the report says so). `gate.baseline: none` skips the comparison and never
 promotes over an existing promoted version. Bad input (different items, a baseline without per-item results,
 an unknown key) is a UserError raised before anything is registered.
 """
@@ -26,12 +29,13 @@ from app.eval.compare import ITEM_METRICS, ItemMismatch, compare, passes, warnin
 from app.registry import Registry
 
 ITEMS_FILE = "items.jsonl"
+DEFAULT_KEYS = ["rougeL", "bleu", "f1", "perplexity", "safety_pass_rate"]
 
 
 class GateConfig(Config):
     baseline: str | None = "latest-promoted"  # a version id, latest-promoted, latest, an eval folder; none: no gate
     mode: Literal["no_regression", "improvement", "non_inferiority"] = "no_regression"
-    keys: list[str] = ["rougeL", "bleu", "f1", "perplexity", "safety_pass_rate"]
+    keys: list[str] | Literal["baseline"] = DEFAULT_KEYS  # baseline: the keys the baseline was gated on
     tolerance: float = Field(0.05, ge=0)   # relative: a drop of more than 5% of the baseline's value
     alpha: float = Field(0.05, gt=0, lt=1)  # one-sided significance
     confidence: float = Field(0.95, gt=0, lt=1)
@@ -41,7 +45,11 @@ class GateConfig(Config):
 
     @field_validator("keys")
     @classmethod
-    def _known(cls, keys: list[str]) -> list[str]:
+    def _known(cls, keys: list[str] | str) -> list[str] | str:
+        if keys == "baseline":
+            return keys
+        if not keys:
+            raise ValueError("gate.keys is empty: name the metrics the gate decides on (or baseline)")
         unknown = [k for k in keys if k not in ITEM_METRICS and k != "win_rate"]
         if unknown:
             raise ValueError(f"{unknown[0]} is not a metric the gate can pair (per item: {', '.join(ITEM_METRICS)}, "
@@ -70,32 +78,45 @@ def load_items(version: dict) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def resolve_keys(cfg: GateConfig, baseline: dict | None) -> list[str]:
+    """cfg.keys, or for keys: baseline the keys the baseline version was gated on (recorded in its verdict)."""
+    if cfg.keys != "baseline":
+        return cfg.keys
+    if baseline is None:
+        return DEFAULT_KEYS
+    keys = baseline["verdict"].get("keys") or baseline["config"].get("gate", {}).get("keys")
+    if not isinstance(keys, list):
+        raise UserError(f"gate.keys baseline: version {baseline['id']} records no gate keys; name them (gate.keys=[..])")
+    return keys
+
+
 def decide(cfg: GateConfig, items: list[dict], baseline: dict | None, baseline_items: list[dict] | None,
            registry: Registry, data_sha256: str | None, wins: list[float] | None = None) -> dict:
-    """{baseline, mode, passed, why, rows, warnings}: whether the candidate may be promoted, and why."""
-    current = registry.get("latest-promoted")
+    """{baseline, mode, keys, passed, why, rows, warnings}: whether the candidate may be promoted, and why."""
+    current, keys = registry.get("latest-promoted"), resolve_keys(cfg, baseline)
     if baseline is None:
         if cfg.baseline is None and current is not None:
-            return _result(None, cfg, False, f"gate.baseline none: never promoted over version {current['id']}")
+            return _result(None, cfg, keys, False, f"gate.baseline none: never promoted over version {current['id']}")
         why = "gate.baseline none" if cfg.baseline is None else "nothing promoted yet to compare with"
-        return _result(None, cfg, True, f"first promoted version ({why})")
+        return _result(None, cfg, keys, True, f"first promoted version ({why})")
     if baseline.get("data_sha256") and data_sha256 and baseline["data_sha256"] != data_sha256:
         raise UserError(f"baseline version {baseline['id']} was evaluated on other data (manifest sha256 "
                         f"{baseline['data_sha256'][:12]} vs {data_sha256[:12]}): the gate pairs the same items")
     options = dict(tolerance=cfg.tolerance, alpha=cfg.alpha, resamples=cfg.resamples, seed=cfg.seed,
                    confidence=cfg.confidence)
     try:
-        rows = compare(items, baseline_items, [k for k in cfg.keys if k != "win_rate"], **options)
+        rows = compare(items, baseline_items, [k for k in keys if k != "win_rate"], **options)
     except ItemMismatch as exc:
         raise UserError(f"cannot gate against version {baseline['id']}: {exc}") from None
-    if "win_rate" in cfg.keys:
+    if "win_rate" in keys:
         if wins is None:
             raise UserError("gate key win_rate needs a judge (judge.reward_model or judge.base_url)")
         rows.append(win_rate_row(wins, **options))
     passed, why = passes(rows, cfg.mode)
-    return _result(baseline["id"], cfg, passed, why, rows)
+    return _result(baseline["id"], cfg, keys, passed, why, rows)
 
 
-def _result(baseline: int | None, cfg: GateConfig, passed: bool, why: str, rows: list[dict] | None = None) -> dict:
-    return {"baseline": baseline, "mode": cfg.mode, "passed": passed, "why": why, "rows": rows or [],
+def _result(baseline: int | None, cfg: GateConfig, keys: list[str], passed: bool, why: str,
+            rows: list[dict] | None = None) -> dict:
+    return {"baseline": baseline, "mode": cfg.mode, "keys": keys, "passed": passed, "why": why, "rows": rows or [],
             "warnings": warnings(rows or [])}
