@@ -4,6 +4,7 @@ jobs.sft with the winner's values."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,16 @@ import pytest
 from app.config import ConfigError, load_config
 from app.train.config import SFTConfig
 from app.train.sweep import SweepConfig, check
+
+
+def terminated(out) -> set[str]:
+    """Trials Tune's latest experiment state records as TERMINATED (a half-written file: none yet)."""
+    states = sorted((out / "tune" / "sweep").glob("experiment_state-*.json"))
+    try:
+        trials = [json.loads(t[0]) for t in json.loads(states[-1].read_text())["trial_data"]] if states else []
+    except json.JSONDecodeError:
+        return set()
+    return {t["trial_id"] for t in trials if t["status"] == "TERMINATED"}
 
 
 def test_bad_search_space_fails_at_start_naming_the_key():
@@ -43,10 +54,9 @@ def test_interrupted_sweep_resumes_and_writes_best_yaml(sft_data, tmp_path):
     first = subprocess.Popen([sys.executable, "-m", "jobs.sweep", "jobs/configs/sweep_tiny.yaml", *args], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
-    while time.time() < deadline and not list((out / "trials").glob("*/final/config.json")):
+    while time.time() < deadline and not terminated(out):  # Tune has recorded a finished trial
         time.sleep(0.5)
-    finished = [p.parent.parent.name for p in (out / "trials").glob("*/final/config.json")]
-    time.sleep(3)  # Tune records the finished trial
+    finished = sorted(t for t in terminated(out) if (out / "trials" / t / "final" / "config.json").is_file())
     # what a finished trial wrote: a trial that ran again would append to its metrics and re-export final/
     written = {t: ((out / "trials" / t / "metrics.jsonl").read_bytes(),
                    (out / "trials" / t / "final" / "config.json").stat().st_mtime_ns) for t in finished}

@@ -41,7 +41,7 @@ class HeldoutPrompts(Config):
     model is gated on (metric heldout_reward), and every other model is measured on, so the items pair."""
     prompts: str
     reward: str = "app.rl.rewards:exact_answer"  # module:function(prompts, responses[, references])
-    max_samples: int = 64
+    max_samples: int | None = 64  # None: every prompt of the set
     max_new_tokens: int = 24  # as the demo's GRPO rollouts: a short answer is what these prompts ask for
 
 
