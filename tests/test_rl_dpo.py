@@ -20,6 +20,18 @@ def test_only_the_final_answer_is_scored():
 
 
 @pytest.mark.slow
+def test_missing_pairs_fail_before_any_model_loads(tmp_path):
+    from app.config import UserError, load_config
+    from app.train import dpo, reward
+    missing = tmp_path / "nowhere"
+    for job, config in ((dpo, "jobs/configs/dpo_demo.yaml"), (reward, "jobs/configs/reward_demo.yaml")):
+        cfg = load_config(job.DPOConfig if job is dpo else job.RewardConfig, config,
+                          [f"data.path={missing}", "model=no-such-model", f"output_dir={tmp_path}/out"])
+        with pytest.raises(UserError, match=f"preference data {missing} not found"):
+            job.run(cfg)
+    assert not (tmp_path / "out").exists()
+
+
 def test_dpo_loss_falls_and_margin_grows(ray_local, toy_pairs, tmp_path):
     from app.config import load_config
     from app.train.dpo import DPOConfig, run

@@ -14,7 +14,6 @@ Outputs as SFT: runs/dpo-<name>/final (+ adapter/), metrics.jsonl, training_curv
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import ray
@@ -102,8 +101,7 @@ def build_datasets(cfg: DPOConfig, model_path: str) -> tuple[dict, dict]:
 
 
 def run(cfg: DPOConfig) -> dict:
-    if not Path(cfg.data.path).exists():  # before any model is resolved
-        preferences.load(cfg.data, None, None, cfg.seed, 1)
+    preferences.require(cfg.data)
     out = cfg.out("dpo")
     model_path = check_model(cfg)
     check_resume(out, cfg, model_path)

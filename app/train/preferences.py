@@ -120,11 +120,16 @@ def tokenize(tokenizer, pairs: list[dict], heads: list[str], max_len: int) -> tu
     return rows, dropped
 
 
+def require(data: PairData) -> None:
+    """The one-line error for missing pairs: DPO and the reward job call it before any model is resolved."""
+    if not Path(data.path).exists():
+        raise UserError(f"preference data {data.path} not found (python -m jobs.demo_data writes the demo's)")
+
+
 def load(data: PairData, tokenizer, heads: list[str] | None, seed: int, min_train: int) -> tuple[list, list, dict]:
     """(train rows, val rows, counts) of tokenized pairs; `heads` None: every dimension the pairs name.
     Fewer than `min_train` usable training pairs is an error that says where the others went."""
-    if not Path(data.path).exists():
-        raise UserError(f"preference data {data.path} not found (python -m jobs.demo_data writes the demo's)")
+    require(data)
     pairs, skipped = read_pairs(data.path)
     heads = heads or sorted({p.get("dimension", "preference") for p in pairs})
     train_pairs, val_pairs = split(pairs, data.val_share, seed)

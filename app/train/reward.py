@@ -112,8 +112,7 @@ def export(checkpoint: Path, model_path: str, out: Path, cfg: RewardConfig, toke
 
 
 def run(cfg: RewardConfig) -> dict:
-    if not Path(cfg.data.path).exists():
-        preferences.load(cfg.data, None, None, cfg.seed, 1)  # its error: before any model is resolved
+    preferences.require(cfg.data)
     out = cfg.out("reward")
     model_path = str(resolve(cfg.model))
     check_resume(out, cfg, model_path)
