@@ -12,7 +12,7 @@ better: what the demo asks of a fine-tuned model), `non_inferiority` (every key 
 beyond the tolerance: for compressed variants). `gate.keys: baseline` gates on the keys the baseline version
 was itself gated on: a compressed variant must be non-inferior wherever its source was judged, and is not
 held to a metric its source never was (at n=64 one flipped pass/fail item is a 1.6-point drop that no test
-can call non-inferior within 5%; the report says so). `gate.baseline: none` skips the comparison and never
+can call non-inferior within 5%; its report still shows every metric). `gate.baseline: none` skips the comparison and never
 promotes over an existing promoted version. Bad input (different items, a baseline without per-item results,
 an unknown key) is a UserError raised before anything is registered.
 """
