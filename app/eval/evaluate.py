@@ -129,7 +129,7 @@ def run(cfg: EvalConfig) -> dict:
         metrics["heldout_reward"] = sum(scores) / len(scores)
     wins = judge(cfg, baseline, answered, items, metrics) if cfg.judge and baseline else None
     if cfg.efficiency:
-        metrics.update(efficiency(model_path, [r["prompt"] for r in answered], cfg.batch_size))
+        metrics.update(efficiency(model_path, [r["prompt"] for r in answered]))  # batch 1 and 8, whatever batch_size
     return finish(cfg, out, model_path, metrics, answered, items, worst, registry, baseline, baseline_items, wins)
 
 
