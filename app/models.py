@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from app import CACHE_DIR, int8
 from app.config import UserError
+from app.precision import bf16_body, fast_bf16
 from app.registry import Registry
 from app.runinfo import sha256_file
 
@@ -162,14 +163,18 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 
 
 def load_policy(spec: str, dtype: str = "float32", trust_remote_code: bool = False):
-    """(causal LM in eval mode, tokenizer) for a spec; weights from safetensors only."""
-    if dtype not in DTYPES:
-        raise ModelError(f"unknown dtype {dtype!r} (allowed: {', '.join(DTYPES)})")
+    """(causal LM in eval mode, tokenizer) for a spec; weights from safetensors only. dtype "auto": the
+    body in bf16 where this machine multiplies bf16 fast (app/precision.py), else float32; an INT8 model
+    keeps its int8 layers either way."""
+    if dtype not in (*DTYPES, "auto"):
+        raise ModelError(f"unknown dtype {dtype!r} (allowed: {', '.join(DTYPES)}, auto)")
     path = resolve(spec)
     if (path / int8.MARKER).exists():  # written by jobs.quantize
-        return int8.load_int8(path, DTYPES[dtype]), load_tokenizer(str(path), trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
+        return int8.load_int8(path, DTYPES.get(dtype, torch.float32)), load_tokenizer(str(path), trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES.get(dtype, torch.float32), use_safetensors=True,
                                                  trust_remote_code=trust_remote_code)
+    if dtype == "auto" and fast_bf16():
+        bf16_body(model)
     return model.eval(), load_tokenizer(str(path), trust_remote_code)
 
 

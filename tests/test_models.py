@@ -81,3 +81,30 @@ def test_batched_generation_matches_single(tiny):
     batch = generate_chat(model, tokenizer, convs, max_new_tokens=6)
     single = [generate_chat(model, tokenizer, [c], max_new_tokens=6)[0] for c in convs]
     assert batch == single
+
+
+def test_bf16_body_keeps_embeddings_head_and_logits_float32(tiny):
+    import copy
+
+    from app.precision import bf16_body
+    model, _ = tiny
+    fast = bf16_body(copy.deepcopy(model))
+    layer = fast.model.layers[0].self_attn.q_proj.weight
+    assert layer.dtype == torch.bfloat16
+    assert fast.get_input_embeddings().weight.dtype == fast.get_output_embeddings().weight.dtype == torch.float32
+    assert all(b.dtype == torch.float32 for n, b in fast.named_buffers() if "inv_freq" in n)
+    ids = torch.tensor([[1, 5, 9, 200, 31, 7]])
+    with torch.inference_mode():
+        exact, approx = model(ids).logits, fast(ids).logits
+    assert approx.dtype == torch.float32
+    assert float((approx - exact).abs().max()) < 0.05 * float(exact.abs().max())
+    assert (approx.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.8
+
+
+def test_auto_precision_resolves_to_what_this_machine_is_fast_at():
+    from app.precision import fast_bf16, train_precision
+    assert train_precision("fp32") == "fp32" and train_precision("bf16") == "bf16"
+    assert train_precision("auto") == ("bf16" if fast_bf16(cuda=torch.cuda.is_available()) else "fp32")
+    model, _ = load_policy("tiny", "auto")
+    body = model.model.layers[0].mlp.up_proj.weight.dtype
+    assert body == (torch.bfloat16 if fast_bf16() else torch.float32)

@@ -21,13 +21,23 @@ def test_quantize_weight_per_channel_error_is_small():
     assert float(rel.max()) <= 0.5 / 127 + 1e-6  # half a step of each row's own scale
 
 
-def test_int8_linear_matches_linear():
+@pytest.mark.parametrize("rows", [3, 40])  # int8 weight-pack kernel below DENSE_ROWS, dequantized matmul from it
+def test_int8_linear_matches_linear(rows):
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
-    x = torch.randn(3, 5, 64)
+    x = torch.randn(rows, 5, 64)
     y, yq = linear(x), Int8Linear.from_linear(linear)(x)
     assert yq.shape == y.shape and yq.dtype == y.dtype
     assert float((yq - y).abs().max()) < 0.05 * float(y.abs().max())
+
+
+def test_int8_paths_agree_row_for_row():
+    from app.int8 import DENSE_ROWS
+    torch.manual_seed(0)
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 48))
+    x = torch.randn(DENSE_ROWS + 4, 64)
+    few = torch.cat([layer(x[i:i + 1]) for i in range(len(x))])  # one row at a time: the kernel
+    assert float((layer(x) - few).abs().max()) < 0.02 * float(few.abs().max())  # bf16 rounding apart
 
 
 @pytest.fixture(scope="module")
