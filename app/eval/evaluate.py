@@ -30,6 +30,7 @@ from app.eval.metrics import item_scores, perplexity, text_scores
 from app.eval.runner import answer_all, efficiency
 from app.eval.safety import load_redteam, score_answers, summarize
 from app.models import resolve
+from app.precision import fast_bf16
 from app.registry import Registry, default_path
 from app.rl import rewards
 from app.runinfo import sha256_file
@@ -54,6 +55,7 @@ class EvalConfig(JobConfig):
     max_new_tokens: int = 96
     max_len: int = 1024
     concurrency: int = 1  # model actors
+    dtype: Literal["float32", "auto"] = "float32"  # auto: bf16 body where the machine is fast at it (app/precision.py)
     safety: bool = True
     toxicity_model: str | None = None  # "module:function": answers -> scores; default the lexicon
     human_eval_rows: int = 20
@@ -100,7 +102,7 @@ def run(cfg: EvalConfig) -> dict:
     everything = answer_all(records + [{"id": i, "prompt": [{"role": "user", "content": p["prompt"]}]}
                                        for i, p in zip(red_ids, prompts)] + [{"id": r["id"], "prompt": r["prompt"],
                                          "max_new_tokens": cfg.heldout.max_new_tokens} for r in held],
-                            model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency)
+                            model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency, cfg.dtype)
     by_id = {r["id"]: r for r in everything}
     answered, red = [by_id[r["id"]] for r in records], [by_id[i]["answer"] for i in red_ids]
     preds, refs = [r["answer"] for r in answered], [r["reference"] for r in answered]
@@ -129,7 +131,7 @@ def run(cfg: EvalConfig) -> dict:
         metrics["heldout_reward"] = sum(scores) / len(scores)
     wins = judge(cfg, baseline, answered, items, metrics) if cfg.judge and baseline else None
     if cfg.efficiency:
-        metrics.update(efficiency(model_path, [r["prompt"] for r in answered]))  # batch 1 and 8, whatever batch_size
+        metrics.update(efficiency(model_path, [r["prompt"] for r in answered], dtype=cfg.dtype))  # batch 1 and 8
     return finish(cfg, out, model_path, metrics, answered, items, worst, registry, baseline, baseline_items, wins)
 
 
@@ -151,6 +153,12 @@ def judge(cfg: EvalConfig, baseline: dict, answered: list[dict], items: list[dic
     return wins
 
 
+def _compute_of(baseline: dict | None) -> str | None:
+    """The float type a baseline's eval computed in (eval.json "compute"), where recorded."""
+    path = Path(baseline["eval_dir"]) / "eval.json" if baseline and baseline.get("eval_dir") else None
+    return json.loads(path.read_text()).get("compute") if path and path.is_file() else None
+
+
 def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered: list[dict], items: list[dict],
            worst: list, registry: Registry, baseline: dict | None, baseline_items: list[dict] | None,
            wins: list[float] | None = None) -> dict:
@@ -163,12 +171,17 @@ def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered:
     manifest = Path(cfg.data).parent / "manifest.json"
     data_sha = sha256_file(manifest) if manifest.is_file() else None
     decision = decide(cfg.gate, items, baseline, baseline_items, registry, data_sha, wins)
+    compute = "bfloat16" if cfg.dtype == "auto" and fast_bf16() else "float32"
+    theirs = _compute_of(baseline)
+    if theirs and theirs != compute:
+        decision["warnings"].append(f"the baseline was evaluated in {theirs}, this model in {compute}: part of each "
+                                    f"difference is precision (evaluate both with the same dtype)")
     version = registry.register(cfg.name, model_path, metrics, cfg.model_dump(mode="json"), data_sha,
                                 eval_dir=str(out.resolve()), parent=decision["baseline"],
                                 verdict={k: decision[k] for k in ("baseline", "mode", "keys", "passed", "why")})
     if decision["passed"]:
         registry.promote(version)
-    result = {"version": version, "model": model_path, "n": len(answered),
+    result = {"version": version, "model": model_path, "compute": compute, "n": len(answered),
               **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout")}, "metrics": metrics,
               "promoted": decision["passed"], "baseline": decision["baseline"], "gate": decision["rows"],
               "verdict": {k: decision[k] for k in ("mode", "keys", "passed", "why", "warnings")}}

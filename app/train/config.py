@@ -47,7 +47,8 @@ class TrainSection(Config):
     epochs: int = 1
     max_steps: int | None = None  # optimizer steps; None = epochs over the data
     micro_batch_size: int = 4  # per worker
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 only on GPU (dynamic loss scaling)
+    # fp16 only on GPU (dynamic loss scaling); auto: bf16 where this machine is fast at it (app/precision.py)
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     gradient_checkpointing: bool = False
     dropout: float | None = None  # overrides the model's attention dropout when set
     log_every: int = 5

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from app.models import count_parameters
+from app.precision import train_precision
 from app.train import checkpoints
 from app.train.deepspeed import build_ds_config
 from app.train.logger import MetricsLogger
@@ -81,7 +82,8 @@ def setup_engine(cfg, model, total_steps: int):
     from transformers import get_scheduler
     o = cfg.optim
     ds_config = build_ds_config(cfg.train.micro_batch_size, o.grad_accum, o.grad_clip, cfg.scaling.zero_stage,
-                                cfg.train.precision, cfg.scaling.offload, o.lr, tuple(o.betas), o.weight_decay)
+                                train_precision(cfg.train.precision), cfg.scaling.offload, o.lr, tuple(o.betas),
+                                o.weight_decay)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = None if cfg.scaling.offload else torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas),
                                                                     weight_decay=o.weight_decay)

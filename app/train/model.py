@@ -6,6 +6,7 @@ from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model, prepa
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from app.models import DTYPES, load_tokenizer
+from app.precision import train_precision
 
 
 def peft_config(method: str, r: int, alpha: int, dropout: float, target_modules: list[str],
@@ -22,8 +23,8 @@ def build_model(cfg, model_path: str):
     """(causal LM ready for DeepSpeed, pad token id) for an SFT or DPO config: cfg.method, cfg.lora,
     cfg.prompt_tuning (SFT only), cfg.train.precision / dropout / gradient_checkpointing."""
     a = cfg.train
-    kwargs = {"dtype": DTYPES["bfloat16" if a.precision == "bf16" else "float32"], "use_safetensors": True,
-              "trust_remote_code": cfg.trust_remote_code}
+    dtype = DTYPES["bfloat16" if train_precision(a.precision) == "bf16" else "float32"]
+    kwargs = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": cfg.trust_remote_code}
     if cfg.method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
