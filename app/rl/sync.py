@@ -55,13 +55,21 @@ def _check(status: dict, pub: Published) -> None:
 
 
 def load_into(actor, pub: Published, timeout: float, tries: int) -> None:
-    """Load a published version into one rollout actor, waiting out a restart; the actor must report it."""
-    for attempt in range(tries + 1):
+    """Load a published version into one rollout actor, waiting out a restart; the actor must report it.
+    An actor that is restarting (ActorUnavailableError) is waited for up to `timeout` seconds, however long
+    its model takes to load; an actor that dies (any other RayActorError) is retried `tries` times."""
+    deadline, deaths = time.monotonic() + timeout, 0
+    while True:
         try:
             status = ray_get(actor.load_weights.remote(pub.version, pub.ref, pub.checksum), timeout, "weight sync")
             break
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
         except ray.exceptions.RayActorError:
-            if attempt == tries:
+            deaths += 1
+            if deaths > tries:
                 raise
             time.sleep(1)
     _check(status, pub)
