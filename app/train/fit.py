@@ -6,6 +6,8 @@ the checkpoint to export.
 """
 from __future__ import annotations
 
+import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -50,16 +52,23 @@ def split(train, val, workers: int) -> dict:
 
 def fit(cfg, objective: Callable, datasets: dict, out: Path, model_path: str, job_type: str,
         extra: dict | None = None, callbacks: list | None = None) -> Path:
-    """app/train/loop.py with `objective` (a module-level objective(cfg_json, run) factory) on
+    """app/train/loop.py with `objective` (a module-level objective(cfg_json, run) factory, named to the
+    workers as "module:function") on
     cfg.scaling.num_workers workers; returns the best complete checkpoint (lowest val loss, else the last).
     `callbacks` are Ray Train callbacks (a sweep passes Tune's report callback)."""
     has_val = "val_0" in datasets
     run = Run(model_path=model_path, out_dir=str(out.resolve()), has_val=has_val,
               identity=identity(cfg, model_path), job_type=job_type, extra=extra or {})
     folder = run_dir(out)
+    # Ray Train's controller polls its workers every 2 s by default, so every run ends up to 2 s after its
+    # workers did; a poll is one small RPC per worker.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"objective": objective, "cfg": cfg.model_dump(mode="json"), "run": run},
+        # Plain JSON only: Ray Train's controller unpickles this config too, and a function or dataclass
+        # of app.train would make it import torch, transformers and peft first (seconds on every run).
+        train_loop_config={"objective": f"{objective.__module__}:{objective.__qualname__}",
+                           "cfg": cfg.model_dump(mode="json"), "run": asdict(run)},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),

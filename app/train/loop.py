@@ -15,6 +15,7 @@ config, re-validated there. Every worker trains on its own part of the Ray Data 
 """
 from __future__ import annotations
 
+import importlib
 import math
 import tempfile
 import time
@@ -153,11 +154,12 @@ def stream(objective: Objective, train: list[dict], per_epoch: int, epoch: int, 
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """config: {"objective": module-level objective(cfg_dict, run) factory, "cfg": the job's config as JSON,
-    "run": Run}."""
-    cfg_json, run = config["cfg"], config["run"]
+    """config: {"objective": "module:function" of an objective(cfg_json, run) factory, "cfg": the job's config
+    as JSON, "run": a Run as a dict} (app/train/fit.py)."""
+    cfg_json, run = config["cfg"], Run(**config["run"])
     torch.manual_seed(cfg_json["seed"] + ray.train.get_context().get_world_rank())
-    cfg, objective = config["objective"](cfg_json, run)
+    module, name = config["objective"].split(":")
+    cfg, objective = getattr(importlib.import_module(module), name)(cfg_json, run)
     counts = count_parameters(objective.model)  # before ZeRO-3 partitions the parameters
     train, val_rows = shard("train"), shard("val") if run.has_val else []
     objective.prepare(train + val_rows)
