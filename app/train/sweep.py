@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler
 
 from app.config import Config, ConfigError, JobConfig, explain, load_config, read_yaml, set_dotted
 from app.train.config import SFTConfig
@@ -120,6 +122,28 @@ def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rungs survive `Tuner.restore`. Tune does not save a scheduler's state (its controller leaves
+    `_scheduler_alg` out of the experiment checkpoint), so a resumed sweep's ASHA would start with empty rungs
+    and let a weak new trial run to the end. Here each restored trial's reported results (its result.json)
+    are replayed into the rungs when Tune adds it back."""
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        if trial.status == Trial.ERROR or trial.storage.trial_dir_name is None:
+            return  # a failed trial, or a new one (no folder, nothing reported yet)
+        results = Path(trial.storage.trial_fs_path) / "result.json"
+        if not results.is_file():
+            return
+        bracket = self._trial_info[trial.trial_id]
+        for line in results.read_text().splitlines():
+            result = json.loads(line)
+            if self._time_attr in result and self._metric in result:
+                bracket.on_result(trial, result[self._time_attr], self._metric_op * result[self._metric])
+        if trial.status == Trial.TERMINATED:
+            del self._trial_info[trial.trial_id]  # as on_trial_complete leaves it
+
+
 def train_trial(params: dict, cfg_json: str, root: str, trials_dir: str) -> None:
     """One Tune trial: an SFT run whose reports reach Tune (and so ASHA)."""
     from ray import tune
@@ -135,7 +159,6 @@ def train_trial(params: dict, cfg_json: str, root: str, trials_dir: str) -> None
 
 def run(cfg: SweepConfig) -> dict:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     check(cfg)
     out = cfg.out("sweep").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +174,7 @@ def run(cfg: SweepConfig) -> dict:
     else:
         # stop_last_trials=False: a trial that reaches max_t still exports its final/ model
         max_steps = SFTConfig.model_validate(trial_config(cfg, {}, "x")).train.max_steps or 10 ** 6
-        scheduler = ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=cfg.scheduler.grace_period,
+        scheduler = ResumableASHA(time_attr="step", max_t=max_steps, grace_period=cfg.scheduler.grace_period,
                                   reduction_factor=cfg.scheduler.reduction_factor,
                                   stop_last_trials=False) \
             if cfg.scheduler.type == "asha" else None  # fifo
