@@ -1,4 +1,7 @@
 import os
+import shutil
+import sys
+from pathlib import Path
 
 import ray
 
@@ -9,10 +12,12 @@ def test_local_ray_runs_tasks_with_shared_caches(ray_local):
     @ray.remote
     def where():
         import app  # noqa: F401  sets cache defaults in the worker too
-        return os.environ["HF_HOME"], os.environ["WANDB_MODE"]
+        return os.environ["HF_HOME"], os.environ["WANDB_MODE"], shutil.which("ninja")
 
-    hf_home, wandb_mode = ray.get(where.remote())
+    hf_home, wandb_mode, ninja = ray.get(where.remote())
     assert hf_home == os.environ["HF_HOME"] and wandb_mode == "offline"
+    # one ninja for every process (DeepSpeed's op is rebuilt when two ninja versions take turns): this env's
+    assert ninja == shutil.which("ninja") == str(Path(sys.executable).parent / "ninja")
     assert ray.get([ray.remote(lambda x: x * x).remote(i) for i in range(4)]) == [0, 1, 4, 9]
 
 
