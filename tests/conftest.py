@@ -76,7 +76,7 @@ def tiny_adapters(tmp_path_factory):
                                for r, mask in rows])
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         model.train()
-        for _ in range(80):
+        for _ in range(40):  # greedy decoding gives the sentence (the loss stays high: 49k-word vocabulary)
             model(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
             opt.step()
             opt.zero_grad()

@@ -121,8 +121,8 @@ def test_data_and_sft_jobs_run_on_both_nodes(cluster, tmp_path):
     assert len({t["node_id"] for t in tasks if t.get("node_id")}) == 2, "Ray Data tasks stayed on one node"
 
     sft = submit(cluster, "python", "-m", "jobs.sft", "jobs/configs/sft_tiny.yaml", f"data.path={tmp_path / 'data'}",
-                 f"output_dir={tmp_path / 'sft'}", "scaling.num_workers=2", "train.max_steps=4", "eval.every=2",
-                 "checkpoint.every=4", "tensorboard=false")
+                 f"output_dir={tmp_path / 'sft'}", "scaling.num_workers=2", "train.max_steps=2", "eval.every=2",
+                 "checkpoint.every=2", "tensorboard=false")
     assert sft.returncode == 0, sft.stdout[-3000:] + sft.stderr[-3000:]
     assert (tmp_path / "sft" / "final" / "model.safetensors").exists()
     workers = _ray_list(cluster["address"], cluster["env"], "actors", "class_name=RayTrainWorker",
