@@ -131,10 +131,10 @@ class ResumableASHA(ASHAScheduler):
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
         if trial.status == Trial.ERROR or trial.storage.trial_dir_name is None:
-            return  # a failed trial, or a new one (no folder, nothing reported yet)
+            return  # a failed trial, or a new one (no folder yet)
         results = Path(trial.storage.trial_fs_path) / "result.json"
         if not results.is_file():
-            return
+            return  # restored before it reported anything
         bracket = self._trial_info[trial.trial_id]
         for line in results.read_text().splitlines():
             result = json.loads(line)
