@@ -88,7 +88,7 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout: float, log: Path)
                 return
         except requests.RequestException:  # not up yet
             pass
-        time.sleep(1)
+        time.sleep(0.25)
     raise UserError(f"the endpoint at {url} was not healthy after {timeout:.0f}s (log: {log})")
 
 

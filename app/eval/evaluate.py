@@ -23,7 +23,7 @@ from app.cluster import init_ray
 from app.config import Config, JobConfig, UserError, load_callable
 from app.eval import report
 from app.eval.compare import table
-from app.eval.gate import ITEMS_FILE, GateConfig, decide, find_baseline, load_items
+from app.eval.gate import ITEMS_FILE, GateConfig, check_pairable, decide, find_baseline, load_items
 from app.eval.human import export_sheet
 from app.eval.judge import JudgeConfig, wins as judge_wins
 from app.eval.metrics import item_scores, perplexity, text_scores
@@ -96,9 +96,14 @@ def run(cfg: EvalConfig) -> dict:
     prompts = load_redteam() if cfg.safety else []
     held = [{**r, "id": f"heldout/{r['id']}"} for r in load_prompts(cfg.heldout.prompts, cfg.heldout.max_samples)] \
         if cfg.heldout else []
+    red_ids = [f"redteam/{p['id']}" for p in prompts]
+    manifest = Path(cfg.data).parent / "manifest.json"
+    data_sha = sha256_file(manifest) if manifest.is_file() else None
+    if baseline:  # mismatched items or data fail here, before any model loads
+        check_pairable(cfg.gate, baseline, baseline_items, {"test": [r["id"] for r in records], "redteam": red_ids,
+                                                            "heldout": [r["id"] for r in held]}, data_sha)
     init_ray()
     # One pass of the actor pool answers the test records, the red-team and the held-out prompts (one model load).
-    red_ids = [f"redteam/{p['id']}" for p in prompts]
     everything = answer_all(records + [{"id": i, "prompt": [{"role": "user", "content": p["prompt"]}]}
                                        for i, p in zip(red_ids, prompts)] + [{"id": r["id"], "prompt": r["prompt"],
                                          "max_new_tokens": cfg.heldout.max_new_tokens} for r in held],
@@ -132,7 +137,8 @@ def run(cfg: EvalConfig) -> dict:
     wins = judge(cfg, baseline, answered, items, metrics) if cfg.judge and baseline else None
     if cfg.efficiency:
         metrics.update(efficiency(model_path, [r["prompt"] for r in answered], dtype=cfg.dtype))  # batch 1 and 8
-    return finish(cfg, out, model_path, metrics, answered, items, worst, registry, baseline, baseline_items, wins)
+    return finish(cfg, out, model_path, metrics, answered, items, worst, registry, baseline, baseline_items, data_sha,
+                  wins)
 
 
 def judge(cfg: EvalConfig, baseline: dict, answered: list[dict], items: list[dict], metrics: dict) -> list[float]:
@@ -161,15 +167,13 @@ def _compute_of(baseline: dict | None) -> str | None:
 
 def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered: list[dict], items: list[dict],
            worst: list, registry: Registry, baseline: dict | None, baseline_items: list[dict] | None,
-           wins: list[float] | None = None) -> dict:
+           data_sha: str | None, wins: list[float] | None = None) -> dict:
     """Write the answers and per-item results, gate against the baseline, register (and maybe promote)."""
     for name, rows in (("answers.jsonl", answered), (ITEMS_FILE, items)):
         with open(out / name, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     export_sheet([{"id": r["id"], "prompt": r["prompt"][-1]["content"], "answer": r["answer"],
                    "reference": r["reference"]} for r in answered], out / "human_eval.csv", cfg.human_eval_rows, cfg.seed)
-    manifest = Path(cfg.data).parent / "manifest.json"
-    data_sha = sha256_file(manifest) if manifest.is_file() else None
     decision = decide(cfg.gate, items, baseline, baseline_items, registry, data_sha, wins)
     compute = "bfloat16" if cfg.dtype == "auto" and fast_bf16() else "float32"
     theirs = _compute_of(baseline)

@@ -90,6 +90,31 @@ def resolve_keys(cfg: GateConfig, baseline: dict | None) -> list[str]:
     return keys
 
 
+def ids_by_set(items: list[dict]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in items:
+        out.setdefault(r.get("set", "test"), []).append(r["id"])
+    return out
+
+
+def check_pairable(cfg: GateConfig, baseline: dict, baseline_items: list[dict], ids: dict[str, list[str]],
+                   data_sha256: str | None) -> None:
+    """Before any model runs: the candidate will score the items the baseline scored, on every set a gate key
+    pairs on (ids: set name -> the ids this eval will score), from the same data."""
+    if baseline.get("data_sha256") and data_sha256 and baseline["data_sha256"] != data_sha256:
+        raise UserError(f"baseline version {baseline['id']} was evaluated on other data (manifest sha256 "
+                        f"{baseline['data_sha256'][:12]} vs {data_sha256[:12]}): the gate pairs the same items")
+    for key in resolve_keys(cfg, baseline):
+        subset = ITEM_METRICS[key][0] if key in ITEM_METRICS else None
+        if subset is None:
+            continue
+        theirs, ours = {r["id"] for r in baseline_items if r.get("set", "test") == subset}, set(ids.get(subset, ()))
+        if theirs != ours:
+            raise UserError(f"cannot gate against version {baseline['id']}: {key}: the two evaluations score "
+                            f"different {subset} items ({len(ours)} vs {len(theirs)}; only in the baseline: "
+                            f"{sorted(theirs - ours)[:3]}, only in the new: {sorted(ours - theirs)[:3]})")
+
+
 def decide(cfg: GateConfig, items: list[dict], baseline: dict | None, baseline_items: list[dict] | None,
            registry: Registry, data_sha256: str | None, wins: list[float] | None = None) -> dict:
     """{baseline, mode, keys, passed, why, rows, warnings}: whether the candidate may be promoted, and why."""
@@ -99,9 +124,7 @@ def decide(cfg: GateConfig, items: list[dict], baseline: dict | None, baseline_i
             return _result(None, cfg, keys, False, f"gate.baseline none: never promoted over version {current['id']}")
         why = "gate.baseline none" if cfg.baseline is None else "nothing promoted yet to compare with"
         return _result(None, cfg, keys, True, f"first promoted version ({why})")
-    if baseline.get("data_sha256") and data_sha256 and baseline["data_sha256"] != data_sha256:
-        raise UserError(f"baseline version {baseline['id']} was evaluated on other data (manifest sha256 "
-                        f"{baseline['data_sha256'][:12]} vs {data_sha256[:12]}): the gate pairs the same items")
+    check_pairable(cfg, baseline, baseline_items or [], ids_by_set(items), data_sha256)
     options = dict(tolerance=cfg.tolerance, alpha=cfg.alpha, resamples=cfg.resamples, seed=cfg.seed,
                    confidence=cfg.confidence)
     try:
