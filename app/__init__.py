@@ -22,7 +22,8 @@ for _var, _sub in (("HF_HOME", "hf"), ("TORCH_EXTENSIONS_DIR", "torch_extensions
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray Train's controller polls its workers every 2 s and sees a finished run (and a worker group that has
-# started) only at its next poll: seconds lost on every short run. A poll is one small RPC per worker.
+# started) only at its next poll: seconds lost on every short run. A poll is one small RPC per worker. Set
+# here, before any ray.init, so the local Ray instance's workers (the controller among them) inherit it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 _SCRIPTS = str(Path(sys.executable).parent)
 if not os.environ.get("PATH", "").startswith(_SCRIPTS + os.pathsep):

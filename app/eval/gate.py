@@ -91,6 +91,7 @@ def resolve_keys(cfg: GateConfig, baseline: dict | None) -> list[str]:
 
 
 def ids_by_set(items: list[dict]) -> dict[str, list[str]]:
+    """Per-item results -> {set: their ids} (test, redteam, heldout)."""
     out: dict[str, list[str]] = {}
     for r in items:
         out.setdefault(r.get("set", "test"), []).append(r["id"])
@@ -105,9 +106,9 @@ def check_pairable(cfg: GateConfig, baseline: dict, baseline_items: list[dict], 
         raise UserError(f"baseline version {baseline['id']} was evaluated on other data (manifest sha256 "
                         f"{baseline['data_sha256'][:12]} vs {data_sha256[:12]}): the gate pairs the same items")
     for key in resolve_keys(cfg, baseline):
-        subset = ITEM_METRICS[key][0] if key in ITEM_METRICS else None
-        if subset is None:
+        if key not in ITEM_METRICS:  # win_rate: judged on the test items, checked with the baseline's answers
             continue
+        subset = ITEM_METRICS[key][0]
         theirs, ours = {r["id"] for r in baseline_items if r.get("set", "test") == subset}, set(ids.get(subset, ()))
         if theirs != ours:
             raise UserError(f"cannot gate against version {baseline['id']}: {key}: the two evaluations score "

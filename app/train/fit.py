@@ -6,7 +6,6 @@ the checkpoint to export.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -60,9 +59,6 @@ def fit(cfg, objective: Callable, datasets: dict, out: Path, model_path: str, jo
     run = Run(model_path=model_path, out_dir=str(out.resolve()), has_val=has_val,
               identity=identity(cfg, model_path), job_type=job_type, extra=extra or {})
     folder = run_dir(out)
-    # Ray Train's controller polls its workers every 2 s by default, so every run ends up to 2 s after its
-    # workers did; a poll is one small RPC per worker.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     trainer = TorchTrainer(
         train_loop_per_worker,
         # Plain JSON only: Ray Train's controller unpickles this config too, and a function or dataclass
