@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every command of the README's stage table, as written, right after `make demo` (about 40-64 min on 2 cores):
+# Every command of the README's stage table, as written, right after `make demo` (about 32-64 min on 2 cores):
 #
 #     make demo && bash tests/readme_stages.sh        # one line per command: ok/FAIL, seconds; logs in runs/readme-stages/
 #
