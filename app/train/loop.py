@@ -207,8 +207,10 @@ def train_loop_per_worker(config: dict) -> None:
         if step % cfg.checkpoint.every == 0 or stop:
             save_checkpoint(engine, cfg, run, pos, metrics)
             logger and logger.log(metrics)
-        elif step % cfg.train.log_every == 0 or "val_loss" in metrics:
+        elif "val_loss" in metrics:
             emit(metrics, logger)
+        elif step % cfg.train.log_every == 0 and logger:
+            logger.log(metrics)  # not a Ray Train report: each waits for the controller to take the last
         if stop:
             break
     logger and logger.close()
@@ -223,7 +225,9 @@ def start_logging(cfg, run: Run, trainable: int, total: int) -> MetricsLogger:
 
 
 def emit(metrics: dict, logger) -> None:
-    """Report to Ray Train (a barrier: every rank calls it) and, on rank 0, to the logs."""
+    """Report to Ray Train (a barrier: every rank calls it) and, on rank 0, to the logs. Only validation
+    results and checkpoints go to Ray Train (and so to a sweep's scheduler): a report waits until the
+    controller's poll (every 0.25 s) took the previous one, which a report per step would pay every step."""
     ray.train.report(metrics)
     if logger is not None:
         logger.log(metrics)
