@@ -2,7 +2,8 @@
 openai client and raw HTTP. Three applications share one Serve instance:
   /        the base model + adapters alpha, beta, leak; safety=redact
   /keyed   API keys k-auth, k-rate and k-slow, 3 requests a minute per key, 1.5 s request timeout
-  /strict  safety=refuse with 'alpha' on the word list; one request at a time, one queued
+  /strict  safety=refuse with 'alpha' on the word list; one request at a time, one queued; prompts of up to
+           256 tokens
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def server(ray_local, tiny_adapters, tmp_path_factory):
                                           "request_timeout_s": 1.5})),
               name="keyed", route_prefix="/keyed")
     serve.run(build_app(ServeArgs(**common, adapters=adapters, safety="refuse", sensitive_words=str(words),
-                                  max_batch_size=1, limits={"max_ongoing_requests": 1, "max_queued_requests": 1})),
+                                  max_batch_size=1, limits={"max_ongoing_requests": 1, "max_queued_requests": 1,
+                                                            "max_prompt_tokens": 256})),
               name="strict", route_prefix="/strict")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -163,6 +165,24 @@ def test_server_keeps_serving_after_bad_input(server):
     assert requests.get(f"{server}/health", timeout=10).json() == {"status": "ok"}
     r = client(server).chat.completions.create(model="tiny", messages=HELLO, max_tokens=2)
     assert r.usage.completion_tokens == 2
+
+
+def test_hostile_content_and_sampling_edges_are_answered(server):
+    """What a JSON body can carry is a 200 or a 4xx naming the parameter, never a 5xx: a temperature that would
+    overflow the softmax, lone surrogates, NUL and control characters, a seed beyond 64 bits; a prompt over
+    limits.max_prompt_tokens is a 400 before it reaches the engine."""
+    def post(body, prefix=""):
+        return requests.post(f"{server}{prefix}/v1/chat/completions", data=json.dumps(body), timeout=60,
+                             headers={"Content-Type": "application/json"})
+    for extra in ({"temperature": 1e-300}, {"top_p": 1e-300, "temperature": 2}, {"seed": 2**80},
+                  {"messages": [{"role": "user", "content": "\ud800 lone \udfff"}]},
+                  {"messages": [{"role": "user", "content": "\x00\x01\x1b[31m\u202e\ufeff"}], "stop": ["\ud83d"]}):
+        r = post({"model": "tiny", "messages": HELLO, "max_tokens": 3, **extra})
+        assert r.status_code == 200, (extra, r.text)
+        assert r.json()["usage"]["completion_tokens"] <= 3
+    r = post({"model": "tiny", "messages": [{"role": "user", "content": "word " * 300}], "max_tokens": 1}, "/strict")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert r.json()["error"]["param"] == "messages" and "at most 256" in r.json()["error"]["message"]
 
 
 def test_api_keys_and_per_key_rate_limit(server):

@@ -132,3 +132,68 @@ def test_continuous_batching_matches_generate_for_staggered_requests(tiny_adapte
 def load_tiny():
     from app.models import load_policy
     return load_policy("tiny")[0]
+
+
+def test_chunked_prefill_matches_generate_and_running_rows_keep_decoding(tiny):
+    """A ~380-token prompt prefilled 32 tokens an iteration gives generate's greedy tokens, and a stream that
+    was already running gets a token on every one of those iterations instead of waiting for the prompt."""
+    from app.chat import render_prompt
+    from app.serve.engines import GenParams, HFEngine
+    engine = HFEngine("tiny", max_batch_size=4, prefill_tokens=32)
+    tok = engine.tokenizer
+    short = render_prompt(tok, [{"role": "user", "content": "hi"}])
+    long = render_prompt(tok, [{"role": "user", "content": "Where is my parcel? " * 70}])
+    assert len(long) > 10 * 32 and len(short) <= 32
+    log: list[tuple[str, int]] = []
+
+    async def one(name, ids, n, started=None):
+        text, last = "", None
+        async for ev in engine.generate(ids, GenParams(max_tokens=n, temperature=0)):
+            text, last = text + ev["text"], ev
+            log.append((name, ev["completion_tokens"]))
+            if started and not started.is_set():
+                started.set()
+        return text, last
+
+    async def both():
+        started = asyncio.Event()
+        running = asyncio.create_task(one("short", short, 40, started))
+        await started.wait()  # the short stream is decoding when the long prompt arrives
+        return await asyncio.gather(running, one("long", long, 6))
+
+    (short_text, _), (long_text, long_last) = asyncio.run(both())
+    before_long = [n for name, n in log[:log.index(("long", 1))] if name == "short"]
+    # one decode step per prefill chunk (>= 11 chunks): the short stream went on while the long prompt filled
+    assert before_long[-1] - before_long[0] >= 10
+    model = tiny[0]
+    for ids, text, n in ((long, long_text, 6), (short, short_text, 40)):
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
+        assert text == tok.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def test_sampling_edges_are_greedy_or_valid():
+    """A temperature of 1e-300 would divide the logits into inf/nan (torch.multinomial then fails): below
+    1e-5 it is greedy, as in vLLM; top_p near 0 keeps the most likely token."""
+    from app.serve.batching import Sequence, sample
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+
+    def row(t, p):
+        return Sequence(prompt=[1], max_tokens=1, temperature=t, top_p=p, seed=0, stream=None, emit=None,
+                        generator=torch.Generator().manual_seed(0))
+    greedy = logits.argmax(-1).tolist()
+    assert sample(logits, [row(1e-300, 1.0), row(0.0, 1.0), row(1.0, 1e-300)]) == greedy
+    assert sample(logits * 1e30, [row(2.0, 1.0)] * 3) == greedy  # huge logits: softmax stays finite
+
+
+def test_request_text_and_seeds_at_the_edges_parse():
+    """Lone surrogates are valid JSON but not text: they become U+FFFD (a valid pair stays one character);
+    any integer seed is folded into 63 bits; NaN sampling values are 400s naming the parameter."""
+    req = P.parse(P.ChatRequest, b'{"model": "m", "seed": -123456789012345678901234567890, "stop": "\\udfff",'
+                                 b' "messages": [{"role": "user", "content": "a\\ud800b \\ud83d\\ude00 \\u0000"}]}')
+    assert req.messages[0].content == "a\ufffdb \U0001F600 \x00" and req.stop == ["\ufffd"]
+    assert 0 <= req.seed < 2**63
+    for param in ("temperature", "top_p"):
+        with pytest.raises(P.APIError) as err:
+            P.parse(P.ChatRequest, b'{"model": "m", "%s": NaN, "messages": [{"role": "user", "content": "x"}]}'
+                    % param.encode())
+        assert err.value.status == 400 and err.value.param == param

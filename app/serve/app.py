@@ -96,7 +96,7 @@ class LLMServer:
         self.args = args
         self.engine = make_engine(args.engine, model_path, args.dtype, args.max_batch_size,
                                   args.trust_remote_code, args.max_loaded_adapters if args.adapters else 0,
-                                  args.vllm_args, int(args.cpus_per_replica))
+                                  args.vllm_args, int(args.cpus_per_replica), args.prefill_tokens)
 
         async def load(name: str):  # a plain function: Serve's LRU cache of loaded adapters wraps it
             await asyncio.to_thread(self.engine.load_adapter, name, self.args.adapters[name])
@@ -169,7 +169,8 @@ class OpenAIServer:
             req = P.parse(P.ChatRequest if kind == "chat" else P.CompletionRequest, await self._body(request))
             adapter = self._adapter(req.model)
             prompt = self._prompt(req, kind)
-            params = GenParams(max_tokens=self._budget(len(prompt), req.limit), temperature=req.temperature,
+            params = GenParams(max_tokens=self._budget(len(prompt), req.limit, "messages" if kind == "chat" else "prompt"),
+                               temperature=req.temperature,
                                top_p=req.top_p, n=req.n, stop=req.stop, seed=req.seed)
             events = self._events(prompt, params, adapter, start + self.limits.request_timeout_s)
             first = await anext(events)  # overload and engine errors surface here, before any 200 is sent
@@ -217,12 +218,15 @@ class OpenAIServer:
             raise P.APIError(400, "send one prompt per request", param="prompt", code="invalid_value")
         return self.tokenizer(req.prompt[0], add_special_tokens=False)["input_ids"]
 
-    def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
+    def _budget(self, prompt_tokens: int, max_tokens: int | None, prompt_param: str) -> int:
+        if prompt_tokens > self.limits.max_prompt_tokens:
+            raise P.APIError(400, f"the prompt has {prompt_tokens} tokens; this server takes at most "
+                             f"{self.limits.max_prompt_tokens}", param=prompt_param, code="context_length_exceeded")
         room = self.context - prompt_tokens
         if room <= 0 or (max_tokens is not None and max_tokens > room):
             raise P.APIError(400, f"this model's context is {self.context} tokens; the prompt has {prompt_tokens} "
                              f"and max_tokens asks for {max_tokens or 1} more", param="max_tokens" if room > 0
-                             else "messages", code="context_length_exceeded")
+                             else prompt_param, code="context_length_exceeded")
         return max_tokens or min(self.limits.default_max_tokens, room)
 
     async def _events(self, prompt: list[int], params: GenParams, adapter: str | None, deadline: float):

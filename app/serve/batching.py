@@ -1,16 +1,20 @@
 """Continuous batching for HF causal LMs on CPU (or one GPU without vLLM). No ray import.
 
-One background thread owns the model. Each iteration it admits waiting sequences (prefilled together,
-left-padded), runs one decode step for every running sequence in a single forward pass, samples each
-row with its own temperature / top_p / seeded generator, and drops rows that finished or were cancelled.
-Rows live in one KV cache aligned on the right: a new group is left-padded (or the running batch is) to
-the same width and concatenated, so a request never waits for another to finish. Sequences may use
-different LoRA adapters in the same batch (peft's mixed-adapter forward).
+One background thread owns the model. Each iteration spends at most `prefill_tokens` prompt tokens on
+prefill, then runs one decode step for every running sequence in a single forward pass, sampling each row
+with its own temperature / top_p / seeded generator and dropping rows that finished or were cancelled.
+Short prompts that fit the budget are prefilled together (left-padded); a longer prompt is prefilled a
+chunk per iteration into a cache of its own (chunked prefill), so rows already running keep producing a
+token per iteration while it fills, instead of all waiting for one long prompt. Rows live in one KV cache
+aligned on the right: a prefilled group is left-padded (or the running batch is) to the same width and
+concatenated, so a request never waits for another to finish. Sequences may use different LoRA adapters in
+the same batch (peft's mixed-adapter forward).
 """
 from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,7 +24,7 @@ from transformers import DynamicCache
 from app.serve.textstream import TextStream
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (removed from the waiting queue)
 class Sequence:
     """One choice being generated. `emit(event)` is called from the engine thread."""
     prompt: list[int]
@@ -35,13 +39,19 @@ class Sequence:
     tokens: int = 0
     cancelled: bool = False
     generator: torch.Generator | None = field(default=None, repr=False)
+    cache: DynamicCache | None = field(default=None, repr=False)  # its own, while its prompt is prefilled
+    prefilled: int = 0                                            # prompt tokens in that cache
+
+
+# Below this a temperature is greedy (vLLM's threshold too): dividing logits by 1e-300 overflows to inf/nan.
+GREEDY_BELOW = 1e-5
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    """Next token per row: argmax at temperature 0, else nucleus sampling with the row's generator."""
+    """Next token per row: argmax at temperature ~0, else nucleus sampling with the row's generator."""
     out = []
     for row, s in zip(logits.float(), seqs):
-        if s.temperature == 0:
+        if s.temperature < GREEDY_BELOW:
             out.append(int(row.argmax()))
             continue
         probs = torch.softmax(row / s.temperature, dim=-1)
@@ -66,10 +76,12 @@ def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 class Batcher:
     """Owns the model and the running batch; `submit` is thread-safe, everything else runs in the thread."""
 
-    def __init__(self, model, eos_ids: set[int], max_batch_size: int = 8):
+    def __init__(self, model, eos_ids: set[int], max_batch_size: int = 8, prefill_tokens: int = 256):
         self.model, self.eos_ids, self.max_batch_size = model, eos_ids, max_batch_size
+        self.prefill_tokens = prefill_tokens       # prompt tokens one iteration may prefill (the chunk size)
         self.device = next(model.parameters()).device
         self.inbox: queue.Queue[Sequence] = queue.Queue()
+        self.waiting: deque[Sequence] = deque()    # admitted, prompt not (fully) prefilled yet
         self.running: list[Sequence] = []
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None      # [B, W] 1 on real tokens
@@ -79,7 +91,7 @@ class Batcher:
         threading.Thread(target=self._loop, daemon=True, name="batcher").start()
 
     def submit(self, seq: Sequence) -> None:
-        if seq.temperature > 0:
+        if seq.temperature >= GREEDY_BELOW:
             seq.generator = torch.Generator().manual_seed(seq.seed if seq.seed is not None else
                                                           int(torch.randint(0, 2**62, ()).item()))
         self.inbox.put(seq)
@@ -87,23 +99,23 @@ class Batcher:
     # -- the engine thread ----------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            new = [self.inbox.get()] if not self.running else []
-            while len(self.running) + len(new) < self.max_batch_size:
+            if not self.running and not self.waiting:
+                self.waiting.append(self.inbox.get())
+            while len(self.running) + len(self.waiting) < self.max_batch_size:
                 try:
-                    new.append(self.inbox.get_nowait())
+                    self.waiting.append(self.inbox.get_nowait())
                 except queue.Empty:
                     break
             try:
                 with self.lock, torch.inference_mode():
-                    new = [s for s in new if not s.cancelled]
-                    if new:
-                        self._admit(new)
+                    self.waiting = deque(s for s in self.waiting if not s.cancelled)
+                    self._prefill()
                     if self.running:
                         self._step()
             except Exception as exc:  # a failed forward fails the rows in it, not the engine
-                for s in self.running + new:
+                for s in self.running + list(self.waiting):
                     s.emit({"index": s.index, "error": f"{type(exc).__name__}: {exc}"})
-                self.running, self.cache = [], None
+                self.running, self.waiting, self.cache = [], deque(), None
 
     def _forward(self, ids, mask, positions, cache, seqs):
         kwargs = {}
@@ -113,14 +125,46 @@ class Batcher:
                          use_cache=True, **kwargs)
         return out.logits[:, -1]
 
-    def _admit(self, seqs: list[Sequence]) -> None:
+    def _prefill(self) -> None:
+        """This iteration's prompt tokens: the waiting prompts that fit the budget together (FIFO among them),
+        then a chunk of the oldest one left (the rest of the budget, at least a quarter: never starved)."""
+        budget, group = self.prefill_tokens, []
+        for s in self.waiting:
+            if s.prefilled == 0 and len(s.prompt) <= budget:
+                group.append(s)
+                budget -= len(s.prompt)
+        for s in group:
+            self.waiting.remove(s)
+        if group:
+            self._prefill_group(group)
+        if self.waiting:
+            self._prefill_chunk(self.waiting[0], max(budget, self.prefill_tokens // 4))
+
+    def _prefill_group(self, seqs: list[Sequence]) -> None:
         width = max(len(s.prompt) for s in seqs)
         ids = torch.tensor([[0] * (width - len(s.prompt)) + s.prompt for s in seqs], device=self.device)
         mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in seqs],
                             device=self.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits = self._forward(ids, mask, positions, cache, seqs)
+        self._join(seqs, cache, mask, self._forward(ids, mask, positions, cache, seqs))
+
+    def _prefill_chunk(self, s: Sequence, tokens: int) -> None:
+        """The next `tokens` of one long prompt into its own cache; it joins the batch when complete."""
+        start, end = s.prefilled, min(len(s.prompt), s.prefilled + tokens)
+        s.cache = s.cache or DynamicCache()
+        ids = torch.tensor([s.prompt[start:end]], device=self.device)
+        mask = torch.ones(1, end, dtype=torch.long, device=self.device)
+        positions = torch.arange(start, end, device=self.device)[None]
+        logits = self._forward(ids, mask, positions, s.cache, [s])
+        s.prefilled = end
+        if end == len(s.prompt):
+            self.waiting.remove(s)
+            cache, s.cache = s.cache, None
+            self._join([s], cache, mask, logits)
+
+    def _join(self, seqs: list[Sequence], cache: DynamicCache, mask: torch.Tensor, logits: torch.Tensor) -> None:
+        """Prefilled rows join the running batch with their first sampled token."""
         if self.running:
             self._merge(cache, mask)
         else:

@@ -20,6 +20,7 @@ class Limits(Config):
     request_timeout_s: float = Field(120.0, gt=0)  # whole request; streams end with an error chunk
     max_body_bytes: int = Field(1_000_000, ge=1024)
     default_max_tokens: int = Field(256, ge=1)     # when a request gives none (capped by the context)
+    max_prompt_tokens: int = Field(4096, ge=1)     # longer prompts: 400 context_length_exceeded (also < context)
     rate_limit_per_minute: float = Field(0, ge=0)  # per API key (or client address); 0 = off
     rate_limit_burst: int | None = Field(None, ge=1)
     retry_after_s: int = Field(1, ge=1)
@@ -35,6 +36,7 @@ class ServeArgs(Config):
     dtype: str = "float32"
     trust_remote_code: bool = False
     max_batch_size: int = Field(8, ge=1)
+    prefill_tokens: int = Field(256, ge=16)  # prompt tokens per engine step: longer prompts prefill in chunks
     num_replicas: int = Field(1, ge=1)
     cpus_per_replica: float = Field(1.0, ge=0)
     gpus_per_replica: float | None = None   # None: 1 when CUDA is visible to the cluster, else 0

@@ -47,7 +47,7 @@ def pick(engine: str) -> str:
 
 class HFEngine:
     def __init__(self, model: str, dtype: str = "float32", max_batch_size: int = 8, trust_remote_code: bool = False,
-                 threads: int = 0):
+                 threads: int = 0, prefill_tokens: int = 256):
         if threads > 0:  # Ray caps a worker's OMP threads at its CPU reservation; use what was reserved
             torch.set_num_threads(threads)
         self.model, self.tokenizer = load_policy(model, dtype, trust_remote_code)
@@ -56,7 +56,7 @@ class HFEngine:
         self.context = getattr(self.model.config, "max_position_embeddings", 2048)
         eos = self.model.generation_config.eos_token_id
         eos_ids = {self.tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self.batcher = Batcher(self.model, eos_ids, max_batch_size)
+        self.batcher = Batcher(self.model, eos_ids, max_batch_size, prefill_tokens)
 
     def load_adapter(self, name: str, path: str) -> None:
         from peft import PeftModel
@@ -101,13 +101,16 @@ class HFEngine:
 
 class VLLMEngine:
     def __init__(self, model: str, dtype: str = "auto", max_batch_size: int = 64, trust_remote_code: bool = False,
-                 max_loras: int = 4, extra: dict | None = None):
+                 max_loras: int = 4, extra: dict | None = None, prefill_tokens: int = 256):
         from vllm import AsyncEngineArgs, AsyncLLMEngine
         path = resolve(model)
         self.tokenizer = load_tokenizer(str(path), trust_remote_code)
+        # vLLM's own chunked prefill: a step carries at most max_num_batched_tokens (decodes first), so long
+        # prompts are split across steps (a GPU step takes far more tokens than a CPU one: at least 2048)
+        extra = {"enable_chunked_prefill": True, "max_num_batched_tokens": max(2048, prefill_tokens), **(extra or {})}
         args = AsyncEngineArgs(model=str(path), dtype=dtype, max_num_seqs=max_batch_size,
                                trust_remote_code=trust_remote_code, enable_lora=max_loras > 0,
-                               max_loras=max(1, max_loras), **(extra or {}))
+                               max_loras=max(1, max_loras), **extra)
         self.engine = AsyncLLMEngine.from_engine_args(args)
         self.context = args.max_model_len or getattr(self.tokenizer, "model_max_length", 2048)
         self.adapters: dict[str, tuple[int, str]] = {}
@@ -137,8 +140,8 @@ class VLLMEngine:
 
 
 def make_engine(kind: str, model: str, dtype: str, max_batch_size: int, trust_remote_code: bool,
-                max_loras: int, vllm_args: dict, threads: int = 0):
+                max_loras: int, vllm_args: dict, threads: int = 0, prefill_tokens: int = 256):
     if pick(kind) == "vllm":
         return VLLMEngine(model, "auto" if dtype == "float32" else dtype, max_batch_size, trust_remote_code,
-                          max_loras, vllm_args)
-    return HFEngine(model, dtype, max_batch_size, trust_remote_code, threads)
+                          max_loras, vllm_args, prefill_tokens)
+    return HFEngine(model, dtype, max_batch_size, trust_remote_code, threads, prefill_tokens)

@@ -7,6 +7,7 @@ clients send optional ones (user, logprobs, ...) that this server does not use.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Literal
@@ -54,6 +55,12 @@ class Sampling(BaseModel):
     stream: StrictBool = False
     stream_options: dict | None = None
 
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v):
+        """Any integer is a seed (OpenAI's are 64-bit, JSON's unbounded): folded into [0, 2**63)."""
+        return None if v is None else v % 2**63
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, v):
@@ -87,10 +94,25 @@ class CompletionRequest(Sampling):
         return prompts
 
 
+def _text(value):
+    """Every string of a parsed body with lone surrogates (valid JSON escapes such as "\\ud800", but not text:
+    no tokenizer or UTF-8 encoder takes them) replaced by U+FFFD, as a UTF-8 client would have sent them."""
+    if isinstance(value, str):
+        return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def parse(model: type[BaseModel], raw: bytes):
     """Bytes of a request body -> a validated request, or APIError 400 naming the offending parameter."""
     try:
-        data = json.loads(raw)
+        data = _text(json.loads(raw))
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
