@@ -31,7 +31,9 @@ class Registry:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path or default_path())
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path))
+        # Writers from several processes (parallel pipeline stages, two evaluations) wait for each other's
+        # short transactions: up to 30 s before "database is locked" (sqlite3's default is 5 s).
+        self.db = sqlite3.connect(str(self.path), timeout=30)
         self.db.row_factory = sqlite3.Row
         self.db.execute(f"CREATE TABLE IF NOT EXISTS versions ({', '.join(f'{k} {t}' for k, t in COLUMNS.items())})")
         have = {r["name"] for r in self.db.execute("PRAGMA table_info(versions)")}

@@ -60,3 +60,24 @@ def test_a_registry_from_before_new_columns_gains_them(tmp_path):
     db.commit()
     old = Registry(tmp_path / "old.sqlite").get(1)
     assert old["model"] == "m" and old["parent"] is None and old["eval_dir"] is None and old["verdict"] == {}
+
+
+def test_concurrent_writers_lose_no_version(tmp_path):
+    """Four processes register (and promote) at once on one registry file: every version is there, with
+    distinct ids, and none of them failed on a locked database."""
+    import subprocess
+    import sys
+
+    from app import PROJECT_ROOT
+    from app.registry import Registry
+    path = tmp_path / "r.sqlite"
+    code = ("import sys\nfrom app.registry import Registry\nfor i in range(30):\n"
+            "    r = Registry(sys.argv[1])\n    v = r.register(f'w{sys.argv[2]}-{i}', 'm', {'i': i})\n"
+            "    i % 3 or r.promote(v)\n    r.list()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), str(k)], cwd=PROJECT_ROOT,
+                              stderr=subprocess.PIPE, text=True) for k in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    versions = Registry(path).list()
+    assert sorted(v["name"] for v in versions) == sorted(f"w{k}-{i}" for k in range(4) for i in range(30))
+    assert len({v["id"] for v in versions}) == 120 and sum(v["promoted"] for v in versions) == 40
