@@ -7,6 +7,14 @@ on the same model, prompts and token budget, measured in the same run. Prints on
 Per level: requests/s, output tokens/s, TTFT and per-token latency p50/p90/p99 (streamed, official openai
 client), failures. Baseline: HF `generate` one request after another (batch 1, greedy) in this process with
 the same thread count as the engine replica. Target: at 8 clients >= 3x the baseline's tokens/s.
+
+    .venv/bin/python benchmarks/serve_load.py --mixed                  # short requests beside 2,000-token prompts
+
+--mixed: 8 clients send short requests (3 each, 16 tokens) alone, then beside one client sending ~2,000-token
+prompts back to back, against several engines in one run: chunked prefill at each `--prefill-tokens` (256
+is the default engine) and whole-prompt prefill (the engine before chunking). Reported: the short requests'
+latency and TTFT p50/p99 unloaded and loaded, their ratio (goal: loaded p99 <= 3x unloaded, no 504), every
+HTTP status, and the long prompts' own latency (what chunking costs them).
 """
 from __future__ import annotations
 
@@ -93,6 +101,81 @@ async def load(url: str, concurrency: int, n: int, max_tokens: int) -> dict:
             "failures": failures}
 
 
+async def mixed(url: str, long_prompt: str, loaded: bool, clients: int = 8, rounds: int = 3) -> dict:
+    """Short requests from `clients` clients (each `rounds` in a row), with or without one client sending
+    `long_prompt` back to back until they are done: the short requests' latency and TTFT, every status."""
+    import httpx
+    latency, ttft, status, long_latency = [], [], {}, []
+    done = asyncio.Event()
+
+    async def request(client, content: str, max_tokens: int) -> tuple[float, float | None]:
+        start, first = time.perf_counter(), None
+        async with client.stream("POST", f"{url}/v1/chat/completions", json={
+                "model": "raypost", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+                "temperature": 0, "stream": True}) as r:
+            status[r.status_code] = status.get(r.status_code, 0) + 1
+            async for line in r.aiter_lines():
+                if first is None and line.startswith("data: {") and '"content"' in line:
+                    first = time.perf_counter()
+        return (time.perf_counter() - start) * 1000, first and (first - start) * 1000
+
+    async def short(client, k: int):
+        for i in range(rounds):
+            took, first = await request(client, PROMPTS[(k * rounds + i) % len(PROMPTS)], 16)
+            latency.append(took)
+            if first:
+                ttft.append(first)
+
+    async def long(client):
+        while not done.is_set():
+            long_latency.append((await request(client, long_prompt, 8))[0])
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4)) as client:
+        background = asyncio.create_task(long(client)) if loaded else None
+        if loaded:
+            await asyncio.sleep(0.5)  # the long prompt is being prefilled when the short requests arrive
+        await asyncio.gather(*[short(client, k) for k in range(clients)])
+        done.set()
+        if background:
+            await background
+    return {"latency_ms": {"p50": pct(latency, .5), "p99": pct(latency, .99)},
+            "ttft_ms": {"p50": pct(ttft, .5), "p99": pct(ttft, .99)}, "statuses": status,
+            **({"long_prompt_latency_ms": {"p50": pct(long_latency, .5), "n": len(long_latency)}} if loaded else {})}
+
+
+def mixed_load(args) -> dict:
+    """Both engines on one Serve instance (the idle one costs nothing): unloaded, then loaded."""
+    from ray import serve
+
+    from app.cluster import init_ray
+    from app.models import load_tokenizer
+    from app.serve.app import build_app
+    from app.serve.config import ServeArgs
+    tok = load_tokenizer(args.model)
+    unit = "Order LH12345678 was packed on Monday, left the warehouse on Tuesday and reached the hub. "
+    long_prompt = unit * (2000 // len(tok(unit, add_special_tokens=False)["input_ids"]))
+    init_ray(num_cpus=2 * args.threads)  # two replicas' reservations; one engine runs at a time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    out = {}
+    for name, chunk in [(f"chunked_{c}", c) for c in args.prefill_tokens] + [("whole_prompt", 1_000_000)]:
+        serve.run(build_app(ServeArgs(model=args.model, cpus_per_replica=args.threads, max_batch_size=args.batch,
+                                      prefill_tokens=chunk)), name=name, route_prefix=f"/{name}")
+        url = f"http://127.0.0.1:{port}/{name}"
+        asyncio.run(mixed(url, "warm up", False, rounds=1))
+        alone, beside = asyncio.run(mixed(url, long_prompt, False)), asyncio.run(mixed(url, long_prompt, True))
+        out[name] = {"unloaded": alone, "loaded": beside,
+                     "p99_latency_loaded_vs_unloaded": round(beside["latency_ms"]["p99"] / alone["latency_ms"]["p99"], 2),
+                     "p99_ttft_loaded_vs_unloaded": round(beside["ttft_ms"]["p99"] / alone["ttft_ms"]["p99"], 2)}
+        serve.delete(name)
+    serve.shutdown()
+    return {"benchmark": "serve_mixed_load", "model": args.model, "threads": args.threads,
+            "long_prompt_tokens": len(tok(long_prompt, add_special_tokens=False)["input_ids"]), "short_clients": 8,
+            **out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -100,7 +183,12 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--mixed", action="store_true", help="short requests beside 2,000-token prompts")
+    ap.add_argument("--prefill-tokens", type=int, nargs="+", default=[64, 128, 256], help="--mixed: chunk sizes")
     args = ap.parse_args()
+    if args.mixed:
+        print(json.dumps(mixed_load(args)))
+        return
 
     from ray import serve
 

@@ -185,6 +185,48 @@ def test_hostile_content_and_sampling_edges_are_answered(server):
     assert r.json()["error"]["param"] == "messages" and "at most 256" in r.json()["error"]["message"]
 
 
+def fuzz_body(rng) -> bytes:
+    """One seeded request: valid with edge values, then (half of them) one or two fields replaced by anything,
+    (one in twenty) cut short."""
+    odd = ["", "\ud800", "\x00", "\u202e", "你好" * rng.randint(1, 50), "x" * rng.randint(1, 3000), "😀", "\n" * 40]
+    body = {"model": rng.choice(["tiny", "alpha"]),
+            "messages": [{"role": rng.choice(["user", "system", "assistant"]), "content": rng.choice(odd)}
+                         for _ in range(rng.randint(1, 3))],
+            "max_tokens": rng.choice([1, 2, 4]), "temperature": rng.choice([0, 1e-300, 0.7, 2.0]),
+            "top_p": rng.choice([1e-300, 0.5, 1.0]), "n": rng.choice([1, 2]), "seed": rng.choice([None, 0, -5, 2**80]),
+            "stop": rng.choice([None, "\n", ["a", "\ud83d"]]), "stream": rng.choice([False, True])}
+    anything = [None, True, -1, 0, 2**70, 1e300, "1", [], {}, "nope", [{"role": "robot"}], *odd]
+    for key in rng.sample(sorted(body), rng.choice([0, 0, 1, 2])):
+        body[key] = rng.choice(anything)
+    raw = json.dumps(body)
+    return raw[:rng.randint(1, len(raw))].encode() if rng.random() < 0.05 else raw.encode()
+
+
+def test_seeded_fuzz_from_8_clients_gets_no_5xx_and_no_hang(server):
+    """240 seeded requests (valid, at the edges, malformed, cut short) from 8 clients at once: each is a 200 or
+    a 4xx with the OpenAI envelope within 60 s, and the server answers normally afterwards."""
+    import random
+    rng = random.Random(0)
+    bodies = [fuzz_body(rng) for _ in range(240)]
+
+    def send(body: bytes) -> int:
+        r = requests.post(f"{server}/v1/chat/completions", data=body, timeout=60,
+                          headers={"Content-Type": "application/json"})
+        if r.status_code != 200:
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+        else:
+            _ = r.content  # a stream is read to its end
+        return r.status_code
+    with cf.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(send, bodies))
+    counts = {code: statuses.count(code) for code in set(statuses)}
+    print("fuzz statuses", counts)
+    assert all(code == 200 or 400 <= code < 500 for code in counts), counts
+    assert counts.get(200, 0) >= 20 and sum(v for k, v in counts.items() if k != 200) >= 100, counts
+    r = client(server).chat.completions.create(model="tiny", messages=HELLO, max_tokens=2)
+    assert r.usage.completion_tokens == 2
+
+
 def test_api_keys_and_per_key_rate_limit(server):
     with pytest.raises(openai.AuthenticationError):
         client(server, "/keyed", key="wrong").chat.completions.create(model="tiny", messages=HELLO, max_tokens=1)
