@@ -1,7 +1,6 @@
 """One-time set-up that `make setup` runs after the installs, so no job pays for it on first use: convert the
-bundled SmolLM2 (GGUF -> safetensors) and the tiny test model into .cache/models/, and build DeepSpeed's CPU
-shared-memory collective op into .cache/torch_extensions/ (~60 s the first time; every Ray Train worker
-loads it). Both are reused afterwards; a job still builds either itself when the cache was cleared.
+bundled SmolLM2 (GGUF -> safetensors) and the tiny test model into .cache/models/. Reused afterwards; a job
+still converts a model itself when the cache was cleared.
 
     python -m jobs.prepare
 """
@@ -16,8 +15,6 @@ def main() -> None:
     start = time.time()
     for alias in ("smollm2-135m-instruct", "tiny"):
         print(f"prepare: model {alias} -> {materialize(alias)}", flush=True)
-    from deepspeed.comm.torch import build_shm_op  # prints 'built successfully' when the op exists for this CPU
-    build_shm_op()
     print(f"prepare: done in {time.time() - start:.0f} s", flush=True)
 
 

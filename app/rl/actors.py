@@ -29,7 +29,7 @@ from app.rl.rollout import sample_vllm
 from app.rl.rollout import vllm_engine
 from app.train.checkpoints import rng_state
 from app.train.checkpoints import set_rng_state
-from app.train.deepspeed import build_ds_config
+from app.train.deepspeed import build_ds_config, import_deepspeed
 from app.train.model import peft_config
 from app.train.reward import RewardModel
 from app.train.reward import freeze_below
@@ -213,7 +213,7 @@ class LearnerActor:
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the group (every rank at once: a rendezvous) and wrap the policy in a DeepSpeed engine."""
-        import deepspeed
+        deepspeed = import_deepspeed()
         a = self.args
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world), LOCAL_RANK="0")

@@ -1,5 +1,16 @@
-"""The only place DeepSpeed config dicts are built, from flat arguments."""
+"""DeepSpeed for the trainers: the one place its config dicts are built (from flat arguments), and its import."""
 from __future__ import annotations
+
+
+def import_deepspeed():
+    """deepspeed, its CPU shared-memory all-reduce op marked unavailable. Only DeepSpeed's inference
+    tensor-parallel path calls that op (TorchBackend.inference_all_reduce); training all-reduces through
+    torch.distributed. Without this, every CPU process that starts DeepSpeed's comm back end loads the op,
+    and the first one on a machine JIT-compiles it (~50 s of g++ on 2 cores) for nothing."""
+    import deepspeed
+    import deepspeed.ops
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
 
 
 def build_ds_config(micro_batch_size: int, grad_accum: int, grad_clip: float, zero_stage: int,

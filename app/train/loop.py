@@ -30,7 +30,7 @@ import torch.distributed as dist
 from app.models import count_parameters
 from app.precision import train_precision
 from app.train import checkpoints
-from app.train.deepspeed import build_ds_config
+from app.train.deepspeed import build_ds_config, import_deepspeed
 from app.train.logger import MetricsLogger
 from app.train.model import trainable_state_dict
 
@@ -79,7 +79,6 @@ def shard(name: str) -> list[dict]:
 
 
 def setup_engine(cfg, model, total_steps: int):
-    import deepspeed
     from transformers import get_scheduler
     o = cfg.optim
     ds_config = build_ds_config(cfg.train.micro_batch_size, o.grad_accum, o.grad_clip, cfg.scaling.zero_stage,
@@ -90,7 +89,7 @@ def setup_engine(cfg, model, total_steps: int):
                                                                     weight_decay=o.weight_decay)
     schedule = lambda opt: get_scheduler(o.schedule if o.schedule != "constant" else "constant_with_warmup",  # noqa
                                          opt, num_warmup_steps=o.warmup_steps, num_training_steps=total_steps)
-    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer,
+    engine, _, _, scheduler = import_deepspeed().initialize(model=model, model_parameters=params, optimizer=optimizer,
                                                    lr_scheduler=schedule, config=ds_config)
     return engine, scheduler
 
