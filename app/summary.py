@@ -63,8 +63,10 @@ def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list
                            f"preference accuracy {m['val_before']['val_accuracy']:.2f} -> "
                            f"{m['val_after']['val_accuracy']:.2f}")
         elif m["val_loss_before"] is not None:
+            t = m["data"]["train"]
             out.append(f"{name}: validation loss {m['val_loss_before']:.4f} before -> {m['val_loss_after']:.4f} after "
-                       f"({m['steps']} steps)")
+                       f"({m['steps']} steps; {t['kept']} of {t['read']} training rows, {sum(t['dropped'].values())} "
+                       f"dropped)")
     for name, d in by_job("reward"):
         s = _read(d / "manifest.json")["summary"]
         out.append(f"{name}: held-out pairwise accuracy {_fmt(s['val_accuracy'])}, "
@@ -88,6 +90,11 @@ def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list
             verdict = ("promoted" if e["promoted"] else "NOT promoted") + (f" vs v{e['baseline']}" if e["baseline"] else "")
             out.append(n.ljust(width) + "  " + "  ".join(f"{_fmt(e['metrics'].get(k, '-')):>9}" for k in keys)
                        + f"  v{e['version']} {verdict}")
+        for n, e in evals:
+            if e["safety"]:
+                c = e["safety"]
+                out.append(f"{n}: red-team {c['passed']} of {c['n']} pass, {c['unsafe']} unsafe, {c['degenerate']} "
+                           f"empty or degenerate")
         for n, e in evals:
             out += gate_lines(n, e)
     for name, d in by_job("quantize"):

@@ -8,30 +8,62 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from app.chat import check_messages
 from app.config import UserError
 
 GSM8K_PROMPT = "{question}\nSolve it step by step, then give the final number after ####."
 
 
-def load_prompts(path: str, limit: int | None = None) -> list[dict]:
-    """[{id, prompt (messages), answer (reference or None)}]; `id` defaults to the line number."""
+def load_prompts(path: str, limit: int | None = None) -> tuple[list[dict], dict[str, int]]:
+    """([{id, prompt (messages), answer (reference or None)}], records skipped by reason: malformed (not
+    JSON), no_prompt (neither prompt nor question), not_a_conversation (a prompt that is not text or
+    [{role, content}])); `id` defaults to the line number. Callers say how many were skipped and why."""
     if Path(path).is_dir():
         records = pq.read_table(path).to_pylist()
     elif Path(path).is_file():
-        records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = []
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    records.append(None)
     else:
         raise UserError(f"prompts {path} not found (python -m jobs.demo_data writes data/demo/raw/prompts.jsonl "
                         f"and arithmetic.jsonl; python -m jobs.data ... input.kind=prompt cleans them)")
-    out = []
+    out, skipped = [], Counter()
     for n, record in enumerate(records[:limit]):
-        prompt = record.get("prompt") or GSM8K_PROMPT.format(question=record["question"])
+        reason, prompt = _prompt_of(record)
+        if reason:
+            skipped[reason] += 1
+            continue
         out.append({"id": str(record.get("id", n)), "answer": record.get("answer") or record.get("reference"),
-                    "prompt": prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]})
-    return out
+                    "prompt": prompt})
+    return out, dict(sorted(skipped.items()))
+
+
+def _prompt_of(record) -> tuple[str, list[dict] | None]:
+    if not isinstance(record, dict):
+        return "malformed", None
+    prompt = record.get("prompt") or (GSM8K_PROMPT.format(question=record["question"])
+                                      if isinstance(record.get("question"), str) else None)
+    if not prompt:
+        return "no_prompt", None
+    try:
+        return "", check_messages(prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}])
+    except ValueError:
+        return "not_a_conversation", None
+
+
+def skipped_line(skipped: dict[str, int]) -> str:
+    """ "3 skipped (malformed 2, no_prompt 1)", or "none skipped"."""
+    return f"{sum(skipped.values())} skipped ({', '.join(f'{k} {n}' for k, n in skipped.items())})" if skipped \
+        else "none skipped"
 
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

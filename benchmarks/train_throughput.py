@@ -30,7 +30,8 @@ def samples(model: str, n: int, max_len: int) -> list[dict]:
     from app.train.data import tokenize_batch
     table = pq.read_table(ROOT / "runs/data-demo/train").slice(0, n).to_pydict()
     out = tokenize_batch({"id": table["id"], "messages": table["messages"]}, str(resolve(model)), max_len)
-    return [{"id": i, "input_ids": list(x), "labels": list(y)} for i, x, y in zip(out["id"], out["input_ids"], out["labels"])]
+    return [{"id": i, "input_ids": list(x), "labels": list(y)}
+            for i, x, y, drop in zip(out["id"], out["input_ids"], out["labels"], out["drop"]) if not drop]
 
 
 def bare_loop(model_name: str, method: str, steps: int, mb: int, max_len: int, packing: bool, threads: int) -> dict:

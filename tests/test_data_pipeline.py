@@ -217,5 +217,6 @@ def test_rl_prompts_take_the_data_road(ray_local, sft_test, tmp_path):
     assert "[PHONE]" in rows["q-5"]["prompt"][0]["content"]
     from app.rl.controller import _prompts
     from app.models import load_tokenizer
-    loaded = _prompts(str(out / "train"), load_tokenizer("tiny"))
+    loaded, skipped = _prompts(str(out / "train"), load_tokenizer("tiny"))
+    assert skipped == {}
     assert [(i, ref) for i, _, _, ref in loaded] == [("q-1", "#### 7"), ("q-2", "#### 7"), ("q-5", None)]

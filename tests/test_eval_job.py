@@ -37,6 +37,10 @@ def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):
     test, red = [i for i in items if i["set"] == "test"], [i for i in items if i["set"] == "redteam"]
     assert len(test) == first["n"] == 12 and len(red) == first["n_redteam"] >= 20 and first["n_heldout"] == 4
     assert m["heldout_reward"] == 0.0  # the random model does not add one to a digit
+    c = first["safety"]  # passed, unsafe, empty or degenerate: the red-team answers, each counted once
+    assert c["n"] == len(red) and c["passed"] + c["unsafe"] + c["degenerate"] == c["n"]
+    assert c["passed"] / c["n"] == m["safety_pass_rate"] and "red-team answers pass" in (out / "report.md").read_text()
+    assert first["skipped"] == {"test": {}, "heldout": {}}
     assert sum(i["rougeL"] for i in test) / 12 == pytest.approx(m["rougeL"])
     assert first["promoted"] and first["baseline"] is None and "nothing promoted yet" in first["verdict"]["why"]
     # The same model again, gated against it by default: identical answers, no change, promoted.
@@ -110,7 +114,7 @@ def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
     items = [json.loads(line) for line in (tmp_path / "g" / "items.jsonl").read_text().splitlines()]
     hits = [float(final_number(a["answer"]) == final_number(a["reference"])) for a in answers]
     assert [i["accuracy"] for i in items if i["set"] == "test"] == hits and len(hits) == 4
-    assert result["metrics"]["accuracy"] == sum(hits) / 4
+    assert result["metrics"]["accuracy"] == sum(hits) / 4 and result["skipped"] == {"test": {}}
     assert "####" in answers[0]["reference"] and "step by step" in answers[0]["prompt"][0]["content"]
 
 

@@ -16,7 +16,9 @@ def test_only_the_final_answer_is_scored():
                                   {"role": "user", "content": "where is it?"}], "chosen": "Shipped.", "rejected": "No."}
     [row], dropped = tokenize(tok, [pair], ["preference"], 128)
     answer = tok.decode([t for t, m in zip(row["chosen"], row["chosen_mask"]) if m])
-    assert "Shipped." in answer and "hello" not in answer and dropped == 0
+    assert "Shipped." in answer and "hello" not in answer and not dropped
+    rows, dropped = tokenize(tok, [pair, {**pair, "id": "b", "dimension": "tone"}], ["preference"], 16)
+    assert rows == [] and dropped == {"too_long": 1, "unknown_head": 1}
 
 
 @pytest.mark.slow
@@ -57,9 +59,9 @@ def test_pairs_too_long_for_max_len_are_counted_in_the_error(toy_pairs):
     from app.models import load_tokenizer
     from app.train import preferences
     data = preferences.PairData(path=str(toy_pairs), val_share=0.25, max_len=16)
-    with pytest.raises(UserError, match=r"0 usable training pairs .* of 69 training pairs read, 69 are longer than "
+    with pytest.raises(UserError, match=r"0 usable training pairs .* of 69 training pairs read, 69 longer than "
                                         r"data.max_len=16 tokens"):
         preferences.load(data, load_tokenizer("tiny"), None, 0, 8)
     train, val, counts = preferences.load(data.model_copy(update={"max_len": 512}), load_tokenizer("tiny"), None, 0, 8)
-    assert counts == {"pairs": 96, "skipped": {}, "train": len(train), "val": len(val),
-                      "too_long_or_unknown_head": 0} and len(train) + len(val) == 96
+    assert counts == {"pairs": 96, "skipped": {}, "train": len(train), "val": len(val), "dropped": {}}
+    assert len(train) + len(val) == 96

@@ -38,10 +38,29 @@ def test_heldout_prompts_must_be_unseen(prompts_file, tmp_path):
     from app.rl.controller import _prompts
     from app.rl.heldout import check_disjoint
     tok = load_tokenizer("tiny")
-    train = _prompts(str(prompts_file), tok)
+    train, _ = _prompts(str(prompts_file), tok)
     (tmp_path / "h.jsonl").write_text(json.dumps({"id": "h0", "prompt": "Where is my parcel?"}) + "\n")
     with pytest.raises(UserError, match="shares 1 prompts with the training prompts"):
-        check_disjoint(_prompts(str(tmp_path / "h.jsonl"), tok), train)
+        check_disjoint(_prompts(str(tmp_path / "h.jsonl"), tok)[0], train)
+
+
+def test_unusable_prompts_are_counted_by_reason(tmp_path):
+    from app.config import UserError
+    from app.models import load_tokenizer
+    from app.rl.controller import _prompts
+    lines = [json.dumps({"id": "ok", "prompt": "Where is my parcel?"}), '{"id": "cut',
+             json.dumps({"id": "none", "answer": "7"}), json.dumps({"id": "odd", "prompt": [{"role": "robot"}]}),
+             json.dumps({"id": "long", "prompt": "word " * 600}), json.dumps({"question": "1+1?", "answer": "2"}),
+             json.dumps({"id": "ans", "prompt": [{"role": "user", "content": "hi"},
+                                                  {"role": "assistant", "content": "hello"}]})]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    rows, skipped = _prompts(str(tmp_path / "p.jsonl"), load_tokenizer("tiny"))
+    assert [r[0] for r in rows] == ["ok", "5"] and rows[1][3] == "2"
+    assert skipped == {"ends_with_assistant": 1, "malformed": 1, "no_prompt": 1, "not_a_conversation": 1,
+                       "too_long": 1}
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines[1:3]) + "\n")
+    with pytest.raises(UserError, match=r"no usable prompts in .*bad.jsonl: 2 skipped \(malformed 1, no_prompt 1\)"):
+        _prompts(str(tmp_path / "bad.jsonl"), load_tokenizer("tiny"))
 
 
 @pytest.mark.slow

@@ -137,7 +137,7 @@ def test_sampler_resamples_the_chunk_of_an_actor_killed_mid_generation(ray_local
     from app.rl.sync import Sampler, publish, sync
     from app.rl.ppo import PPOConfig
     cfg = load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", [f"prompts={prompts_file}", "max_new_tokens=6"])
-    data = _prompts(str(prompts_file), load_tokenizer("tiny"))
+    data, _ = _prompts(str(prompts_file), load_tokenizer("tiny"))
     rollouts = [RolloutActor.options(num_cpus=0, max_restarts=2).remote("tiny", 0) for _ in range(2)]
     learner = LearnerActor.options(num_cpus=0).remote("tiny", 0, 1, 1e-4, 0.2, 0.0)
     ray.get(learner.setup.remote("127.0.0.1", ray.get(learner.address.remote())[1]))

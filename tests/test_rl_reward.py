@@ -52,7 +52,8 @@ def test_reward_model_learns_a_separable_set(ray_local, toy_pairs, tmp_path):
                                [(0, 0.692478, 0.708333), (15, 0.036791, 1.0)], rtol=1e-3, atol=1e-4)
     assert summary["val_accuracy"] == 1.0 and summary["best_step"] == 15
     # 96 pairs: 43 train, 24 validation, 29 longer than max_len=64 (said, not silently lost)
-    assert summary["data"] == {"pairs": 96, "skipped": {}, "train": 43, "val": 24, "too_long_or_unknown_head": 29}
+    assert summary["data"] == {"pairs": 96, "skipped": {}, "train": 43, "val": 24,
+                               "dropped": {"too_long": 29}}
     model = RewardModel(summary["final"])
     assert model.names == ["helpfulness", "safety"]
     good, bad = model.score(["Where is my order?"] * 2, [GOOD[1], BAD[0]])

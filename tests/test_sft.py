@@ -49,6 +49,7 @@ def test_loss_goes_down_and_outputs_written(run_a):
                                        (10, 10.585743), (12, 10.572187)], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(val, [(0, 10.801856), (4, 10.715551), (8, 10.578433), (12, 10.508191)],
                                rtol=1e-4, atol=1e-4)
+    assert summary["data"]["train"] == {"read": 256, "kept": 256, "dropped": {}}
     assert summary["val_loss_before"] == val[0][1] and summary["val_loss_after"] == val[-1][1]
     assert summary["trainable"]["trainable_share"] < 0.05
     for name in ("final/model.safetensors", "adapter/adapter_model.safetensors", "training_curve.png",
@@ -127,7 +128,7 @@ def test_bad_input_fails_at_start(run_a, sft_data, tmp_path):
     empty = tmp_path / "empty"
     write_parquet([{"id": "x", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a" * 5000}],
                     "intent": "", "lang": "", "flags": ""}], SFT_SCHEMA, empty / "train")
-    with pytest.raises(UserError, match="no usable training rows"):
+    with pytest.raises(UserError, match=r"no usable training rows in .*: of 1 read, 1 longer than data.max_len=64"):
         sft(empty, tmp_path / "e", "data.max_len=64")
     _, out_a = run_a
     with pytest.raises(UserError, match="checkpoints of another model"):
@@ -156,7 +157,8 @@ def test_two_stage_init_from_and_replay_mix(run_a, sft_data, tmp_path):
                        "data.replay_share=0.2", "data.max_train_samples=80"])
     path = check_model(cfg)
     assert path == str(out_a / "final")
-    datasets = build_datasets(cfg, path)
+    datasets, counts = build_datasets(cfg, path)
+    assert counts["train"] == {"read": 80, "kept": 80, "dropped": {}} and counts["replay"]["kept"] == 44
     train_rows = sum(datasets[f"train_{i}"].count() for i in range(2))
     assert train_rows == 100  # 80 domain rows + 20 replay rows (20% of the mix)
     ids = {r["id"] for i in range(2) for r in datasets[f"train_{i}"].take_all()}

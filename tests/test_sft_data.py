@@ -17,6 +17,17 @@ def test_labels_are_the_assistant_tokens(tokenizer):
     assert list(out["input_ids"][0]) == ids
     assert list(out["labels"][0]) == [t if m else IGNORE for t, m in zip(ids, mask)]
     assert tokenizer.decode([t for t in out["labels"][0] if t != IGNORE]) == "It ships today.<|im_end|>不客气！<|im_end|>"
+    assert out["drop"] == [""]
+
+
+def test_rows_that_cannot_train_say_why():
+    from app.models import alias_dir
+    rows = [CHAT, [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}],
+            [{"role": "user", "content": "only a question"}], '{"not json', [{"role": "robot", "content": "x"}]]
+    out = tokenize_batch({"id": np.array(list("abcde")), "messages": np.array(rows, dtype=object)},
+                         str(alias_dir("tiny")), 64 * 4)
+    assert out["drop"] == ["", "too_long", "no_answer", "malformed", "malformed"]
+    assert [len(x) for x in out["input_ids"][1:]] == [0, 0, 0, 0]
 
 
 def test_packed_rows_do_not_attend_across_samples(tiny):

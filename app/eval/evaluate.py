@@ -34,7 +34,7 @@ from app.precision import fast_bf16
 from app.registry import Registry, default_path
 from app.rl import rewards
 from app.runinfo import sha256_file
-from app.tasks import final_number, load_prompts
+from app.tasks import final_number, load_prompts, skipped_line
 
 
 class HeldoutPrompts(Config):
@@ -66,36 +66,40 @@ class EvalConfig(JobConfig):
     gate: GateConfig = GateConfig()
 
 
-def load_gsm8k(path: str, limit: int | None) -> list[dict]:
-    return [{"id": f"gsm8k-{i:05d}", "reference": r["answer"], "prompt": r["prompt"]}
-            for i, r in enumerate(load_prompts(path, limit))]
-
-
-def load_records(folder: str, limit: int | None, task: str = "chat") -> list[dict]:
+def load_records(folder: str, limit: int | None, task: str = "chat") -> tuple[list[dict], dict[str, int]]:
+    """([{id, prompt, reference}], records skipped by reason): a data stage split of conversations (the last
+    assistant reply is the reference; no_reference when there is none) or, for task=gsm8k, a prompt set."""
     path = Path(folder)
     if not path.exists():
         raise UserError(f"eval data not found: {folder} (run python -m jobs.data first)")
     if task == "gsm8k":
-        return load_gsm8k(folder, limit)
-    rows = sorted(pq.read_table(path).to_pylist(), key=lambda r: r["id"])[:limit]
-    records = [{"id": r["id"], "prompt": r["messages"][:-1], "reference": r["messages"][-1]["content"]}
-               for r in rows if r["messages"] and r["messages"][-1]["role"] == "assistant" and len(r["messages"]) > 1]
+        rows, skipped = load_prompts(folder, limit)
+        records = [{"id": f"gsm8k-{i:05d}", "reference": r["answer"], "prompt": r["prompt"]} for i, r in enumerate(rows)]
+    else:
+        rows = sorted(pq.read_table(path).to_pylist(), key=lambda r: r["id"])[:limit]
+        records = [{"id": r["id"], "prompt": r["messages"][:-1], "reference": r["messages"][-1]["content"]}
+                   for r in rows if r["messages"] and r["messages"][-1]["role"] == "assistant" and len(r["messages"]) > 1]
+        skipped = {"no_reference": len(rows) - len(records)} if len(rows) > len(records) else {}
     if not records:
-        raise UserError(f"no usable eval records in {folder} (each needs a prompt and a reference answer)")
-    return records
+        raise UserError(f"no usable eval records in {folder} (each needs a prompt and a reference answer): "
+                        f"{skipped_line(skipped)}")
+    return records, skipped
 
 
 def run(cfg: EvalConfig) -> dict:
     out = cfg.out("eval")
     out.mkdir(parents=True, exist_ok=True)
-    records = load_records(cfg.data, cfg.max_samples, cfg.task)
+    records, skipped = load_records(cfg.data, cfg.max_samples, cfg.task)
     registry = Registry(cfg.registry)
     baseline = find_baseline(registry, cfg.gate.baseline)  # a bad baseline fails before the model loads
     baseline_items = load_items(baseline) if baseline else None
     model_path = str(resolve(cfg.model))
     prompts = load_redteam() if cfg.safety else []
-    held = [{**r, "id": f"heldout/{r['id']}"} for r in load_prompts(cfg.heldout.prompts, cfg.heldout.max_samples)] \
-        if cfg.heldout else []
+    held, held_skipped = load_prompts(cfg.heldout.prompts, cfg.heldout.max_samples) if cfg.heldout else ([], {})
+    held = [{**r, "id": f"heldout/{r['id']}"} for r in held]
+    skipped = {"test": skipped, **({"heldout": held_skipped} if cfg.heldout else {})}
+    print(f"eval: {len(records)} test items ({skipped_line(skipped['test'])})"
+          + (f", {len(held)} held-out prompts ({skipped_line(held_skipped)})" if cfg.heldout else ""), flush=True)
     red_ids = [f"redteam/{p['id']}" for p in prompts]
     manifest = Path(cfg.data).parent / "manifest.json"
     data_sha = sha256_file(manifest) if manifest.is_file() else None
@@ -119,14 +123,14 @@ def run(cfg: EvalConfig) -> dict:
         for item, p, r in zip(items, preds, refs):
             item["accuracy"] = float(final_number(p) == final_number(r))
         metrics["accuracy"] = sum(i["accuracy"] for i in items) / len(items)
-    worst = []
+    safety = {}
     if cfg.safety:
         toxicity_fn = load_callable(cfg.toxicity_model) if cfg.toxicity_model else None
         verdicts = score_answers(red, toxicity_fn=toxicity_fn)
-        items += [{"id": i, "set": "redteam", "safety_pass_rate": float(v["safe"]), "toxicity": v["toxicity"]}
+        items += [{"id": i, "set": "redteam", "safety_pass_rate": float(v["passed"]), "toxicity": v["toxicity"]}
                   for i, v in zip(red_ids, verdicts)]
         safety = summarize(verdicts, prompts, red)
-        metrics["safety_pass_rate"], worst = safety["safety_pass_rate"], safety["worst"]
+        metrics["safety_pass_rate"] = safety["safety_pass_rate"]
     if held:
         answers = [by_id[r["id"]]["answer"] for r in held]
         scores = rewards.call(load_callable(cfg.heldout.reward), [r["prompt"] for r in held], answers,
@@ -137,8 +141,8 @@ def run(cfg: EvalConfig) -> dict:
     wins = judge(cfg, baseline, answered, items, metrics) if cfg.judge and baseline else None
     if cfg.efficiency:
         metrics.update(efficiency(model_path, [r["prompt"] for r in answered], dtype=cfg.dtype))  # batch 1 and 8
-    return finish(cfg, out, model_path, metrics, answered, items, worst, registry, baseline, baseline_items, data_sha,
-                  wins)
+    return finish(cfg, out, model_path, metrics, answered, items, safety, registry, baseline, baseline_items, data_sha,
+                  wins, skipped)
 
 
 def judge(cfg: EvalConfig, baseline: dict, answered: list[dict], items: list[dict], metrics: dict) -> list[float]:
@@ -166,8 +170,8 @@ def _compute_of(baseline: dict | None) -> str | None:
 
 
 def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered: list[dict], items: list[dict],
-           worst: list, registry: Registry, baseline: dict | None, baseline_items: list[dict] | None,
-           data_sha: str | None, wins: list[float] | None = None) -> dict:
+           safety: dict, registry: Registry, baseline: dict | None, baseline_items: list[dict] | None,
+           data_sha: str | None, wins: list[float] | None = None, skipped: dict | None = None) -> dict:
     """Write the answers and per-item results, gate against the baseline, register (and maybe promote)."""
     for name, rows in (("answers.jsonl", answered), (ITEMS_FILE, items)):
         with open(out / name, "w", encoding="utf-8") as f:
@@ -185,12 +189,13 @@ def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered:
                                 verdict={k: decision[k] for k in ("baseline", "mode", "keys", "passed", "why")})
     if decision["passed"]:
         registry.promote(version)
-    result = {"version": version, "model": model_path, "compute": compute, "n": len(answered),
+    result = {"version": version, "model": model_path, "compute": compute, "n": len(answered), "skipped": skipped or {},
+              "safety": safety.get("counts"),
               **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout")}, "metrics": metrics,
               "promoted": decision["passed"], "baseline": decision["baseline"], "gate": decision["rows"],
               "verdict": {k: decision[k] for k in ("mode", "keys", "passed", "why", "warnings")}}
     (out / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    report.write(out, result, answered, worst, baseline)
+    report.write(out, result, answered, safety.get("worst", []), baseline)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
     if decision["rows"]:
         print(table(decision["rows"]))

@@ -27,6 +27,10 @@ def write(out: Path, result: dict, answered: list[dict], worst: list[dict], base
     lines += ["## Sample answers", "", "| prompt | answer | reference |", "|---|---|---|"]
     for r in answered[:8]:
         lines.append(f"| {_cell(r['prompt'][-1]['content'])} | {_cell(r['answer'])} | {_cell(r['reference'])} |")
+    if result.get("safety"):
+        c = result["safety"]
+        lines += ["", f"Safety: {c['passed']} of {c['n']} red-team answers pass (refusals included); {c['unsafe']} "
+                      f"unsafe, {c['degenerate']} empty or degenerate (both fail)."]
     if worst:
         lines += ["", "## Worst safety cases", "", "| prompt | answer | toxicity | sensitive | pii |", "|---|---|---|---|---|"]
         for w in worst:

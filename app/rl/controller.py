@@ -33,9 +33,9 @@ from app.rl import heldout as held
 from app.rl import losses
 from app.rl.experience import Experience
 from app.rl.sync import Sampler, SamplingPlan, publish, ray_get, sync
-from app.tasks import load_prompts
+from app.tasks import load_prompts, skipped_line
 from app.train.config import LoraSection
-from app.chat import render_prompt
+from app.chat import ChatTooLong, render_prompt
 from app.cluster import init_ray
 from app.models import load_policy
 from app.models import load_tokenizer, resolve
@@ -125,10 +125,22 @@ class RLConfig(JobConfig):
         return "vllm" if self.gpus.get("rollout", 0) >= 1 and importlib.util.find_spec("vllm") else "hf"
 
 
-def _prompts(path: str, tokenizer, limit_len: int = 512) -> list[tuple[str, list[dict], list[int], str | None]]:
-    """(id, messages, prompt tokens, reference answer) per prompt record (app/tasks.py reads the formats)."""
-    return [(r["id"], r["prompt"], render_prompt(tokenizer, r["prompt"], limit_len), r["answer"])
-            for r in load_prompts(path)]
+def _prompts(path: str, tokenizer, limit_len: int = 512) -> tuple[list[tuple[str, list[dict], list[int], str | None]],
+                                                                    dict[str, int]]:
+    """((id, messages, prompt tokens, reference answer) per usable prompt record, records skipped by reason);
+    app/tasks.py reads the formats, and a prompt that does not fit in `limit_len` tokens is skipped as
+    too_long. No usable prompt is an error that says why."""
+    records, skipped = load_prompts(path)
+    rows = []
+    for r in records:
+        try:
+            rows.append((r["id"], r["prompt"], render_prompt(tokenizer, r["prompt"], limit_len), r["answer"]))
+        except ValueError as exc:  # ChatTooLong, or a prompt that ends with an assistant message
+            reason = "too_long" if isinstance(exc, ChatTooLong) else "ends_with_assistant"
+            skipped[reason] = skipped.get(reason, 0) + 1
+    if not rows:
+        raise UserError(f"no usable prompts in {path}: {skipped_line(skipped)}")
+    return rows, skipped
 
 
 @dataclass
@@ -262,15 +274,16 @@ def run(cfg: RLConfig, step_fn: Callable) -> dict:
         raise UserError("set reward_model (a jobs.reward output) and/or reward_function (module:function)")
     policy = str(resolve(cfg.policy))
     tokenizer = load_tokenizer(policy)
-    data = _prompts(cfg.prompts, tokenizer)
-    heldout = _prompts(cfg.heldout.prompts, tokenizer)[:cfg.heldout.max_samples] if cfg.heldout else []
+    data, skipped = _prompts(cfg.prompts, tokenizer)
+    print(f"{cfg.algorithm}: {len(data)} training prompts from {cfg.prompts} ({skipped_line(skipped)})", flush=True)
+    heldout = _prompts(cfg.heldout.prompts, tokenizer)[0][:cfg.heldout.max_samples] if cfg.heldout else []
     held.check_disjoint(heldout, data)
     out = cfg.out(cfg.algorithm)
     out.mkdir(parents=True, exist_ok=True)
     init_ray()
     pg, roles = _actors(cfg, policy)
     try:
-        return _train(cfg, step_fn, roles, data, heldout, tokenizer, policy, out)
+        return _train(cfg, step_fn, roles, data, heldout, tokenizer, policy, out, skipped)
     finally:  # free the placement group's CPUs for whatever runs next on this cluster
         import ray
         from ray.util.placement_group import remove_placement_group
@@ -280,7 +293,7 @@ def run(cfg: RLConfig, step_fn: Callable) -> dict:
 
 
 def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: list, tokenizer, policy: str,
-           out: Path) -> dict:
+           out: Path, skipped: dict) -> dict:
     kl_ctl = losses.KLController(cfg.kl.init, cfg.kl.target, cfg.kl.horizon)
     resumed = load_checkpoint(cfg, out, roles)
     start, version = (resumed["step"], resumed["version"]) if resumed else (0, 0)
@@ -347,7 +360,7 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: 
     logger.close()
     final = _save_final(cfg, roles, tokenizer, policy, out)
     plot(history, measured, out / f"{cfg.algorithm}_curve.png")
-    summary = {"steps": cfg.steps, "policy_version": pub.version, "checksum": pub.checksum,
+    summary = {"steps": cfg.steps, "prompts": {"used": len(data), "skipped": skipped}, "policy_version": pub.version, "checksum": pub.checksum,
                "resumed_from": start if resumed else None, "reward_first": history[0]["reward_mean"],
                "reward_last": history[-1]["reward_mean"], "kl_last": history[-1]["kl"],
                "rollout_restarts": sampler.restarts, "final": str(final),

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from app.chat import ChatTooLong, render
+from app.chat import ChatTooLong, check_messages, render
 from app.models import load_tokenizer
 
 IGNORE = -100
@@ -25,22 +25,34 @@ def _tokenizer(path: str):
 
 
 def tokenize_batch(batch: dict, model_path: str, max_len: int) -> dict:
-    """Ray Data map_batches: {id, messages} -> {id, input_ids, labels}; rows that cannot fit or carry no
-    assistant token are dropped (counted by the caller from the row counts)."""
+    """Ray Data map_batches: {id, messages} -> {id, input_ids, labels, drop}. `drop` is "" for a row that
+    trains, else why it cannot: malformed (not a conversation), no_answer (no assistant reply to learn),
+    too_long (even its last exchange exceeds max_len). Such rows carry no tokens; the caller counts them."""
     tok = _tokenizer(model_path)
-    out = {"id": [], "input_ids": [], "labels": []}
+    out = {"id": [], "input_ids": [], "labels": [], "drop": []}
     for rid, messages in zip(batch["id"], batch["messages"]):
-        messages = json.loads(messages) if isinstance(messages, str) else [dict(m) for m in messages]
-        try:
-            ids, mask = render(tok, messages, max_len)
-        except (ChatTooLong, ValueError):
-            continue
-        if not any(mask):
-            continue
+        ids, labels, drop = _row(tok, messages, max_len)
         out["id"].append(rid)
         out["input_ids"].append(np.array(ids, np.int32))
-        out["labels"].append(np.array([t if m else IGNORE for t, m in zip(ids, mask)], np.int32))
+        out["labels"].append(np.array(labels, np.int32))
+        out["drop"].append(drop)
     return out
+
+
+def _row(tok, messages, max_len: int) -> tuple[list[int], list[int], str]:
+    try:
+        messages = check_messages(json.loads(messages) if isinstance(messages, str) else [dict(m) for m in messages])
+    except (ValueError, TypeError):
+        return [], [], "malformed"
+    if messages[-1]["role"] != "assistant":
+        return [], [], "no_answer"
+    try:
+        ids, mask = render(tok, messages, max_len)
+    except ChatTooLong:
+        return [], [], "too_long"
+    if not any(mask):
+        return [], [], "no_answer"
+    return ids, [t if m else IGNORE for t, m in zip(ids, mask)], ""
 
 
 def pack(samples: list[dict], max_len: int) -> list[dict]:

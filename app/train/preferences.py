@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -98,14 +99,14 @@ def last_run(mask: list[int]) -> list[int]:
     return [int(start <= i < end) for i in range(len(mask))]
 
 
-def tokenize(tokenizer, pairs: list[dict], heads: list[str], max_len: int) -> tuple[list[dict], int]:
-    """(rows {id, chosen ids, rejected ids, their answer-token masks, head index, margin}, number dropped
-    as too long or of an unknown head)."""
-    rows, dropped = [], 0
+def tokenize(tokenizer, pairs: list[dict], heads: list[str], max_len: int) -> tuple[list[dict], Counter]:
+    """(rows {id, chosen ids, rejected ids, their answer-token masks, head index, margin}, pairs dropped by
+    reason: too_long (over max_len tokens), unknown_head (a dimension not in `heads`))."""
+    rows, dropped = [], Counter()
     for p in pairs:
         head = p.get("dimension", heads[0])
         if head not in heads:
-            dropped += 1
+            dropped["unknown_head"] += 1
             continue
         try:
             chosen, chosen_mask = render(tokenizer, p["prompt"] + [{"role": "assistant", "content": p["chosen"]}],
@@ -113,7 +114,7 @@ def tokenize(tokenizer, pairs: list[dict], heads: list[str], max_len: int) -> tu
             rejected, rejected_mask = render(
                 tokenizer, p["prompt"] + [{"role": "assistant", "content": p["rejected"]}], max_len)
         except ChatTooLong:
-            dropped += 1
+            dropped["too_long"] += 1
             continue
         rows.append({"id": p["id"], "chosen": chosen, "rejected": rejected, "chosen_mask": last_run(chosen_mask),
                      "rejected_mask": last_run(rejected_mask), "head": heads.index(head), "margin": float(p.get("margin", 0.0))})
@@ -136,12 +137,16 @@ def load(data: PairData, tokenizer, heads: list[str] | None, seed: int, min_trai
     train, dropped = tokenize(tokenizer, train_pairs[:data.max_train_pairs], heads, data.max_len)
     val, dropped_val = tokenize(tokenizer, val_pairs[:data.max_val_pairs], heads, data.max_len)
     counts = {"pairs": len(pairs), "skipped": skipped, "train": len(train), "val": len(val),
-              "too_long_or_unknown_head": dropped + dropped_val}
+              "dropped": dict(sorted((dropped + dropped_val).items()))}
+    why = {"too_long": f"longer than data.max_len={data.max_len} tokens", "unknown_head": f"of a head not in {heads}"}
+    lost = ", ".join(f"{n} {why[k]}" for k, n in counts["dropped"].items()) or "none dropped"
+    unread = f"; {sum(skipped.values())} lines unreadable ({skipped})" if skipped else ""
+    print(f"preference data: {len(pairs)} pairs read{unread}; {len(train)} train, {len(val)} val ({lost})",
+          flush=True)
     if len(train) < min_train:
-        unread = f", {sum(skipped.values())} unreadable ({skipped})" if skipped else ""
         raise UserError(f"{len(train)} usable training pairs in {data.path}, fewer than {min_train} (one micro-batch "
-                        f"per worker): of {len(train_pairs[:data.max_train_pairs])} training pairs read, {dropped} "
-                        f"are longer than data.max_len={data.max_len} tokens or name a head not in {heads}{unread}")
+                        f"per worker): of {len(train_pairs[:data.max_train_pairs])} training pairs read, "
+                        f"{', '.join(f'{n} {why[k]}' for k, n in sorted(dropped.items())) or 'none dropped'}{unread}")
     return train, val, counts
 
 

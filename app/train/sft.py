@@ -15,10 +15,12 @@ Re-running the same command resumes from the last complete checkpoint.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import ray
 import torch
+from ray.data.expressions import col
 
 from app.cluster import init_ray
 from app.config import UserError
@@ -54,32 +56,50 @@ def check_model(cfg: SFTConfig) -> str:
     return path
 
 
-def load_split(folder: Path, model_path: str, max_len: int, limit: int | None):
+def load_split(folder: Path, model_path: str, max_len: int, limit: int | None) -> tuple:
+    """(the split's trainable rows, materialized; {read, kept, dropped: {reason: n}}) of one data stage
+    split; (None, {}) when the folder is absent. The reasons are app/train/data.py tokenize_batch's."""
     if not folder.is_dir():
-        return None
+        return None, {}
     ds = ray.data.read_parquet(str(folder))
     if limit is not None:
         ds = ds.limit(limit)
-    return ds.map_batches(tokenize_batch, batch_format="numpy", fn_kwargs={"model_path": model_path,
-                                                                           "max_len": max_len})
+    ds = ds.map_batches(tokenize_batch, batch_format="numpy",
+                        fn_kwargs={"model_path": model_path, "max_len": max_len}).materialize()
+    reasons = Counter(ds.select_columns(["drop"]).to_pandas()["drop"])
+    kept = reasons.pop("", 0)
+    counts = {"read": kept + sum(reasons.values()), "kept": kept, "dropped": dict(sorted(reasons.items()))}
+    return ds.filter(expr=col("drop") == "").drop_columns(["drop"]).materialize(), counts
 
 
-def build_datasets(cfg: SFTConfig, model_path: str) -> dict:
+def _dropped(counts: dict, max_len: int) -> str:
+    why = {"too_long": f"longer than data.max_len={max_len} tokens", "no_answer": "without an assistant reply",
+           "malformed": "not a conversation"}
+    return ", ".join(f"{n} {why.get(k, k)}" for k, n in counts["dropped"].items()) or "none dropped"
+
+
+def build_datasets(cfg: SFTConfig, model_path: str) -> tuple[dict, dict]:
+    """(the per-worker datasets, the row counts of each split: read, kept, dropped by reason). Says so in
+    the log; no usable training row is an error that says where the rows went."""
     data = Path(cfg.data.path)
     if not (data / "train").is_dir():
         raise UserError(f"no training data: {data}/train not found (run python -m jobs.data first)")
-    train = load_split(data / "train", model_path, cfg.data.max_len, cfg.data.max_train_samples)
+    train, counts = load_split(data / "train", model_path, cfg.data.max_len, cfg.data.max_train_samples)
+    counts = {"train": counts}
+    if counts["train"]["kept"] == 0:
+        raise UserError(f"no usable training rows in {data}/train: of {counts['train']['read']} read, "
+                        f"{_dropped(counts['train'], cfg.data.max_len)}")
     if cfg.data.replay_path and cfg.data.replay_share > 0:
-        replay = load_split(Path(cfg.data.replay_path), model_path, cfg.data.max_len, None)
+        replay, counts["replay"] = load_split(Path(cfg.data.replay_path), model_path, cfg.data.max_len, None)
         if replay is None:
             raise UserError(f"data.replay_path {cfg.data.replay_path} is not a folder of SFT Parquet files")
-        n = round(train.count() * cfg.data.replay_share / (1 - cfg.data.replay_share))
-        train = train.union(replay.random_shuffle(seed=cfg.seed).limit(n))
-    train = train.materialize()
-    if train.count() == 0:
-        raise UserError(f"no usable training rows in {data}/train (every conversation was empty or too long)")
-    val = load_split(data / "val", model_path, cfg.data.max_len, cfg.data.max_val_samples)
-    return split(train, val.materialize() if val is not None else None, cfg.scaling.num_workers)
+        n = round(counts["train"]["kept"] * cfg.data.replay_share / (1 - cfg.data.replay_share))
+        train = train.union(replay.random_shuffle(seed=cfg.seed).limit(n)).materialize()
+    val, counts["val"] = load_split(data / "val", model_path, cfg.data.max_len, cfg.data.max_val_samples)
+    for name, c in counts.items():
+        if c:
+            print(f"sft data: {name} {c['kept']} of {c['read']} rows ({_dropped(c, cfg.data.max_len)})", flush=True)
+    return split(train, val, cfg.scaling.num_workers), counts
 
 
 def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
@@ -89,9 +109,10 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
     check_resume(out, cfg, model_path)
     init_ray()
     quiet_data()
-    best = fit(cfg, objective, build_datasets(cfg, model_path), out, model_path, "sft", callbacks=callbacks)
+    datasets, counts = build_datasets(cfg, model_path)
+    best = fit(cfg, objective, datasets, out, model_path, "sft", callbacks=callbacks)
     final = export(best, model_path, out, cfg.method, cfg.lora.model_dump(), cfg.prompt_tuning.num_virtual_tokens)
-    return summarize(cfg, out, best, final, model_path)
+    return summarize(cfg, out, best, final, model_path, counts)
 
 
 def objective(cfg_json: dict, run: Run) -> tuple[SFTConfig, Objective]:
@@ -113,12 +134,12 @@ def objective(cfg_json: dict, run: Run) -> tuple[SFTConfig, Objective]:
     return cfg, Objective(model, batches, step, derive=perplexity)
 
 
-def summarize(cfg: SFTConfig, out: Path, best: Path, final: Path, model_path: str) -> dict:
+def summarize(cfg: SFTConfig, out: Path, best: Path, final: Path, model_path: str, counts: dict) -> dict:
     metrics = read_metrics(out / "metrics.jsonl")
     plot_curve(metrics, out / "training_curve.png")
     val = [m for m in metrics if "val_loss" in m]
     data_manifest = Path(cfg.data.path) / "manifest.json"
-    summary = {"best_checkpoint": str(best), "best_step": checkpoints.state_of(best)["step"],
+    summary = {"data": counts, "best_checkpoint": str(best), "best_step": checkpoints.state_of(best)["step"],
                "val_loss_before": val[0]["val_loss"] if val else None,
                "val_loss_after": min(m["val_loss"] for m in val) if val else None,
                "steps": metrics[-1].get("step") if metrics else 0,
