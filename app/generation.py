@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from app.chat import render_prompt
+from app.models import load_policy
 
 
 @torch.inference_mode()
@@ -27,3 +29,14 @@ def generate_chat(model, tokenizer, conversations: list[list[dict]], max_new_tok
                          max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
                          **sampling)
     return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+
+
+def run(cfg) -> str:
+    """jobs.generate: one chat-rendered answer to cfg.prompt (and cfg.system), printed."""
+    hf_logging.disable_progress_bar()
+    model, tokenizer = load_policy(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    messages = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + \
+        [{"role": "user", "content": cfg.prompt}]
+    [answer] = generate_chat(model, tokenizer, [messages], cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed)
+    print(answer)
+    return answer

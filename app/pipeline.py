@@ -20,6 +20,7 @@ for the next run. Code changes do not change keys: `--from <stage>` forces a re-
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
 import shutil
@@ -32,8 +33,9 @@ from pathlib import Path
 
 from pydantic import Field
 
+from app.cli import CONFIG_DIR
 from app.cluster import shared_ray
-from app.config import Config, ConfigError, JobConfig, UserError, parse_value, read_yaml, set_dotted
+from app.config import Config, ConfigError, JobConfig, UserError, load_config, parse_value, read_yaml, set_dotted
 from app.runinfo import sha256_file
 
 REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
@@ -147,6 +149,22 @@ def check(cfg: PipelineConfig) -> list[str]:
     return order(deps)
 
 
+def check_stage(name: str, stage: StageConfig, dirs: dict[str, str]) -> None:
+    """The stage's config as its process will load it (`${stage}` references read as those stages' folders).
+    A config file that an upstream stage writes (a sweep's best.yaml) is checked when its stage runs."""
+    job = getattr(importlib.import_module(f"jobs.{stage.job}"), "JOB", None)
+    if job is None:
+        return
+    path = substitute(stage.config, dirs) if stage.config else \
+        (CONFIG_DIR / job.default_config if job.default_config else None)
+    if path is not None and not Path(path).is_file():
+        return
+    try:
+        load_config(job.config, path, [substitute(o, dirs) for o in stage.overrides] + [f"output_dir={dirs[name]}"])
+    except UserError as exc:
+        raise ConfigError(f"stages.{name} (jobs.{stage.job}): {exc}") from None
+
+
 def run(cfg: PipelineConfig) -> dict:
     """Run the stages, up to `parallel` at once as their inputs finish; returns {"stages": {stage: {"dir",
     "key", "cached", "seconds"}}, "seconds", "root"}. After a failure no new stage starts; the running ones
@@ -160,6 +178,8 @@ def run(cfg: PipelineConfig) -> dict:
     for name in names:  # keys depend on configs and upstream keys only, so all are known before anything runs
         keys[name] = stage_key(cfg.stages[name], {d: keys[d] for d in deps[name]})
     dirs = {"output_dir": str(root.resolve()), **{n: str((root / f"{n}-{keys[n][:12]}").resolve()) for n in names}}
+    for name in names:  # every stage's config, a bad key in the last one fails before the first runs
+        check_stage(name, cfg.stages[name], dirs)
     tag = {n: f"[{i}/{len(names)}] {n:<12}" for i, n in enumerate(names, 1)}
     results: dict[str, dict] = {}
     running: dict[Future, str] = {}

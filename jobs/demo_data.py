@@ -6,7 +6,7 @@ prompts. See app/demo/generate.py for what is planted in it.
 """
 from __future__ import annotations
 
-from app.cli import run_job
+from app.cli import Job
 from app.config import JobConfig
 from app.demo.generate import generate
 from app.runinfo import write_manifest
@@ -32,5 +32,7 @@ def run(cfg: DemoDataConfig) -> dict:
     return manifest
 
 
+JOB = Job(DemoDataConfig, run, "demo_data.yaml")
+
 if __name__ == "__main__":
-    run_job(DemoDataConfig, run, default_config="demo_data.yaml")
+    JOB.main()

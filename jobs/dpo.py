@@ -3,8 +3,10 @@
     python -m jobs.dpo jobs/configs/dpo_demo.yaml
     python -m jobs.dpo jobs/configs/dpo_tiny.yaml data.path=<pairs.jsonl>
 """
-from app.cli import run_job
-from app.train.dpo import DPOConfig, run
+from app.cli import Job
+from app.train.config import DPOConfig
+
+JOB = Job(DPOConfig, "app.train.dpo:run", "dpo_demo.yaml")
 
 if __name__ == "__main__":
-    run_job(DPOConfig, run, default_config="dpo_demo.yaml")
+    JOB.main()

@@ -2,8 +2,10 @@
 
     python -m jobs.eval jobs/configs/eval_demo.yaml model=runs/sft-demo/final gate.baseline=latest-promoted
 """
-from app.cli import run_job
-from app.eval.evaluate import EvalConfig, run
+from app.cli import Job
+from app.eval.config import EvalConfig
+
+JOB = Job(EvalConfig, "app.eval.evaluate:run", "eval_demo.yaml")
 
 if __name__ == "__main__":
-    run_job(EvalConfig, run, default_config="eval_demo.yaml")
+    JOB.main()

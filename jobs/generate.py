@@ -5,12 +5,8 @@
 """
 from __future__ import annotations
 
-from transformers.utils import logging as hf_logging
-
-from app.cli import run_job
+from app.cli import Job
 from app.config import JobConfig
-from app.generation import generate_chat
-from app.models import load_policy
 
 
 class GenerateConfig(JobConfig):
@@ -24,15 +20,7 @@ class GenerateConfig(JobConfig):
     trust_remote_code: bool = False
 
 
-def run(cfg: GenerateConfig) -> str:
-    hf_logging.disable_progress_bar()
-    model, tokenizer = load_policy(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    messages = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + \
-        [{"role": "user", "content": cfg.prompt}]
-    [answer] = generate_chat(model, tokenizer, [messages], cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed)
-    print(answer)
-    return answer
-
+JOB = Job(GenerateConfig, "app.generation:run", "generate.yaml")
 
 if __name__ == "__main__":
-    run_job(GenerateConfig, run, default_config="generate.yaml")
+    JOB.main()

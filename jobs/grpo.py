@@ -3,8 +3,10 @@
     python -m jobs.grpo jobs/configs/grpo_demo.yaml
     python -m jobs.grpo jobs/configs/grpo_tiny.yaml
 """
-from app.cli import run_job
-from app.rl.grpo import GRPOConfig, run
+from app.cli import Job
+from app.rl.config import GRPOConfig
+
+JOB = Job(GRPOConfig, "app.rl.grpo:run", "grpo_demo.yaml")
 
 if __name__ == "__main__":
-    run_job(GRPOConfig, run, default_config="grpo_demo.yaml")
+    JOB.main()

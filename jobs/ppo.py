@@ -3,8 +3,10 @@
     python -m jobs.ppo jobs/configs/ppo_demo.yaml
     python -m jobs.ppo jobs/configs/ppo_tiny.yaml
 """
-from app.cli import run_job
-from app.rl.ppo import PPOConfig, run
+from app.cli import Job
+from app.rl.config import PPOConfig
+
+JOB = Job(PPOConfig, "app.rl.ppo:run", "ppo_demo.yaml")
 
 if __name__ == "__main__":
-    run_job(PPOConfig, run, default_config="ppo_demo.yaml")
+    JOB.main()

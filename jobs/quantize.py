@@ -7,8 +7,10 @@ CPU: weight-only int8 with per-channel scales (see app/int8.py for why not dynam
 GPU: bitsandbytes 8-bit. Output: runs/quantize-<name>/model (serve it with serve_configs/int8.yaml) and
 comparison.json.
 """
-from app.cli import run_job
+from app.cli import Job
 from app.quantize import QuantizeConfig, run
 
+JOB = Job(QuantizeConfig, run)
+
 if __name__ == "__main__":
-    run_job(QuantizeConfig, run)
+    JOB.main()

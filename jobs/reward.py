@@ -3,8 +3,10 @@
     python -m jobs.reward jobs/configs/reward_demo.yaml
     python -m jobs.reward jobs/configs/reward_hh.yaml
 """
-from app.cli import run_job
-from app.train.reward import RewardConfig, run
+from app.cli import Job
+from app.train.config import RewardConfig
+
+JOB = Job(RewardConfig, "app.train.reward:run", "reward_demo.yaml")
 
 if __name__ == "__main__":
-    run_job(RewardConfig, run, default_config="reward_demo.yaml")
+    JOB.main()

@@ -21,7 +21,7 @@ import openai
 import requests
 import yaml
 
-from app.cli import run_job
+from app.cli import Job
 from app.config import JobConfig, UserError
 
 
@@ -92,5 +92,7 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout: float, log: Path)
     raise UserError(f"the endpoint at {url} was not healthy after {timeout:.0f}s (log: {log})")
 
 
+JOB = Job(ServeDemoConfig, run)
+
 if __name__ == "__main__":
-    run_job(ServeDemoConfig, run)
+    JOB.main()

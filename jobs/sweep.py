@@ -3,8 +3,10 @@
     python -m jobs.sweep jobs/configs/sweep_demo.yaml
     python -m jobs.sweep jobs/configs/sweep_tiny.yaml overrides='[data.path=<data stage output>]'
 """
-from app.cli import run_job
-from app.train.sweep import SweepConfig, run
+from app.cli import Job
+from app.train.config import SweepConfig
+
+JOB = Job(SweepConfig, "app.train.sweep:run", "sweep_demo.yaml")
 
 if __name__ == "__main__":
-    run_job(SweepConfig, run, default_config="sweep_demo.yaml")
+    JOB.main()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from app.config import ConfigError, load_config
-from app.pipeline import PipelineConfig, StageConfig, check, dependents, edges, order, stage_key
+from app.pipeline import PipelineConfig, StageConfig, check, check_stage, dependents, edges, order, stage_key
 
 
 def stages(**spec) -> dict[str, StageConfig]:
@@ -59,6 +59,13 @@ def test_shipped_dags_are_valid_and_an_upstream_output_can_be_a_config():
     assert order_.index("sweep") < order_.index("sft_best") and order_.index("dpo") < order_.index("eval_dpo")
     best = alt.stages["sft_best"]
     assert stage_key(best, {"sweep": "k1"}) != stage_key(best, {"sweep": "k2"})  # a new sweep, a new best.yaml
+    for dag in (demo, alt):  # every stage's config as its process will load it (best.yaml: when it exists)
+        dirs = {"output_dir": "/p", **{n: f"/p/{n}" for n in dag.stages}}
+        for name, stage in dag.stages.items():
+            check_stage(name, stage, dirs)
+    typo = demo.stages["grpo"].model_copy(update={"overrides": [*demo.stages["grpo"].overrides, "kl.intit=0.1"]})
+    with pytest.raises(ConfigError, match=r"stages.grpo \(jobs.grpo\): unknown config key 'kl.intit'"):
+        check_stage("grpo", typo, {"output_dir": "/p", **{n: f"/p/{n}" for n in demo.stages}})
 
 
 def test_key_follows_config_upstream_keys_and_input_files(tmp_path):
@@ -107,9 +114,12 @@ def stage_dirs(tmp_path: Path, stage: str) -> list[Path]:
 
 @pytest.mark.slow
 def test_pipeline_failure_caching_changes_and_from(ray_local, tmp_path):
-    failed, ran, _ = pipeline(tmp_path, [], ["max_textz=4"])
+    typo, ran, _ = pipeline(tmp_path, [], ["max_textz=4"])  # every stage's config is checked before any runs
+    assert typo.returncode == 2 and ran == set() and not list((tmp_path / "pipe").glob("*/stage.json"))
+    assert "error: stages.quant (jobs.quantize): unknown config key 'max_textz'" in typo.stderr
+    failed, ran, _ = pipeline(tmp_path, [], ["model=no-such-model"])  # fails only when it runs
     assert failed.returncode == 2 and ran == {"raw", "data", "quant"}
-    assert "stage quant (jobs.quantize) failed (exit 2): error: unknown config key 'max_textz'" in failed.stderr
+    assert "stage quant (jobs.quantize) failed (exit 2): error: model path not found: no-such-model" in failed.stderr
     assert len(stage_dirs(tmp_path, "raw")) == len(stage_dirs(tmp_path, "data")) == 1  # finished outputs kept
     assert not stage_dirs(tmp_path, "quant")
 
@@ -143,7 +153,7 @@ def test_independent_stages_run_at_once_with_parallel(tmp_path):
                                               "n_arithmetic=2"]}
     config = {"name": "p", "output_dir": str(tmp_path / "pipe"), "parallel": 2,
               "stages": {"a": spec, "b": {**spec, "overrides": [*spec["overrides"], "seed=1"]},
-                         "c": {"job": "demo_data", "overrides": ["n_dialogs=${a}"]}}}  # fails, after a
+                         "c": {"job": "demo_data", "config": "${a}/absent.yaml"}}}  # fails, after a
     path = tmp_path / "pipe.yaml"
     path.write_text(yaml.safe_dump(config))
     result = subprocess.run([sys.executable, "-m", "jobs.pipeline", str(path)], capture_output=True, text=True,

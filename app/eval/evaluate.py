@@ -13,57 +13,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
-
-from pydantic import Field
 
 import pyarrow.parquet as pq
 
 from app.cluster import init_ray
-from app.config import Config, JobConfig, UserError, load_callable
+from app.config import UserError, load_callable
 from app.eval import report
 from app.eval.compare import table
-from app.eval.gate import ITEMS_FILE, GateConfig, check_pairable, decide, find_baseline, load_items
+from app.eval.config import EvalConfig
+from app.eval.gate import ITEMS_FILE, check_pairable, decide, find_baseline, load_items
 from app.eval.human import export_sheet
-from app.eval.judge import JudgeConfig, wins as judge_wins
+from app.eval.judge import wins as judge_wins
 from app.eval.metrics import item_scores, perplexity, text_scores
 from app.eval.runner import answer_all, efficiency
 from app.eval.safety import load_redteam, score_answers, summarize
 from app.models import resolve
 from app.precision import fast_bf16
-from app.registry import Registry, default_path
+from app.registry import Registry
 from app.rl import rewards
 from app.runinfo import sha256_file
 from app.tasks import final_number, load_prompts, skipped_line
-
-
-class HeldoutPrompts(Config):
-    """Prompts no model trained on (an RL prompt set's test/), scored with a verifiable reward: what an RL
-    model is gated on (metric heldout_reward), and every other model is measured on, so the items pair."""
-    prompts: str
-    reward: str = "app.rl.rewards:exact_answer"  # module:function(prompts, responses[, references])
-    max_samples: int | None = 64  # None: every prompt of the set
-    max_new_tokens: int = 24  # as the demo's GRPO rollouts: a short answer is what these prompts ask for
-
-
-class EvalConfig(JobConfig):
-    model: str = "smollm2-135m-instruct"
-    data: str = "runs/pipeline-demo/data/test"  # Parquet SFT records (the last assistant turn is the reference),
-    task: Literal["chat", "gsm8k"] = "chat"  # or GSM8K JSONL {question, answer}: adds final-answer accuracy
-    max_samples: int | None = 64
-    batch_size: int = 8
-    max_new_tokens: int = 96
-    max_len: int = 1024
-    concurrency: int = 1  # model actors
-    dtype: Literal["float32", "auto"] = "float32"  # auto: bf16 body where the machine is fast at it (app/precision.py)
-    safety: bool = True
-    toxicity_model: str | None = None  # "module:function": answers -> scores; default the lexicon
-    human_eval_rows: int = 20
-    efficiency: bool = True
-    registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite
-    heldout: HeldoutPrompts | None = None
-    judge: JudgeConfig | None = None  # win_rate against the baseline's answers (app/eval/judge.py)
-    gate: GateConfig = GateConfig()
 
 
 def load_records(folder: str, limit: int | None, task: str = "chat") -> tuple[list[dict], dict[str, int]]:

@@ -15,9 +15,8 @@ import os
 import random
 import re
 
-from pydantic import model_validator
-
-from app.config import Config, UserError
+from app.config import UserError
+from app.eval.config import JudgeConfig
 from app.train.reward import RewardModel
 
 JUDGE_PROMPT = """You compare two assistant replies to the same conversation. Which reply is more helpful, correct \
@@ -32,22 +31,6 @@ Reply A:
 Reply B:
 {b}"""
 VERDICT = re.compile(r"\b(A|B|tie)\b", re.I)
-
-
-class JudgeConfig(Config):
-    reward_model: str | None = None   # a jobs.reward output folder
-    base_url: str | None = None       # an OpenAI-compatible /v1 endpoint
-    model: str = "judge"
-    api_key_env: str = "RAYPOST_JUDGE_API_KEY"
-    tie_margin: float = 0.0           # reward model: |score difference| <= margin is a tie
-    timeout_s: float = 60
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _one_judge(self):
-        if (self.reward_model is None) == (self.base_url is None):
-            raise ValueError("set exactly one of judge.reward_model and judge.base_url")
-        return self
 
 
 def wins(cfg: JudgeConfig, prompts: list[list[dict]], new: list[str], old: list[str]) -> tuple[list[float], int]:

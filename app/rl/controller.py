@@ -24,105 +24,21 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Literal
+from typing import Callable
 
-from pydantic import Field, model_validator
-
-from app.config import Config, JobConfig, UserError
-from app.rl import heldout as held
-from app.rl import losses
-from app.rl.experience import Experience
-from app.rl.sync import Sampler, SamplingPlan, publish, ray_get, sync
-from app.tasks import load_prompts, skipped_line
-from app.train.config import LoraSection
 from app.chat import ChatTooLong, render_prompt
 from app.cluster import init_ray
-from app.models import load_policy
-from app.models import load_tokenizer, resolve
+from app.config import UserError
+from app.models import load_policy, load_tokenizer, resolve
+from app.rl import heldout as held
+from app.rl import losses
 from app.rl.actors import CriticActor, LearnerActor, ReferenceActor, RewardActor, RolloutActor
+from app.rl.config import RLConfig
+from app.rl.experience import Experience
+from app.rl.sync import Sampler, publish, ray_get, sync
 from app.runinfo import sha256_path, write_manifest
+from app.tasks import load_prompts, skipped_line
 from app.train.logger import MetricsLogger, read_metrics
-
-
-class KLConfig(Config):
-    init: float = 0.05
-    target: float | None = None   # None: fixed coefficient; else adaptive towards this KL
-    horizon: int = 10000
-
-
-class RLOptim(Config):
-    """The learners' optimizer (torch AdamW under DeepSpeed): SFT's optim.* names."""
-    lr: float = 1e-5
-    grad_clip: float = 1.0
-
-
-class RLScaling(Config):
-    """The learner group: SFT's scaling.* names."""
-    learners: int = Field(1, ge=1)       # DeepSpeed ranks of the learner group
-    zero_stage: int = Field(0, ge=0, le=2)
-
-
-class RLConfig(JobConfig):
-    """What PPO and GRPO share; each algorithm's config adds its own part."""
-    algorithm: ClassVar[str]
-    uses_critic: ClassVar[bool]
-    policy: str = "runs/pipeline-demo/sft/final"
-    reward_model: str | None = "runs/reward-demo/final"
-    # module:function(prompts, responses[, references]) -> list[float], or {name: weight, ...}; added to the model
-    reward_function: str | dict[str, float] | None = None
-    prompts: str = "runs/pipeline-demo/data_prompts/train"
-    steps: int = Field(8, ge=1)
-    rollout_actors: int = Field(2, ge=1)
-    prompts_per_actor: int = Field(4, ge=1)
-    group_size: int = Field(1, ge=1)     # samples per prompt
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    epochs: int = Field(4, ge=1)         # K passes over the step's minibatches
-    optim: RLOptim = RLOptim()
-    clip: float = 0.2
-    entropy_coef: float = 0.01
-    kl: KLConfig = KLConfig()            # PPO: the penalty in the reward; GRPO: the KL term in the loss
-    safety_penalty: float = 1.0
-    toxicity_threshold: float = 0.3
-    lora: LoraSection | None = None      # LoRA policy: only the adapter trains and travels at each sync
-    scaling: RLScaling = RLScaling()
-    overlap: bool = False                # sample step t+1 while the learners train on step t
-    max_restarts: int = Field(3, ge=0)   # per rollout actor
-    checkpoint_every: int = Field(1, ge=0)  # steps; 0: never
-    resume: bool = True
-    wandb: bool = True                   # offline unless WANDB_MODE says otherwise
-    tensorboard: bool = False
-    rollout_engine: Literal["auto", "hf", "vllm"] = "auto"  # auto: vLLM when rollout actors have a GPU
-    gpus: dict[Literal["rollout", "reference", "reward", "critic", "learner"], float] = {}  # per actor
-    threads: dict[Literal["rollout", "reference", "reward", "critic", "learner"], int] = {}  # torch threads; 1
-    cpus_per_actor: float = 0.3
-    sync_timeout_s: float = 300
-    heldout: held.HeldoutConfig | None = None  # prompts never trained on, scored at the start, every N steps, the end
-
-    @model_validator(mode="after")
-    def _rows_for_every_learner(self):
-        if self.prompts_per_actor < self.scaling.learners:
-            raise ValueError(f"prompts_per_actor ({self.prompts_per_actor}) must be >= scaling.learners "
-                             f"({self.scaling.learners}): every learner rank trains on rows of each batch")
-        if self.engine() == "vllm" and self.lora:
-            raise ValueError("rollout_engine vllm with a LoRA policy is not supported yet: use lora: null or "
-                             "rollout_engine: hf")
-        return self
-
-    def sampling_plan(self) -> SamplingPlan:
-        return SamplingPlan(self.rollout_actors, self.prompts_per_actor, self.group_size, self.max_new_tokens,
-                            self.temperature, self.top_p, self.seed, self.max_restarts, self.sync_timeout_s)
-
-    def reward_functions(self) -> dict[str, float]:
-        f = self.reward_function
-        return {} if f is None else {f: 1.0} if isinstance(f, str) else dict(f)
-
-    def engine(self) -> str:
-        if self.rollout_engine != "auto":
-            return self.rollout_engine
-        import importlib.util
-        return "vllm" if self.gpus.get("rollout", 0) >= 1 and importlib.util.find_spec("vllm") else "hf"
 
 
 def _prompts(path: str, tokenizer, limit_len: int = 512) -> tuple[list[tuple[str, list[dict], list[int], str | None]],

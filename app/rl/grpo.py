@@ -8,30 +8,12 @@ in the loss, the same versioned weight sync, restarts, checkpoints and logs as P
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
 
 from app.rl import losses
-from app.rl.controller import KLConfig, RLConfig, Roles, score, step_figures, update
-from app.rl.experience import Experience
+from app.rl.config import GRPOConfig
+from app.rl.controller import Roles, score, step_figures, update
 from app.rl.controller import run as run_rl
-
-
-class GRPOConfig(RLConfig):
-    algorithm = "grpo"
-    uses_critic = False
-    reward_model: str | None = None
-    reward_function: str | dict[str, float] | None = "app.rl.rewards:gsm8k"
-    prompts: str = "runs/pipeline-demo/data_math/train"
-    group_size: int = Field(4, ge=2)
-    epochs: int = Field(1, ge=1)          # DeepSeekMath's GRPO: one update per batch (mu = 1)
-    entropy_coef: float = 0.0
-    kl: KLConfig = KLConfig(init=0.04)    # the coefficient of the KL term in the loss
-
-    @model_validator(mode="after")
-    def _whole_groups(self):
-        if self.rollout_actors * self.prompts_per_actor * self.group_size < 2:
-            raise ValueError("a GRPO step needs at least one group of 2 samples")
-        return self
+from app.rl.experience import Experience
 
 
 def grpo_step(cfg: GRPOConfig, roles: Roles, batches: list[dict], prompts: list, references: list, tokenizer,

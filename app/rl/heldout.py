@@ -12,19 +12,11 @@ heldout_n) and heldout.jsonl (every item's reward), and the summary carries the 
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field
 from scipy import stats
 
-from app.config import Config, UserError
+from app.config import UserError
 from app.eval.compare import compare_metric
 from app.rl.sync import ray_get
-
-
-class HeldoutConfig(Config):
-    prompts: str                                 # JSONL or a data stage folder (its test/): never trained on
-    every: int = Field(0, ge=0)                  # steps between measurements; 0: at the start and the end only
-    max_samples: int = Field(64, ge=2)
-    max_new_tokens: int | None = None            # default: the training max_new_tokens
 
 
 def check_disjoint(heldout: list, train: list) -> None:

@@ -10,20 +10,10 @@ from __future__ import annotations
 import torch
 
 from app.rl import losses
-from app.rl.controller import RLConfig, Roles, score, step_figures, update
-from app.rl.experience import Experience
+from app.rl.config import PPOConfig
+from app.rl.controller import Roles, score, step_figures, update
 from app.rl.controller import run as run_rl
-
-
-class PPOConfig(RLConfig):
-    algorithm = "ppo"
-    uses_critic = True
-    critic_init: str | None = None       # default: the reward model, else the policy
-    critic_lr: float = 1e-5
-    critic_top_layers: int | None = None  # train only the critic's last N layers + head (None: all)
-    value_clip: float = 0.2
-    gamma: float = 1.0
-    lam: float = 0.95
+from app.rl.experience import Experience
 
 
 def ppo_step(cfg: PPOConfig, roles: Roles, batches: list[dict], prompts: list, references: list, tokenizer,

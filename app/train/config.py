@@ -1,11 +1,13 @@
-"""The trainers' configs: the sections app/train/loop.py reads (optim, train, eval, checkpoint, scaling), shared
-by SFT, DPO (app/train/dpo.py) and the reward model (app/train/reward.py), and the SFT config itself.
+"""The offline trainers' configs: the sections app/train/loop.py reads (optim, train, eval, checkpoint,
+scaling), shared by SFT (app/train/sft.py), DPO (app/train/dpo.py) and the reward model (app/train/reward.py),
+and each trainer's config. Light on purpose (pydantic only): a job checks its config before it imports torch,
+so a bad key fails in a fraction of a second.
 
     python -m jobs.sft jobs/configs/sft_demo.yaml [key=value ...]
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -100,3 +102,57 @@ class SFTConfig(TrainerConfig):
         if not 0 <= self.data.replay_share < 1:
             raise ValueError("data.replay_share must be in [0, 1)")
         return self
+
+
+class PairData(Config):
+    """The pairs a trainer reads: a data stage output (input.kind=preference), {prompt, chosen, rejected} JSONL,
+    or HH-RLHF (.jsonl.gz)."""
+    path: str = "runs/pipeline-demo/data_prefs/train"
+    val_share: float = 0.1
+    max_len: int = 512
+    max_train_pairs: int | None = None
+    max_val_pairs: int | None = 64
+
+
+class DPOSection(Config):
+    beta: float = 0.1
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    reference: str | None = None   # the frozen reference model; default: the model training starts from
+
+
+class DPOConfig(TrainerConfig):
+    model: str = "runs/pipeline-demo/sft/final"
+    init_from: str | None = None
+    method: Literal["full", "lora", "qlora"] = "lora"
+    lora: LoraSection = LoraSection(dropout=0.0)
+    data: PairData = PairData()
+    dpo: DPOSection = DPOSection()
+    optim: OptimSection = OptimSection(lr=5e-5)
+
+
+class RewardConfig(TrainerConfig):
+    model: str = "smollm2-135m-instruct"   # base or SFT model (a spec or runs/sft-<name>/final)
+    data: PairData = PairData(max_len=256, max_val_pairs=None)
+    heads: dict[str, float] = {"preference": 1.0}
+    train_top_layers: int | None = None   # train only the last N transformer layers + the heads (None: all)
+    optim: OptimSection = OptimSection(lr=2e-5, schedule="constant", warmup_steps=0)
+
+
+class SchedulerSection(Config):
+    type: Literal["asha", "fifo"] = "asha"   # fifo: every trial runs to the end
+    grace_period: int = Field(4, ge=1)      # optimizer steps every trial gets before it can be stopped
+    reduction_factor: int = Field(2, ge=2)
+
+
+class SweepConfig(JobConfig):
+    base: str = "jobs/configs/sft_demo.yaml"   # the SFT config every trial starts from
+    overrides: list[str] = []                  # key=value applied to the base for every trial
+    space: dict[str, Any] = {"lora.r": [8, 16], "optim.lr": "loguniform(1e-4, 1e-3)"}
+    search: Literal["grid", "random", "optuna"] = "random"
+    num_samples: int = Field(4, ge=1)          # trials (grid: repeats of the grid)
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    scheduler: SchedulerSection = SchedulerSection()
+    max_concurrent_trials: int = Field(2, ge=1)
+    trial_cpus: float = Field(0.1, gt=0)       # the trial process itself; its SFT workers take scaling.*
+    resume: bool = True

@@ -14,40 +14,21 @@ Outputs as SFT: runs/dpo-<name>/final (+ adapter/), metrics.jsonl, training_curv
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import ray
 import torch
 
 from app.cluster import init_ray
-from app.config import Config
 from app.models import load_policy, load_tokenizer, resolve
 from app.rl import losses
 from app.runinfo import sha256_path, write_manifest
 from app.train import checkpoints, preferences
-from app.train.config import LoraSection, OptimSection, TrainerConfig
+from app.train.config import DPOConfig
 from app.train.export import export
 from app.train.fit import check_resume, fit, split
 from app.train.loop import Objective, Run, Step
 from app.train.logger import plot_curve, read_metrics
 from app.train.model import build_model
 from app.train.sft import check_model
-
-
-class DPOSection(Config):
-    beta: float = 0.1
-    loss: Literal["sigmoid", "ipo"] = "sigmoid"
-    reference: str | None = None   # the frozen reference model; default: the model training starts from
-
-
-class DPOConfig(TrainerConfig):
-    model: str = "runs/pipeline-demo/sft/final"
-    init_from: str | None = None
-    method: Literal["full", "lora", "qlora"] = "lora"
-    lora: LoraSection = LoraSection(dropout=0.0)
-    data: preferences.PairData = preferences.PairData()
-    dpo: DPOSection = DPOSection()
-    optim: OptimSection = OptimSection(lr=5e-5)
 
 
 def sequence_logprobs(model, batch: dict) -> torch.Tensor:

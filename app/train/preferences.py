@@ -19,17 +19,8 @@ import pyarrow.parquet as pq
 import torch
 
 from app.chat import ChatTooLong, render
-from app.config import Config, UserError
-
-class PairData(Config):
-    """The pairs a trainer reads: a data stage output (input.kind=preference), {prompt, chosen, rejected} JSONL,
-    or HH-RLHF (.jsonl.gz)."""
-    path: str = "runs/pipeline-demo/data_prefs/train"
-    val_share: float = 0.1
-    max_len: int = 512
-    max_train_pairs: int | None = None
-    max_val_pairs: int | None = 64
-
+from app.config import UserError
+from app.train.config import PairData
 
 TURN = re.compile(r"\n\n(Human|Assistant): ")
 

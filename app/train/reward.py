@@ -29,20 +29,12 @@ from app.models import load_tokenizer, resolve
 from app.rl.losses import pairwise_loss
 from app.runinfo import sha256_path, write_manifest
 from app.train import checkpoints, preferences
-from app.train.config import OptimSection, TrainerConfig
+from app.train.config import RewardConfig
 from app.train.fit import check_resume, fit, split
 from app.train.loop import Objective, Run, Step
 from app.train.logger import plot_curve, read_metrics
 
 HEADS_FILE = "reward_heads.json"
-
-
-class RewardConfig(TrainerConfig):
-    model: str = "smollm2-135m-instruct"   # base or SFT model (a spec or runs/sft-<name>/final)
-    data: preferences.PairData = preferences.PairData(max_len=256, max_val_pairs=None)
-    heads: dict[str, float] = {"preference": 1.0}
-    train_top_layers: int | None = None   # train only the last N transformer layers + the heads (None: all)
-    optim: OptimSection = OptimSection(lr=2e-5, schedule="constant", warmup_steps=0)
 
 
 def pair_scores(model, rows: list[dict], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,40 +23,20 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
-from app.config import Config, ConfigError, JobConfig, explain, load_config, read_yaml, set_dotted
-from app.train.config import SFTConfig
 from app.cluster import init_ray
+from app.config import ConfigError, explain, load_config, read_yaml, set_dotted
 from app.runinfo import sha256_file, write_manifest
 from app.train import sft
+from app.train.config import SFTConfig, SweepConfig
 
 DISTRIBUTION = re.compile(r"^\s*(loguniform|uniform|randint)\(\s*([^,]+?)\s*,\s*([^)]+?)\s*\)\s*$")
-
-
-class SchedulerSection(Config):
-    type: Literal["asha", "fifo"] = "asha"   # fifo: every trial runs to the end
-    grace_period: int = Field(4, ge=1)      # optimizer steps every trial gets before it can be stopped
-    reduction_factor: int = Field(2, ge=2)
-
-
-class SweepConfig(JobConfig):
-    base: str = "jobs/configs/sft_demo.yaml"   # the SFT config every trial starts from
-    overrides: list[str] = []                  # key=value applied to the base for every trial
-    space: dict[str, Any] = {"lora.r": [8, 16], "optim.lr": "loguniform(1e-4, 1e-3)"}
-    search: Literal["grid", "random", "optuna"] = "random"
-    num_samples: int = Field(4, ge=1)          # trials (grid: repeats of the grid)
-    metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
-    scheduler: SchedulerSection = SchedulerSection()
-    max_concurrent_trials: int = Field(2, ge=1)
-    trial_cpus: float = Field(0.1, gt=0)       # the trial process itself; its SFT workers take scaling.*
-    resume: bool = True
 
 
 def parse_space(space: dict[str, Any], search: str) -> dict:

@@ -1,0 +1,60 @@
+"""The eval job's config: the model, the test data and task, the red-team and held-out prompt sets, the judge
+and the release gate (app/eval/gate.py's GateConfig). Light on purpose (no torch): a job checks its config
+before any model code loads.
+
+    python -m jobs.eval jobs/configs/eval_demo.yaml [key=value ...]
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from app.config import Config, JobConfig
+from app.eval.gate import GateConfig
+from app.registry import default_path
+
+
+class JudgeConfig(Config):
+    reward_model: str | None = None   # a jobs.reward output folder
+    base_url: str | None = None       # an OpenAI-compatible /v1 endpoint
+    model: str = "judge"
+    api_key_env: str = "RAYPOST_JUDGE_API_KEY"
+    tie_margin: float = 0.0           # reward model: |score difference| <= margin is a tie
+    timeout_s: float = 60
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_judge(self):
+        if (self.reward_model is None) == (self.base_url is None):
+            raise ValueError("set exactly one of judge.reward_model and judge.base_url")
+        return self
+
+
+class HeldoutPrompts(Config):
+    """Prompts no model trained on (an RL prompt set's test/), scored with a verifiable reward: what an RL
+    model is gated on (metric heldout_reward), and every other model is measured on, so the items pair."""
+    prompts: str
+    reward: str = "app.rl.rewards:exact_answer"  # module:function(prompts, responses[, references])
+    max_samples: int | None = 64  # None: every prompt of the set
+    max_new_tokens: int = 24  # as the demo's GRPO rollouts: a short answer is what these prompts ask for
+
+
+class EvalConfig(JobConfig):
+    model: str = "smollm2-135m-instruct"
+    data: str = "runs/pipeline-demo/data/test"  # Parquet SFT records (the last assistant turn is the reference),
+    task: Literal["chat", "gsm8k"] = "chat"  # or GSM8K JSONL {question, answer}: adds final-answer accuracy
+    max_samples: int | None = 64
+    batch_size: int = 8
+    max_new_tokens: int = 96
+    max_len: int = 1024
+    concurrency: int = 1  # model actors
+    dtype: Literal["float32", "auto"] = "float32"  # auto: bf16 body where the machine is fast at it (app/precision.py)
+    safety: bool = True
+    toxicity_model: str | None = None  # "module:function": answers -> scores; default the lexicon
+    human_eval_rows: int = 20
+    efficiency: bool = True
+    registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite
+    heldout: HeldoutPrompts | None = None
+    judge: JudgeConfig | None = None  # win_rate against the baseline's answers (app/eval/judge.py)
+    gate: GateConfig = GateConfig()
