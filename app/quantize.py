@@ -17,24 +17,11 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import torch
 
-from app.config import JobConfig, UserError
+from app.config import UserError
+from app.eval.config import QuantizeConfig
 from app.int8 import quantize_model, save_int8
 from app.models import load_policy, resolve
 from app.runinfo import write_manifest
-
-
-class QuantizeConfig(JobConfig):
-    model: str = "smollm2-135m-instruct"
-    name: str = "int8"
-    data: str = "runs/pipeline-demo/data/test"   # texts for the perplexity comparison (the data stage's test split)
-    max_texts: int = 40
-    max_len: int = 256
-    decode_tokens: int = 64
-    threads: int | None = None          # torch threads for the speed comparison (None: torch's default)
-    # Linear layers kept in full precision. lm_head by default: its bf16 logits (3 significant digits) break
-    # greedy ties and the end-of-answer token (measured on the demo's GRPO model: 7 of 64 held-out answers
-    # changed, 5 ran past their end); tied to the embedding, it costs no extra bytes.
-    skip: list[str] = ["lm_head"]
 
 
 def run(cfg: QuantizeConfig) -> dict:

@@ -8,9 +8,9 @@ GPU: bitsandbytes 8-bit. Output: runs/quantize-<name>/model (serve it with serve
 comparison.json.
 """
 from app.cli import Job
-from app.quantize import QuantizeConfig, run
+from app.eval.config import QuantizeConfig
 
-JOB = Job(QuantizeConfig, run)
+JOB = Job(QuantizeConfig, "app.quantize:run")
 
 if __name__ == "__main__":
     JOB.main()

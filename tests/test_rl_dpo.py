@@ -63,5 +63,6 @@ def test_pairs_too_long_for_max_len_are_counted_in_the_error(toy_pairs):
                                         r"data.max_len=16 tokens"):
         preferences.load(data, load_tokenizer("tiny"), None, 0, 8)
     train, val, counts = preferences.load(data.model_copy(update={"max_len": 512}), load_tokenizer("tiny"), None, 0, 8)
-    assert counts == {"pairs": 96, "skipped": {}, "train": len(train), "val": len(val), "dropped": {}}
+    assert counts == {"pairs": 96, "skipped": {}, "train": len(train), "val": len(val), "dropped": {},
+                      "capped": 0}
     assert len(train) + len(val) == 96

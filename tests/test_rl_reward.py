@@ -53,7 +53,7 @@ def test_reward_model_learns_a_separable_set(ray_local, toy_pairs, tmp_path):
     assert summary["val_accuracy"] == 1.0 and summary["best_step"] == 15
     # 96 pairs: 43 train, 24 validation, 29 longer than max_len=64 (said, not silently lost)
     assert summary["data"] == {"pairs": 96, "skipped": {}, "train": 43, "val": 24,
-                               "dropped": {"too_long": 29}}
+                               "dropped": {"too_long": 29}, "capped": 0}
     model = RewardModel(summary["final"])
     assert model.names == ["helpfulness", "safety"]
     good, bad = model.score(["Where is my order?"] * 2, [GOOD[1], BAD[0]])

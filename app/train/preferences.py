@@ -127,12 +127,15 @@ def load(data: PairData, tokenizer, heads: list[str] | None, seed: int, min_trai
     train_pairs, val_pairs = split(pairs, data.val_share, seed)
     train, dropped = tokenize(tokenizer, train_pairs[:data.max_train_pairs], heads, data.max_len)
     val, dropped_val = tokenize(tokenizer, val_pairs[:data.max_val_pairs], heads, data.max_len)
+    capped = len(train_pairs) + len(val_pairs) - len(train_pairs[:data.max_train_pairs]) - \
+        len(val_pairs[:data.max_val_pairs])
     counts = {"pairs": len(pairs), "skipped": skipped, "train": len(train), "val": len(val),
-              "dropped": dict(sorted((dropped + dropped_val).items()))}
+              "dropped": dict(sorted((dropped + dropped_val).items())), "capped": capped}
     why = {"too_long": f"longer than data.max_len={data.max_len} tokens", "unknown_head": f"of a head not in {heads}"}
     lost = ", ".join(f"{n} {why[k]}" for k, n in counts["dropped"].items()) or "none dropped"
     unread = f"; {sum(skipped.values())} lines unreadable ({skipped})" if skipped else ""
-    print(f"preference data: {len(pairs)} pairs read{unread}; {len(train)} train, {len(val)} val ({lost})",
+    cap = f", {capped} beyond data.max_train_pairs / data.max_val_pairs" if capped else ""
+    print(f"preference data: {len(pairs)} pairs read{unread}; {len(train)} train, {len(val)} val ({lost}{cap})",
           flush=True)
     if len(train) < min_train:
         raise UserError(f"{len(train)} usable training pairs in {data.path}, fewer than {min_train} (one micro-batch "

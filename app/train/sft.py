@@ -69,7 +69,9 @@ def load_split(folder: Path, model_path: str, max_len: int, limit: int | None) -
     reasons = Counter(ds.select_columns(["drop"]).to_pandas()["drop"])
     kept = reasons.pop("", 0)
     counts = {"read": kept + sum(reasons.values()), "kept": kept, "dropped": dict(sorted(reasons.items()))}
-    return ds.filter(expr=col("drop") == "").drop_columns(["drop"]).materialize(), counts
+    if reasons:  # else every row trains as it is (its empty `drop` is ignored): no second pass
+        ds = ds.filter(expr=col("drop") == "").materialize()
+    return ds, counts
 
 
 def _dropped(counts: dict, max_len: int) -> str:
