@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+import transformers  # lazy: the model classes load on first use
 
 from app.precision import compute_dtype
 
@@ -98,8 +98,9 @@ def save_int8(model, tokenizer, out: Path, info: dict) -> None:
 def load_int8(path: Path, dtype: torch.dtype = torch.float32):
     """Rebuild a model saved by save_int8."""
     marker = json.loads((path / MARKER).read_text())
-    config = AutoConfig.from_pretrained(path)
-    model = quantize_model(AutoModelForCausalLM.from_config(config, dtype=dtype), tuple(marker["skip"]), empty=True)
+    config = transformers.AutoConfig.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model = quantize_model(model, tuple(marker["skip"]), empty=True)
     missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
     if unexpected or set(missing) - ({"lm_head.weight"} if config.tie_word_embeddings else set()):
         raise ValueError(f"{path}: INT8 weights do not match the model (missing {missing}, unexpected {unexpected})")

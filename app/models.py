@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 from filelock import FileLock
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+import transformers  # lazy: model classes load on first use (a tokenizer-only process skips ~3 s)
 
 from app import CACHE_DIR, int8
 from app.config import UserError
@@ -51,11 +51,11 @@ def _build_smollm2(dest: Path) -> dict:
     """GGUF -> plain HF model: transformers dequantizes the GGUF on load but refuses to save such a model,
     so build a fresh model from its config and copy the state dict over."""
     src = _gguf_dir()
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+    gguf_model = transformers.AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
     config = gguf_model.config
     del config.quantization_config  # the weights are dequantized: a plain model, saveable like any other
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -66,14 +66,14 @@ def _build_smollm2(dest: Path) -> dict:
 
 def _build_tiny(dest: Path) -> dict:
     tokenizer = load_tokenizer("smollm2-135m-instruct")
-    config = LlamaConfig(
+    config = transformers.LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
+        model = transformers.LlamaForCausalLM(config)
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     return {"source": "random init, torch.manual_seed(0)"}
@@ -154,7 +154,7 @@ def _from_hub(repo_id: str) -> Path:
 
 
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
-    tokenizer = AutoTokenizer.from_pretrained(resolve(spec), trust_remote_code=trust_remote_code)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(resolve(spec), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -171,8 +171,8 @@ def load_policy(spec: str, dtype: str = "float32", trust_remote_code: bool = Fal
     path = resolve(spec)
     if (path / int8.MARKER).exists():  # written by jobs.quantize
         return int8.load_int8(path, DTYPES.get(dtype, torch.float32)), load_tokenizer(str(path), trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES.get(dtype, torch.float32), use_safetensors=True,
-                                                 trust_remote_code=trust_remote_code)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES.get(dtype, torch.float32),
+                                                              use_safetensors=True, trust_remote_code=trust_remote_code)
     if dtype == "auto" and fast_bf16():
         bf16_body(model)
     return model.eval(), load_tokenizer(str(path), trust_remote_code)

@@ -43,14 +43,13 @@ def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):
     assert first["skipped"] == {"test": {}, "heldout": {}}
     assert sum(i["rougeL"] for i in test) / 12 == pytest.approx(m["rougeL"])
     assert first["promoted"] and first["baseline"] is None and "nothing promoted yet" in first["verdict"]["why"]
-    # The same model again, gated against it by default: identical answers, no change, promoted.
-    second = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e2", "name=tiny2")
-    assert second["baseline"] == first["version"] and second["promoted"]
-    assert {r["verdict"] for r in second["gate"]} == {"no significant change"}
-    assert {"metric", "baseline", "new", "diff", "ci_low", "ci_high", "p_value", "verdict"} <= set(second["gate"][0])
-    # The real model must prove itself better: perplexity falls from ~vocabulary size to ~10 on every item.
+    # (identical answers, "no significant change", and no gate never promoting: tests/test_eval_gate.py, pure)
+    # The real model must prove itself better than the promoted one (the default baseline): perplexity falls
+    # from ~vocabulary size to ~10 on every item.
     real = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e3", "name=smollm2", "model=smollm2-135m-instruct",
                     "gate.mode=improvement", "gate.keys=[rougeL,bleu,f1,perplexity,safety_pass_rate,heldout_reward]")
+    assert real["baseline"] == first["version"]
+    assert {"metric", "baseline", "new", "diff", "ci_low", "ci_high", "p_value", "verdict"} <= set(real["gate"][0])
     ppl = next(r for r in real["gate"] if r["metric"] == "perplexity")
     assert real["metrics"]["heldout_reward"] == 0.75  # pinned: SmolLM2 adds one to 3 of the 4 digits, greedy
     assert real["promoted"] and ppl["verdict"] == "better" and ppl["p_value"] < 0.001 and ppl["ci_high"] < 0
@@ -62,9 +61,6 @@ def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):
     assert not blocked["promoted"] and ppl["verdict"] == "REGRESSION" and ppl["p_value"] < 0.001
     assert "REGRESSION" in (tmp_path / "e4" / "report.md").read_text()
     assert reg.get("latest-promoted")["id"] == real["version"] and reg.get(blocked["version"])["parent"] == real["version"]
-    # No gate never replaces a promoted version.
-    ungated = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e5", "name=tiny4", "gate.baseline=none")
-    assert not ungated["promoted"] and reg.get("latest-promoted")["id"] == real["version"]
     # Bad input: one clear error, nothing registered.
     count = len(reg.list())
     with pytest.raises(UserError, match="different test items"):

@@ -43,10 +43,10 @@ def test_registry_reference_resolves_to_the_promoted_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_run_serves_the_promoted_version_then_the_previous_after_rollback(tmp_path):
+def test_serve_run_serves_the_promoted_version_and_rollback_moves_it_back(tmp_path):
     """`serve run <config>` in its own process (own Ray instance) on registry:latest-promoted: one streamed
-    answer, the version reported by /v1/models, a clean Ctrl-C exit; after `jobs.registry rollback` the next
-    `serve run` serves the previous promoted version."""
+    answer, the version reported by /v1/models, a clean Ctrl-C exit; after `jobs.registry rollback` the same
+    config resolves to the previous promoted version (what the next `serve run` loads: the lookup it calls)."""
     import json
     import subprocess
     import sys
@@ -63,23 +63,20 @@ def test_serve_run_serves_the_promoted_version_then_the_previous_after_rollback(
     first, second = (reg.register(n, str(resolve("tiny")), {}) for n in ("first", "second"))
     reg.promote(first)
     reg.promote(second)
+    args = {"model": "registry:latest-promoted", "registry": str(registry), "served_model_name": "raypost",
+            "cpus_per_replica": 0}
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [{"name": "t", "route_prefix": "/", "import_path": "app.serve.app:build_app",
-                          "args": {"model": "registry:latest-promoted", "registry": str(registry),
-                                   "served_model_name": "raypost", "cpus_per_replica": 0}}]}))
-    served = []
-    for attempt in ("promoted", "after rollback"):
-        out = tmp_path / attempt.replace(" ", "_")
-        answer = run(ServeDemoConfig(config=str(config), prompt="hello", max_tokens=6, output_dir=str(out)))
-        record = json.loads((out / "answer.json").read_text())
-        assert record["answer"] == answer and len(answer) > 0  # six tokens of the tiny model's text
-        served.append(record["version"])
-        with socket.socket() as s:  # the server is gone: the port is free again
-            s.bind(("127.0.0.1", port))
-        if attempt == "promoted":
-            rolled = subprocess.run([sys.executable, "-m", "jobs.registry", "rollback", f"registry={registry}"],
-                                    cwd=PROJECT_ROOT, capture_output=True, text=True)
-            assert rolled.returncode == 0 and f"current: {first}" in rolled.stdout
-    assert served == [second, first]
+        "applications": [{"name": "t", "route_prefix": "/", "import_path": "app.serve.app:build_app", "args": args}]}))
+    out = tmp_path / "promoted"
+    answer = run(ServeDemoConfig(config=str(config), prompt="hello", max_tokens=6, output_dir=str(out)))
+    record = json.loads((out / "answer.json").read_text())
+    assert record["answer"] == answer and len(answer) > 0  # six tokens of the tiny model's text
+    assert record["version"] == second
+    with socket.socket() as s:  # the server is gone: the port is free again
+        s.bind(("127.0.0.1", port))
+    rolled = subprocess.run([sys.executable, "-m", "jobs.registry", "rollback", f"registry={registry}"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert rolled.returncode == 0 and f"current: {first}" in rolled.stdout
+    assert ServeArgs.model_validate(args).lookup()[1]["id"] == first

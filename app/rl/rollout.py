@@ -50,10 +50,11 @@ def sample(model, prompts: list[list[int]], pad_id: int, eos_ids: list[int], max
 
 def response_logits(model, batch: dict) -> torch.Tensor:
     """Logits that predict each response token: [B, R, V]."""
+    width = batch["prompt_width"]  # the vocabulary projection only where a response token is predicted
     out = model(input_ids=batch["sequences"], attention_mask=batch["attention_mask"],
-                position_ids=_positions(batch["attention_mask"]))
-    width = batch["prompt_width"]
-    return out.logits[:, width - 1:-1].float()
+                position_ids=_positions(batch["attention_mask"]),
+                logits_to_keep=batch["sequences"].shape[1] - width + 1)
+    return out.logits[:, :-1].float()
 
 
 def response_logprobs(model, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
