@@ -71,7 +71,7 @@ def test_lora_learner_group_survives_a_killed_rollout_actor(ray_local, prompts_f
     from app.rl.ppo import PPOConfig, run
     out = tmp_path / "ppo"
     cfg = load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", [
-        f"prompts={prompts_file}", f"output_dir={out}", "name=kill", "steps=5", "scaling.learners=2", "scaling.zero_stage=2",
+        f"prompts={prompts_file}", f"output_dir={out}", "name=kill", "steps=3", "scaling.learners=2", "scaling.zero_stage=2",
         "lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}", "optim.lr=1e-3", "checkpoint_every=0"])
     result: list = []
     worker = threading.Thread(target=lambda: result.append(run(cfg)))
@@ -86,10 +86,10 @@ def test_lora_learner_group_survives_a_killed_rollout_actor(ray_local, prompts_f
     [state] = list_actors(filters=[("actor_id", "=", victim._actor_id.hex())], detail=True)
     assert state.num_restarts >= 1  # it came back (then the controller or the next sync reloaded it)
     steps = _steps(out)
-    assert [s["policy_version"] for s in steps] == [1, 2, 3, 4, 5]
-    assert len({s["checksum"] for s in steps}) == 5
+    assert [s["policy_version"] for s in steps] == [1, 2, 3]
+    assert len({s["checksum"] for s in steps}) == 3
     assert all(s["sampled_versions"] == [s["policy_version"] - 1] for s in steps)  # never a stale sample
-    for n, s in enumerate(steps):  # the step's 8 prompts of the 16, each once: none lost or repeated
+    for n, s in enumerate(steps):  # the step's 8 prompts of the 16, each once a pass: none lost or repeated
         assert sorted(s["prompt_ids"]) == sorted(f"p{(8 * n + i) % 16}" for i in range(8))
     assert all(s["sync_mb"] < 0.1 for s in steps)  # only the adapter travels (the full tiny policy: 26 MB)
     from app.models import load_policy
