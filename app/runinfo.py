@@ -16,6 +16,12 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def dropped_line(dropped: dict[str, int], why: dict[str, str]) -> str:
+    """A run's dropped input by reason as its log and errors say it: "43 longer than data.max_len=192 tokens,
+    2 without an assistant reply", or "none dropped" (`why` words each reason; another shows as it is)."""
+    return ", ".join(f"{n} {why.get(k, k)}" for k, n in sorted(dropped.items())) or "none dropped"
+
+
 def sha256_path(path: str | Path) -> str:
     """A file's sha256, or a folder's: over its files' relative paths and contents, in sorted order."""
     path = Path(path)

@@ -20,6 +20,7 @@ import torch
 
 from app.chat import ChatTooLong, render
 from app.config import UserError
+from app.runinfo import dropped_line
 from app.train.config import PairData
 
 TURN = re.compile(r"\n\n(Human|Assistant): ")
@@ -108,7 +109,8 @@ def tokenize(tokenizer, pairs: list[dict], heads: list[str], max_len: int) -> tu
             dropped["too_long"] += 1
             continue
         rows.append({"id": p["id"], "chosen": chosen, "rejected": rejected, "chosen_mask": last_run(chosen_mask),
-                     "rejected_mask": last_run(rejected_mask), "head": heads.index(head), "margin": float(p.get("margin", 0.0))})
+                     "rejected_mask": last_run(rejected_mask), "head": heads.index(head),
+                     "margin": float(p.get("margin", 0.0))})
     return rows, dropped
 
 
@@ -132,7 +134,7 @@ def load(data: PairData, tokenizer, heads: list[str] | None, seed: int, min_trai
     counts = {"pairs": len(pairs), "skipped": skipped, "train": len(train), "val": len(val),
               "dropped": dict(sorted((dropped + dropped_val).items())), "capped": capped}
     why = {"too_long": f"longer than data.max_len={data.max_len} tokens", "unknown_head": f"of a head not in {heads}"}
-    lost = ", ".join(f"{n} {why[k]}" for k, n in counts["dropped"].items()) or "none dropped"
+    lost = dropped_line(counts["dropped"], why)
     unread = f"; {sum(skipped.values())} lines unreadable ({skipped})" if skipped else ""
     cap = f", {capped} beyond data.max_train_pairs / data.max_val_pairs" if capped else ""
     print(f"preference data: {len(pairs)} pairs read{unread}; {len(train)} train, {len(val)} val ({lost}{cap})",
@@ -140,7 +142,7 @@ def load(data: PairData, tokenizer, heads: list[str] | None, seed: int, min_trai
     if len(train) < min_train:
         raise UserError(f"{len(train)} usable training pairs in {data.path}, fewer than {min_train} (one micro-batch "
                         f"per worker): of {len(train_pairs[:data.max_train_pairs])} training pairs read, "
-                        f"{', '.join(f'{n} {why[k]}' for k, n in sorted(dropped.items())) or 'none dropped'}{unread}")
+                        f"{dropped_line(dropped, why)}{unread}")
     return train, val, counts
 
 

@@ -26,7 +26,7 @@ from ray.data.expressions import col
 from app.cluster import init_ray
 from app.config import UserError
 from app.models import resolve
-from app.runinfo import sha256_file, write_manifest
+from app.runinfo import dropped_line, sha256_file, write_manifest
 from app.train import checkpoints
 from app.train.config import SFTConfig
 from app.train.data import IGNORE, micro_batches, tokenize_batch
@@ -78,7 +78,7 @@ def load_split(folder: Path, model_path: str, max_len: int, limit: int | None) -
 def _dropped(counts: dict, max_len: int) -> str:
     why = {"too_long": f"longer than data.max_len={max_len} tokens", "no_answer": "without an assistant reply",
            "malformed": "not a conversation"}
-    return ", ".join(f"{n} {why.get(k, k)}" for k, n in counts["dropped"].items()) or "none dropped"
+    return dropped_line(counts["dropped"], why)
 
 
 def build_datasets(cfg: SFTConfig, model_path: str) -> tuple[dict, dict]:
