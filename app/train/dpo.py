@@ -32,13 +32,10 @@ from app.train.sft import check_model
 
 
 def sequence_logprobs(model, batch: dict) -> torch.Tensor:
-    """Summed log-probs of each sequence's answer tokens: [2B] (chosen first). The vocabulary projection runs
-    only at positions that predict an answer token in some row (`logits_to_keep`; the prompts need none)."""
-    mask = batch["answer_mask"][:, 1:]
-    keep = mask.bool().any(0).nonzero().squeeze(1)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    token_lp = losses.gather_logprobs(logits, batch["input_ids"][:, 1:][:, keep])
-    return (token_lp * mask[:, keep]).sum(1)
+    """Summed log-probs of each sequence's answer tokens: [2B] (chosen first)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    token_lp = losses.gather_logprobs(logits, batch["input_ids"][:, 1:])
+    return (token_lp * batch["answer_mask"][:, 1:]).sum(1)
 
 
 @torch.no_grad()

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import ray
 import torch
-import torch.nn.functional as F
 from ray.data.expressions import col
 
 from app.cluster import init_ray
@@ -131,22 +130,10 @@ def objective(cfg_json: dict, run: Run) -> tuple[SFTConfig, Objective]:
 
     def step(engine, batch: dict) -> Step:
         inputs = {k: v.to(engine.device) for k, v in batch.items() if k != "_real_tokens"}
-        # prompt tuning prepends virtual tokens (positions move): PEFT's own loss
-        loss = engine(**inputs).loss if cfg.method == "prompt_tuning" else label_loss(engine, inputs)
+        loss = engine(**inputs).loss
         return Step(loss, {"loss": loss.item()}, float((batch["labels"][:, 1:] != IGNORE).sum()),
                     batch["_real_tokens"])
     return cfg, Objective(model, batches, step, derive=perplexity)
-
-
-def label_loss(model, batch: dict) -> torch.Tensor:
-    """The mean next-token cross-entropy of the label tokens, as transformers computes it from `labels=`,
-    with the vocabulary projection only at the positions that predict a label in some row of the batch
-    (transformers' `logits_to_keep`): the lm_head over 49k words is most of a small model's step, and
-    prompt tokens need none. Forward values and LoRA gradients are bit-identical to the full projection."""
-    labels = batch["labels"]
-    keep = (labels[:, 1:] != IGNORE).any(0).nonzero().squeeze(1)
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=keep).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), labels[:, 1:][:, keep].flatten(), ignore_index=IGNORE)
 
 
 def summarize(cfg: SFTConfig, out: Path, best: Path, final: Path, model_path: str, counts: dict) -> dict:
