@@ -68,7 +68,8 @@ def test_serve_run_serves_the_promoted_version_and_rollback_moves_it_back(tmp_pa
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [{"name": "t", "route_prefix": "/", "import_path": "app.serve.app:build_app", "args": args}]}))
+        "applications": [{"name": "t", "route_prefix": "/", "import_path": "app.serve.app:build_app",
+                          "args": args}]}))
     out = tmp_path / "promoted"
     answer = run(ServeDemoConfig(config=str(config), prompt="hello", max_tokens=6, output_dir=str(out)))
     record = json.loads((out / "answer.json").read_text())

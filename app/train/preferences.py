@@ -127,10 +127,10 @@ def load(data: PairData, tokenizer, heads: list[str] | None, seed: int, min_trai
     pairs, skipped = read_pairs(data.path)
     heads = heads or sorted({p.get("dimension", "preference") for p in pairs})
     train_pairs, val_pairs = split(pairs, data.val_share, seed)
-    train, dropped = tokenize(tokenizer, train_pairs[:data.max_train_pairs], heads, data.max_len)
-    val, dropped_val = tokenize(tokenizer, val_pairs[:data.max_val_pairs], heads, data.max_len)
-    capped = len(train_pairs) + len(val_pairs) - len(train_pairs[:data.max_train_pairs]) - \
-        len(val_pairs[:data.max_val_pairs])
+    train_read, val_read = train_pairs[:data.max_train_pairs], val_pairs[:data.max_val_pairs]
+    train, dropped = tokenize(tokenizer, train_read, heads, data.max_len)
+    val, dropped_val = tokenize(tokenizer, val_read, heads, data.max_len)
+    capped = len(train_pairs) + len(val_pairs) - len(train_read) - len(val_read)
     counts = {"pairs": len(pairs), "skipped": skipped, "train": len(train), "val": len(val),
               "dropped": dict(sorted((dropped + dropped_val).items())), "capped": capped}
     why = {"too_long": f"longer than data.max_len={data.max_len} tokens", "unknown_head": f"of a head not in {heads}"}
@@ -141,7 +141,7 @@ def load(data: PairData, tokenizer, heads: list[str] | None, seed: int, min_trai
           flush=True)
     if len(train) < min_train:
         raise UserError(f"{len(train)} usable training pairs in {data.path}, fewer than {min_train} (one micro-batch "
-                        f"per worker): of {len(train_pairs[:data.max_train_pairs])} training pairs read, "
+                        f"per worker): of {len(train_read)} training pairs read, "
                         f"{dropped_line(dropped, why)}{unread}")
     return train, val, counts
 
