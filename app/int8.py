@@ -82,6 +82,20 @@ def quantize_model(model: nn.Module, skip: tuple[str, ...] = (), empty: bool = F
     return model
 
 
+def assign_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy full-precision weights, by state-dict name, into `model`; an Int8Linear's weight is quantized on
+    the way in (what an INT8 rollout copy does at each weight sync, app/rl/actors.py)."""
+    for name, value in weights.items():
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        if isinstance(module, Int8Linear) and leaf == "weight":
+            qweight, scale = quantize_weight(value.detach().float())
+            module.qweight.copy_(qweight)
+            module.scale.copy_(scale)
+        else:
+            getattr(module, leaf).data.copy_(value)
+
+
 def save_int8(model, tokenizer, out: Path, info: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out)

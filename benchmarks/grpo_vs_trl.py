@@ -5,8 +5,11 @@ number of steps, in one run. Prints one JSON line.
     .venv/bin/python benchmarks/grpo_vs_trl.py                 # SmolLM2-135M-Instruct, demo arithmetic
     .venv/bin/python benchmarks/grpo_vs_trl.py --steps 3 --model tiny
 
-Per system: seconds per step (steps 2.. ; the first step warms up), completions/s, reward of the first and
-last step. Target: ours >= 1.5x TRL's completions/s.
+Per system: seconds per step (steps 2.. ; the first step warms up), completions/s, the reward curve and the
+mean of its last 4 steps (95% bootstrap CI over those steps); ours with float32 rollouts and with INT8
+rollouts (rollout_precision=int8, truncated importance sampling), with our step's phases (generate, score,
+train, sync). TRL runs first, in a process no Ray has started in yet. Target: ours >= 1.5x TRL's
+completions/s.
 """
 from __future__ import annotations
 
@@ -28,19 +31,33 @@ def questions(n: int) -> list[dict]:
     return [json.loads(line) for line in arithmetic(random.Random(7), n)]
 
 
-def ours(model: str, prompts: Path, a) -> dict:
+def curve(rewards: list[float], k: int) -> dict:
+    """The per-step reward curve and the mean of its last k steps with a 95% bootstrap CI over those steps."""
+    import numpy as np
+    from app.rl.heldout import mean_ci
+    last = np.array(rewards[-k:])
+    low, high = mean_ci(last)
+    return {"reward_curve": [round(r, 4) for r in rewards], f"reward_last{k}": round(float(last.mean()), 4),
+            "ci": [round(low, 4), round(high, 4)]}
+
+
+def ours(model: str, prompts: Path, a, precision: str = "float32") -> dict:
     from app.config import load_config
     from app.rl.grpo import GRPOConfig, run
-    out = prompts.parent / "ours"
+    out = prompts.parent / f"ours-{precision}"
     cfg = load_config(GRPOConfig, "jobs/configs/grpo_demo.yaml", [
         f"policy={model}", f"prompts={prompts}", f"output_dir={out}", f"steps={a.steps}", f"group_size={a.group}",
         "rollout_actors=2", f"prompts_per_actor={a.prompts // 2}", f"max_new_tokens={a.tokens}", "temperature=1.0", f"optim.lr={a.lr}",
-        f"kl={{init: {a.beta}}}", "checkpoint_every=0", "wandb=false", "threads={learner: 2, reference: 2}"])
+        f"kl={{init: {a.beta}}}", "checkpoint_every=0", "wandb=false", "heldout=null", "threads={learner: 2, reference: 2}",
+        f"rollout_precision={precision}"])
     run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    step_s = sum(r["step_s"] for r in rows[1:]) / len(rows[1:])
-    return {"step_s": round(step_s, 2), "completions_per_s": round(a.prompts * a.group / step_s, 2),
-            "reward_first": rows[0]["reward_mean"], "reward_last": rows[-1]["reward_mean"]}
+    mean = lambda key: round(sum(r[key] for r in rows[1:]) / len(rows[1:]), 2)  # noqa: E731
+    step_s = mean("step_s")
+    return {"step_s": step_s, "completions_per_s": round(a.prompts * a.group / step_s, 2),
+            **{k: mean(k) for k in ("generate_s", "score_s", "train_s", "sync_s")},
+            "sync_logprob_gap": max(r["sync_logprob_gap"] for r in rows), "tis_capped": mean("tis_capped"),
+            **curve([r["reward_mean"] for r in rows], a.last)}
 
 
 def trl(model: str, records: list[dict], a) -> dict:
@@ -75,13 +92,14 @@ def trl(model: str, records: list[dict], a) -> dict:
     logs = [h for h in trainer.state.log_history if "reward" in h]
     step_s = (stamps[-1] - stamps[0]) / (len(stamps) - 1)  # wall time between step ends, from step 2 on
     return {"step_s": round(step_s, 2), "completions_per_s": round(a.prompts * a.group / step_s, 2),
-            "reward_first": logs[0]["reward"], "reward_last": logs[-1]["reward"]}
+            **curve([h["reward"] for h in logs], a.last)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--last", type=int, default=4, help="steps whose mean reward is compared")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
@@ -93,9 +111,11 @@ def main() -> None:
         prompts = Path(tmp) / "prompts.jsonl"
         prompts.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
         result = {"benchmark": "grpo_vs_trl", "model": a.model, "completions_per_step": a.prompts * a.group,
-                  "ours": ours(a.model, prompts, a)}
-    result["trl"] = trl(a.model, records, a)
-    result["speedup"] = round(result["ours"]["completions_per_s"] / result["trl"]["completions_per_s"], 2)
+                  "trl": trl(a.model, records, a)}  # first, before Ray starts any process
+        result["ours"] = ours(a.model, prompts, a)
+        result["ours_int8"] = ours(a.model, prompts, a, "int8")
+    for name in ("ours", "ours_int8"):
+        result[f"speedup_{name}"] = round(result[name]["completions_per_s"] / result["trl"]["completions_per_s"], 2)
     print(json.dumps(result))
 
 

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/ppo_step.py                       # SmolLM2-135M-Instruct, LoRA policy
     .venv/bin/python benchmarks/ppo_step.py --model tiny --steps 3
 
-Rollout overhead: the same prompts, batch, seed and token budget sampled (a) by `app.rl.rollout.sample` in
+Rollout overhead: the same prompts, batch, seed and token budget sampled (a) by `app.sampler.sample` in
 this process and (b) through a RolloutActor (Ray call, object transfer), both with one torch thread;
 target <= 10% slower. Schedules: the same PPO config run with overlap off and on; per-step means exclude
 the first step (warm-up).
@@ -31,7 +31,7 @@ def rollout_overhead(model: str, batch: int, max_new_tokens: int, repeats: int) 
     from app.chat import render_prompt
     from app.models import load_policy
     from app.rl.actors import RolloutActor
-    from app.rl.rollout import sample
+    from app.sampler import sample
     torch.set_num_threads(1)
     policy, tok = load_policy(model)
     prompts = [render_prompt(tok, [{"role": "user", "content": q}]) for q in (QUESTIONS * 4)[:batch]]
@@ -39,7 +39,7 @@ def rollout_overhead(model: str, batch: int, max_new_tokens: int, repeats: int) 
     rates = {"generate": [], "actor": []}
     for r in range(repeats + 1):  # the first round warms both up
         t = time.perf_counter()
-        out = sample(policy, prompts, tok.pad_token_id, [tok.eos_token_id], max_new_tokens, 1.0, 1.0, r)
+        out = sample(policy, prompts, max_new_tokens, [tok.eos_token_id], 1, 1.0, 1.0, r, tok.pad_token_id)
         plain = (int(out["response_mask"].sum()), time.perf_counter() - t)
         t = time.perf_counter()
         out = ray.get(actor.generate.remote(prompts, 0, max_new_tokens, 1.0, 1.0, r))

@@ -4,10 +4,12 @@
     .venv/bin/python benchmarks/train_throughput.py --model tiny --steps 6
 
 1. Our Ray Train path (jobs.sft, 1 worker with all CPUs, ZeRO-0) against a bare PyTorch loop (same
-   model, LoRA, batches, AdamW, thread count): tokens/s in steady state and the overhead.
+   model, LoRA r16/alpha32 on q,k,v,o, batches, AdamW, thread count) and against TRL's SFTTrainer (the same
+   rows as chat messages, same LoRA, max_length, micro-batch and threads, no packing): tokens/s in steady
+   state (after the first step), the overhead against the bare loop and the ratio to TRL.
 2. Packed against padded batches on the demo's variable-length chats: effective (non-pad) tokens/s.
 3. LoRA against full fine-tuning: trainable share and peak memory (each in its own process).
-Needs the data stage's demo output (python -m jobs.data jobs/configs/data_demo.yaml).
+Needs the data stage's demo output (`make demo`, or python -m jobs.data jobs/configs/data_demo.yaml).
 """
 from __future__ import annotations
 
@@ -22,13 +24,47 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+DATA = next((p for p in (ROOT / "runs/data-demo/train", ROOT / "runs/pipeline-demo/data/train") if p.exists()),
+            ROOT / "runs/data-demo/train")
+LORA = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def trl_sft(model_name: str, steps: int, mb: int, max_len: int, threads: int) -> dict:
+    """TRL's SFTTrainer on the same rows (their chat messages), LoRA r16/alpha32 on q,k,v,o, AdamW, no
+    packing, CPU: non-pad tokens/s between the end of step 1 and the end of the last step."""
+    import tempfile
+    import pyarrow.parquet as pq
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+    from app.models import load_policy
+    torch.set_num_threads(threads)
+    model, tokenizer = load_policy(model_name)
+    table = pq.read_table(DATA).slice(0, mb * (steps + 1) * 3).to_pydict()
+    data = Dataset.from_list([{"messages": [{"role": m["role"], "content": m["content"]} for m in conv]}
+                              for conv in table["messages"]])
+    stamps: list[tuple[float, int]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(output_dir=tmp, use_cpu=True, per_device_train_batch_size=mb, max_length=max_len,
+                         max_steps=steps + 1, learning_rate=1e-4, logging_steps=1, save_strategy="no",
+                         report_to="none", seed=0, disable_tqdm=True, packing=False, dataloader_num_workers=0)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                             peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA,
+                                                    task_type="CAUSAL_LM"))
+        trainer.add_callback(type("Clock", (TrainerCallback,), {"on_step_end": lambda self, args, state, *a, **k:
+                                  stamps.append((time.perf_counter(), state.num_input_tokens_seen))})())
+        trainer.train()
+    tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    return {"tokens_per_s": round((tokens[-1] - tokens[0]) / (stamps[-1][0] - stamps[0][0]), 1)}
 
 
 def samples(model: str, n: int, max_len: int) -> list[dict]:
     import pyarrow.parquet as pq
     from app.models import resolve
     from app.train.data import tokenize_batch
-    table = pq.read_table(ROOT / "runs/data-demo/train").slice(0, n).to_pydict()
+    table = pq.read_table(DATA).slice(0, n).to_pydict()
     out = tokenize_batch({"id": table["id"], "messages": table["messages"]}, str(resolve(model)), max_len)
     return [{"id": i, "input_ids": list(x), "labels": list(y)}
             for i, x, y, drop in zip(out["id"], out["input_ids"], out["labels"], out["drop"]) if not drop]
@@ -43,7 +79,7 @@ def bare_loop(model_name: str, method: str, steps: int, mb: int, max_len: int, p
     from app.train.model import build_model
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = SFTConfig(model=model_name, method=method, lora={"dropout": 0.0})
+    cfg = SFTConfig(model=model_name, method=method, lora={"dropout": 0.0, "target_modules": LORA})
     model, pad = build_model(cfg, str(resolve(model_name)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -64,9 +100,9 @@ def bare_loop(model_name: str, method: str, steps: int, mb: int, max_len: int, p
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
 
 
-def in_subprocess(**kwargs) -> dict:
+def in_subprocess(fn: str = "bare_loop", **kwargs) -> dict:
     code = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); " \
-           f"from train_throughput import bare_loop; print(json.dumps(bare_loop(**{kwargs!r})))"
+           f"from train_throughput import {fn}; print(json.dumps({fn}(**{kwargs!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -75,7 +111,7 @@ def ray_path(model: str, steps: int, mb: int, max_len: int, cpus: int) -> dict:
     out = ROOT / "runs" / "bench-sft"
     cmd = [sys.executable, "-m", "jobs.sft", "jobs/configs/sft_demo.yaml", f"model={model}", f"output_dir={out}",
            "name=bench", f"train.max_steps={steps + 1}", f"train.micro_batch_size={mb}", f"data.max_len={max_len}",
-           "train.log_every=1", "scaling.num_workers=1", f"scaling.cpus_per_worker={cpus}", "scaling.zero_stage=0",
+           "train.log_every=1", f"lora.target_modules=[{','.join(LORA)}]", "scaling.num_workers=1", f"scaling.cpus_per_worker={cpus}", "scaling.zero_stage=0",
            f"checkpoint.every={10 ** 6}", f"eval.every={10 ** 6}", "data.max_val_samples=0", "lora.dropout=0.0",
            "wandb=false", "tensorboard=false", f"data.max_train_samples={mb * (steps + 1) * 3}"]
     subprocess.run(["rm", "-rf", str(out)])
@@ -91,18 +127,21 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--micro-batch", type=int, default=4)
-    parser.add_argument("--max-len", type=int, default=256)
+    parser.add_argument("--max-len", type=int, default=192)
     args = parser.parse_args()
     cpus = os.cpu_count()
     common = dict(model_name=args.model, steps=args.steps, mb=args.micro_batch, max_len=args.max_len, threads=cpus)
     bare = in_subprocess(method="lora", packing=False, **common)
     ours = ray_path(args.model, args.steps, args.micro_batch, args.max_len, cpus)
+    trl = in_subprocess("trl_sft", **common)
     packed = in_subprocess(method="lora", packing=True, **common)
     full = in_subprocess(method="full", packing=False, **common)
     print(json.dumps({
         "model": args.model, "steps": args.steps, "micro_batch": args.micro_batch, "max_len": args.max_len, "cpus": cpus,
         "ray_train_vs_bare": {"ours_tokens_per_s": ours["tokens_per_s"], "bare_tokens_per_s": bare["tokens_per_s"],
                               "overhead": round(1 - ours["tokens_per_s"] / bare["tokens_per_s"], 3)},
+        "ray_train_vs_trl": {"ours_tokens_per_s": ours["tokens_per_s"], "trl_tokens_per_s": trl["tokens_per_s"],
+                             "ratio": round(ours["tokens_per_s"] / trl["tokens_per_s"], 2)},
         "packed_vs_padded": {"packed_tokens_per_s": packed["tokens_per_s"], "padded_tokens_per_s": bare["tokens_per_s"],
                              "speedup": round(packed["tokens_per_s"] / bare["tokens_per_s"], 2)},
         "lora_vs_full": {"lora_trainable_share": bare["trainable_share"], "full_trainable_share": full["trainable_share"],

@@ -53,6 +53,20 @@ def test_policy_loss_clips_and_counts():
     assert float(loss) == pytest.approx(-2 * math.exp(0.1)) and float(clip_frac) == 0.0
 
 
+def test_tis_weights_truncate_the_rollout_ratio():
+    from app.rl.losses import tis_weights
+    old, mask = T([[-1.0, -2.0, -0.5, -3.0]]), T([[1.0, 1.0, 1.0, 0.0]])
+    weights, capped = tis_weights(old, old.clone(), mask, cap=2.0)  # same weights sampled: ratio 1
+    assert torch.equal(weights, mask) and float(capped) == 0.0
+    rollout = T([[-1.5, -1.0, -2.0, -3.0]])  # ratios e^0.5 = 1.65, e^-1 = 0.37, e^1.5 = 4.48 (capped), padding
+    weights, capped = tis_weights(old, rollout, mask, cap=2.0)
+    assert close(weights, [[math.exp(0.5), math.exp(-1.0), 2.0, 0.0]]) and float(capped) == pytest.approx(1 / 3)
+    # the weights multiply each token's surrogate term and carry no gradient
+    logp = T([[-1.0, -2.0, -0.5, -3.0]]).requires_grad_()
+    loss, _ = policy_loss(logp, old, T([[1.0, 1.0, 1.0, 1.0]]), mask, weights=weights)
+    assert float(loss) == pytest.approx(-(math.exp(0.5) + math.exp(-1.0) + 2.0) / 3, abs=1e-5)
+
+
 def test_value_loss_takes_the_worse_of_clipped_and_unclipped():
     # v = 1.0, old = 0.0 -> clipped 0.2; R = 1.0: max((0)^2, (0.8)^2) * 0.5 = 0.32
     assert float(value_loss(T([[1.0]]), T([[0.0]]), T([[1.0]]), T([[1.0]]))) == pytest.approx(0.32)

@@ -30,6 +30,42 @@ def test_rollout_actor_refuses_stale_versions_and_bad_checksums(ray_local):
     ray.kill(actor)
 
 
+def test_lora_rollouts_merge_each_adapter_and_int8_copies_stay_close(ray_local):
+    """A LoRA sync is merged into the rollout actor's plain model: its greedy answers equal the peft policy's
+    own. With precision int8 the actor samples from a re-quantized copy: the learner's log-probs of those
+    tokens differ from the sampler's (what truncated importance sampling corrects), but only a little;
+    held-out answers (full_precision) still come from the exact policy."""
+    from app.rl.actors import RolloutActor, _load_policy, policy_weights
+    from app.rl.losses import tis_weights
+    from app.rl.rollout import response_logprobs, weights_checksum
+    from app.sampler import sample
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    policy, tok = _load_policy("tiny", 0, lora)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    state = policy_weights(policy, lora=True)
+    prompts, eos = [[1, 2, 3], [4, 5, 6, 7]], [tok.eos_token_id]
+    exact = sample(policy, prompts, 6, eos, pad_id=tok.pad_token_id)
+    for precision in ("float32", "int8"):
+        actor = RolloutActor.options(num_cpus=0).remote("tiny", 0, lora, "hf", precision)
+        ray.get(actor.load_weights.remote(1, state, weights_checksum(state)))
+        held = ray.get(actor.generate.remote(prompts, 1, 6, 0.0, 1.0, 0, full_precision=True))
+        assert torch.equal(held["sequences"], exact["sequences"]), precision
+        batch = ray.get(actor.generate.remote(prompts, 1, 6, 1.0, 1.0, 3, n=4))
+        assert batch["sequences"].shape[0] == 8
+        with torch.no_grad():
+            learner = response_logprobs(policy, batch)[0]
+        gap = float((learner - batch["rollout_logprobs"]).abs().max())
+        weights, capped = tis_weights(learner, batch["rollout_logprobs"], batch["response_mask"])
+        if precision == "float32":
+            assert gap < 1e-4 and float(capped) == 0.0
+        else:
+            assert 1e-4 < gap < 0.1 and float(capped) == 0.0
+        ray.kill(actor)
+
+
 @pytest.fixture(scope="module")
 def toy_run(ray_local, prompts_file, tmp_path_factory):
     """The seeded 8-step PPO run of ppo_tiny.yaml: (cfg, summary, its metrics.jsonl rows)."""

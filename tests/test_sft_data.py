@@ -55,3 +55,9 @@ def test_padded_batches_and_epoch_order():
     first = a[0]
     lengths = first["attention_mask"].sum(1)
     assert (first["labels"][first["attention_mask"] == 0] == IGNORE).all() and first["_real_tokens"] == lengths.sum()
+
+
+def test_a_split_limited_to_zero_rows_is_not_read(sft_data):
+    """data.max_val_samples=0 means no validation (it once failed on the empty dataset's missing columns)."""
+    from app.train.sft import load_split
+    assert load_split(sft_data / "val", "tiny", 64, 0) == (None, {})

@@ -10,6 +10,7 @@ refused until the controller reloads the current version into it.
 """
 from __future__ import annotations
 
+import copy
 import os
 import socket
 
@@ -18,13 +19,15 @@ import torch
 
 from app.rl import losses, rewards
 from app.rl.experience import Experience
-from app.rl.rollout import response_logprobs, sample, to_device, token_values, weights_checksum
+from app.rl.rollout import merge_lora, response_logprobs, to_device, token_values, weights_checksum
 from app.rl.sync import StaleWeights
 from app.config import load_callable
 from app.data.pii import SensitiveWords
 from app import safety
+from app.int8 import assign_weights, quantize_model
 from app.models import load_policy
 from app.models import load_tokenizer
+from app.sampler import sample
 from app.rl.rollout import sample_vllm
 from app.rl.rollout import vllm_engine
 from app.train.checkpoints import rng_state
@@ -62,32 +65,28 @@ def policy_weights(model, lora: bool) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
-def load_policy_weights(model, state: dict, lora: bool) -> None:
-    if lora:
-        from peft import set_peft_model_state_dict
-        result = set_peft_model_state_dict(model, state)
-        if result.unexpected_keys:
-            raise RuntimeError(f"adapter keys not in the policy: {result.unexpected_keys[:3]}")
-    else:
-        model.load_state_dict(state, strict=True)
-
-
 @ray.remote
 class RolloutActor:
-    """Samples with HF `generate` (CPU, or the actor's GPU) or a vLLM engine (`engine="vllm"`, GPU)."""
+    """Samples with app.sampler on a plain copy of the policy (a LoRA adapter merged in at each sync), or on
+    an INT8 weight-only copy of it (`precision="int8"`, re-quantized at each sync; held-out measurements
+    still use the full-precision copy), or with a vLLM engine (`engine="vllm"`, GPU)."""
 
     def __init__(self, model_path: str, seed: int = 0, lora: dict | None = None, engine: str = "hf",
-                 threads: int = 1):
+                 precision: str = "float32", threads: int = 1):
         torch.set_num_threads(threads)
-        self.lora, self.llm = bool(lora), None
+        self.llm, self.fast, self.base = None, None, None
+        self.scaling = lora["alpha"] / lora["r"] if lora else None
         if engine == "vllm":
             self.llm, self.tokenizer = vllm_engine(model_path, seed), load_tokenizer(model_path)
-            self.checksum = "initial"
         else:
-            self.model, self.tokenizer = _load_policy(model_path, seed, lora)
-            self.checksum = weights_checksum(policy_weights(self.model, self.lora))
+            self.model, self.tokenizer = _load_policy(model_path, seed)
+            if lora:  # the targets' base weights, to merge each synced adapter into
+                self.base = {f"{name}.weight": m.weight.detach().clone() for name, m in self.model.named_modules()
+                             if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in lora["target_modules"]}
+            if precision == "int8":
+                self.fast = quantize_model(copy.deepcopy(self.model))
+        self.checksum, self.version = "initial", 0
         self.eos = sorted({self.tokenizer.eos_token_id})
-        self.version = 0
 
     def load_weights(self, version: int, state: dict, checksum: str) -> dict:
         got = weights_checksum(state)
@@ -97,7 +96,14 @@ class RolloutActor:
             self.llm.collective_rpc("load_policy_state", args=(state,))
             self.llm.reset_prefix_cache()  # cached KV of the old weights must not be reused
         else:
-            load_policy_weights(self.model, state, self.lora)
+            if self.base is None:
+                weights = state
+                self.model.load_state_dict(state, strict=True)
+            else:
+                weights = merge_lora(self.base, state, self.scaling)
+                assign_weights(self.model, weights)
+            if self.fast is not None:
+                assign_weights(self.fast, weights)
         self.version, self.checksum = version, got
         return self.status()
 
@@ -105,15 +111,18 @@ class RolloutActor:
         return {"version": self.version, "checksum": self.checksum}
 
     def generate(self, prompts: list[list[int]], expected_version: int, max_new_tokens: int, temperature: float,
-                 top_p: float, seed: int) -> dict:
+                 top_p: float, seed: int, n: int = 1, full_precision: bool = False) -> dict:
+        """`n` samples of each prompt (a prompt's rows together); `full_precision` samples with the
+        full-precision copy even where rollouts are INT8 (held-out measurements)."""
         if self.version != expected_version:
             raise StaleWeights(f"holds policy v{self.version}, asked to sample v{expected_version}")
+        pad = self.tokenizer.pad_token_id
         if self.llm is not None:
-            batch = sample_vllm(self.llm, prompts, self.tokenizer.pad_token_id, self.eos, max_new_tokens,
-                                temperature, top_p, seed)
+            batch = sample_vllm(self.llm, prompts, pad, self.eos, max_new_tokens, n, temperature, top_p, seed)
         else:
-            batch = to_device(sample(self.model, prompts, self.tokenizer.pad_token_id, self.eos, max_new_tokens,
-                                     temperature, top_p, seed), "cpu")
+            model = self.model if full_precision or self.fast is None else self.fast
+            batch = to_device(sample(model, prompts, max_new_tokens, self.eos, n, temperature, top_p, seed, pad),
+                              "cpu")
         batch["version"] = self.version
         return batch
 
@@ -199,12 +208,12 @@ class LearnerActor:
 
     def __init__(self, model_path: str, rank: int, world: int, lr: float, clip: float, entropy_coef: float,
                  temperature: float = 1.0, zero_stage: int = 0, lora: dict | None = None, max_grad_norm: float = 1.0,
-                 seed: int = 0, threads: int = 1):
+                 seed: int = 0, tis_cap: float | None = None, threads: int = 1):
         torch.set_num_threads(threads)
         self.args = dict(model_path=model_path, lr=lr, zero_stage=zero_stage, lora=lora, seed=seed,
                          max_grad_norm=max_grad_norm)
         self.rank, self.world, self.lora = rank, world, bool(lora)
-        self.clip, self.entropy_coef, self.temperature = clip, entropy_coef, temperature
+        self.clip, self.entropy_coef, self.temperature, self.tis_cap = clip, entropy_coef, temperature, tis_cap
 
     def address(self) -> tuple[str, int]:
         with socket.socket() as s:
@@ -231,20 +240,28 @@ class LearnerActor:
 
     def update(self, exp: Experience, kl_coef: float = 0.0) -> dict:
         """One clipped-surrogate step (- entropy bonus) on this rank's rows; GRPO adds kl_coef * KL(policy ||
-        reference). Without old log-probs (one on-policy pass) this forward's own, detached, are the old ones."""
+        reference). Without old log-probs (one on-policy pass) this forward's own, detached, are the old ones.
+        With `tis_cap` (INT8 rollouts) each token's loss is weighted by min(pi_old / pi_rollout, tis_cap):
+        truncated importance sampling from the rollout copy's distribution to the learner's."""
         b = to_device({**exp.batch, "old": exp.old_logprobs, "adv": exp.advantages, "ref": exp.ref_logprobs},
                       self.engine.device)
         logprobs, logits = response_logprobs(self.engine, b, self.temperature)
         mask = b["response_mask"]
         old = logprobs.detach() if exp.old_logprobs is None else b["old"]
         gap = losses.masked_mean((logprobs.detach() - b["rollout_logprobs"]).abs(), mask)
-        pg, clip_frac = losses.policy_loss(logprobs, old, b["adv"], mask, self.clip)
-        ent = losses.entropy(logits, mask)
+        weights, capped = losses.tis_weights(old, b["rollout_logprobs"], mask, self.tis_cap) if self.tis_cap \
+            else (None, torch.zeros(()))
+        pg, clip_frac = losses.policy_loss(logprobs, old, b["adv"], mask, self.clip, weights)
+        # without an entropy bonus (GRPO) the entropy is only logged: no backward through [B, R, V]
+        ent = losses.entropy(logits if self.entropy_coef else logits.detach(), mask)
         kl = losses.kl_k3(logprobs, b["ref"], mask) if exp.ref_logprobs is not None else torch.zeros(())
         self.engine.backward(pg - self.entropy_coef * ent + kl_coef * kl)
         self.engine.step()
-        return {"policy_loss": float(pg.detach()), "clip_frac": float(clip_frac), "entropy": float(ent.detach()),
-                "kl_loss": float(kl.detach()), "rollout_gap": float(gap)}
+        stats = {"policy_loss": float(pg.detach()), "clip_frac": float(clip_frac), "entropy": float(ent.detach()),
+                 "kl_loss": float(kl.detach()), "tis_capped": float(capped), "rollout_gap": float(gap)}
+        if exp.ref_logprobs is not None:  # KL(policy || reference) of the policy that sampled, per sequence
+            stats["kl_k1"], stats["kl"] = losses.sequence_kl(old, b["ref"], mask)
+        return stats
 
     def weights(self) -> tuple[dict, str]:
         state = policy_weights(self.engine.module, self.lora)

@@ -74,6 +74,10 @@ class RLConfig(JobConfig):
     wandb: bool = True                   # offline unless WANDB_MODE says otherwise
     tensorboard: bool = False
     rollout_engine: Literal["auto", "hf", "vllm"] = "auto"  # auto: vLLM when rollout actors have a GPU
+    # int8: the hf rollout actors sample from an INT8 weight-only copy of the policy, re-quantized at each sync,
+    # and the learners correct for it with truncated importance sampling (tis_cap)
+    rollout_precision: Literal["float32", "int8"] = "float32"
+    tis_cap: float | None = Field(None, gt=1)  # default: 2 with int8 rollouts, off (ratio 1) with float32
     gpus: dict[Literal["rollout", "reference", "reward", "critic", "learner"], float] = {}  # per actor
     threads: dict[Literal["rollout", "reference", "reward", "critic", "learner"], int] = {}  # torch threads; 1
     cpus_per_actor: float = 0.3
@@ -85,6 +89,9 @@ class RLConfig(JobConfig):
         if self.prompts_per_actor < self.scaling.learners:
             raise ValueError(f"prompts_per_actor ({self.prompts_per_actor}) must be >= scaling.learners "
                              f"({self.scaling.learners}): every learner rank trains on rows of each batch")
+        if self.engine() == "vllm" and self.rollout_precision == "int8":
+            raise ValueError("rollout_precision int8 is for the hf rollout engine (CPU); vLLM has its own "
+                             "quantization: use rollout_precision: float32 with rollout_engine vllm")
         if self.engine() == "vllm" and self.lora:
             raise ValueError("rollout_engine vllm with a LoRA policy is not supported yet: use lora: null or "
                              "rollout_engine: hf")
@@ -93,6 +100,10 @@ class RLConfig(JobConfig):
     def sampling_plan(self) -> SamplingPlan:
         return SamplingPlan(self.rollout_actors, self.prompts_per_actor, self.group_size, self.max_new_tokens,
                             self.temperature, self.top_p, self.seed, self.max_restarts, self.sync_timeout_s)
+
+    def tis(self) -> float | None:
+        """The truncated importance sampling cap the learners apply, or None (no correction)."""
+        return self.tis_cap if self.tis_cap is not None else 2.0 if self.rollout_precision == "int8" else None
 
     def reward_functions(self) -> dict[str, float]:
         f = self.reward_function

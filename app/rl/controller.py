@@ -88,7 +88,7 @@ def _actors(cfg: RLConfig, policy: str):
                            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
                            **(options or {})).remote(*args, **kwargs)
     roles = Roles(
-        rollouts=[place(RolloutActor, j, policy, cfg.seed, lora, cfg.engine(), options=dict(
+        rollouts=[place(RolloutActor, j, policy, cfg.seed, lora, cfg.engine(), cfg.rollout_precision, options=dict(
             name=f"{cfg.algorithm}-{cfg.name}-rollout-{j}", max_restarts=cfg.max_restarts)) for j in range(k)],
         reference=place(ReferenceActor, k, policy, cfg.temperature),
         reward=place(RewardActor, k + 1, cfg.reward_model, cfg.reward_functions(), cfg.safety_penalty,
@@ -96,7 +96,8 @@ def _actors(cfg: RLConfig, policy: str):
         critic=place(CriticActor, k + 2, cfg.critic_init or cfg.reward_model or policy, cfg.critic_lr,
                      cfg.value_clip, cfg.critic_top_layers) if cfg.uses_critic else None,
         learners=[place(LearnerActor, len(order) - n + r, policy, r, n, cfg.optim.lr, cfg.clip, cfg.entropy_coef,
-                        cfg.temperature, cfg.scaling.zero_stage, lora, cfg.optim.grad_clip, seed=cfg.seed)
+                        cfg.temperature, cfg.scaling.zero_stage, lora, cfg.optim.grad_clip, seed=cfg.seed,
+                        tis_cap=cfg.tis())
                   for r in range(n)])
     addr, port = ray_get(roles.learners[0].address.remote(), 120, "learner 0")
     ray_get([learner.setup.remote(addr, port) for learner in roles.learners], 600, "learner group set-up")

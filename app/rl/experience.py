@@ -27,6 +27,9 @@ class Experience:
     def rows(self, rank: int, world: int) -> "Experience":
         """Rows rank, rank + world, ...: a learner rank's share of every tensor."""
         part = lambda x: x[rank::world] if torch.is_tensor(x) else x  # noqa: E731
-        return replace(self, batch={k: part(v) for k, v in self.batch.items()},
+        batch = {k: part(v) for k, v in self.batch.items()}
+        if world > 1:  # a rank's rows no longer come in whole groups
+            batch["group_size"] = 1
+        return replace(self, batch=batch,
                        **{k: part(getattr(self, k)) for k in ("advantages", "old_logprobs", "ref_logprobs",
                                                               "returns", "values", "rewards")})

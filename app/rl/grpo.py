@@ -26,19 +26,16 @@ def grpo_step(cfg: GRPOConfig, roles: Roles, batches: list[dict], prompts: list,
     scored = score(cfg, roles, batches, prompts, references, tokenizer, old_pass=not on_policy)
     rewards = torch.tensor(scored["rewards"]["reward"])
     advantages = losses.group_advantages(rewards, cfg.group_size)  # a batch holds whole groups, in order
-    experiences, start, kls = [], 0, []
+    experiences, start = [], 0
     for b, ref, old in zip(batches, scored["ref"], scored["old"]):
         rows, mask = len(b["sequences"]), b["response_mask"]
         experiences.append(Experience(b, advantages[start:start + rows, None] * mask, old_logprobs=old,
                                       ref_logprobs=ref, rewards=rewards[start:start + rows], version=b["version"]))
         start += rows
-        sampled = b["rollout_logprobs"] if old is None else old
-        kls.append(losses.sequence_kl(sampled, ref, mask))
-    updated = update(cfg, roles, experiences, kl_ctl.value)
-    k1, k3 = (sum(k[i] for k in kls) / len(kls) for i in (0, 1))
-    kl_ctl.update(k1, start)
+    updated = update(cfg, roles, experiences, kl_ctl.value)  # with the learner's KL estimates (kl, kl_k1)
+    kl_ctl.update(updated["kl_k1"], start)
     groups = rewards.view(-1, cfg.group_size)
-    return {**step_figures(batches, scored, updated), "kl": k3, "kl_k1": k1, "kl_coef": kl_ctl.value,
+    return {**step_figures(batches, scored, updated), "kl_coef": kl_ctl.value,
             "groups_without_signal": float((groups.std(1) == 0).float().mean())}
 
 

@@ -37,7 +37,8 @@ def measure(cfg, roles, data: list, version: int, tokenizer, step: int) -> dict:
     k, h = len(roles.rollouts), cfg.heldout
     chunks = [list(range(j, len(data), k)) for j in range(k)]
     refs = [roles.rollouts[j].generate.remote([data[i][2] for i in chunk], version, h.max_new_tokens or
-                                              cfg.max_new_tokens, 0.0, 1.0, 0) for j, chunk in enumerate(chunks) if chunk]
+                                              cfg.max_new_tokens, 0.0, 1.0, 0, full_precision=True)
+            for j, chunk in enumerate(chunks) if chunk]
     batches = ray_get(refs, cfg.sync_timeout_s, "held-out generation")
     order = [i for chunk in chunks for i in chunk]
     texts = [t for b in batches for t in tokenizer.batch_decode(

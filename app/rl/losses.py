@@ -60,12 +60,24 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clipped surrogate loss, fraction of tokens where the clip was active)."""
+                clip: float = 0.2, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clipped surrogate loss, fraction of tokens where the clip was active); `weights` per token
+    (tis_weights) multiply each token's term."""
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped, clipped = ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages
-    loss = masked_mean(-torch.min(unclipped, clipped), mask)
+    terms = -torch.min(unclipped, clipped)
+    loss = masked_mean(terms if weights is None else terms * weights, mask)
     return loss, masked_mean((clipped < unclipped).to(logprobs.dtype), mask)
+
+
+def tis_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor,
+               cap: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"; OpenRLHF's and veRL's TIS): per-token weights min(pi_old / pi_rollout, cap) that
+    correct for sampling from a cheaper copy of the policy (INT8, another engine), and the share of response
+    tokens where the cap bit. Exactly 1 where the two log-probs agree."""
+    ratio = torch.exp(old_logprobs.detach() - rollout_logprobs)
+    return ratio.clamp(max=cap) * mask, masked_mean((ratio > cap).to(ratio.dtype), mask)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,

@@ -1,15 +1,19 @@
-"""Sampling responses and scoring their tokens with HF models: the CPU engine of the rollout actors, and the
-log-prob / value passes every PPO role shares. No ray import.
+"""Scoring sampled tokens with HF models: the log-prob / value passes every PPO role shares, the weight
+checksum of a sync, and the vLLM engine of GPU rollout actors (on CPU they sample with app.sampler). No ray
+import.
 
 A batch is a dict of tensors: sequences [B, P+R] (prompts left-padded to P, responses right-padded to R),
-attention_mask, response_mask [B, R] (1 up to and including the first end-of-turn token), and the prompt
-width P. Log-probs and values are per response token, [B, R].
+attention_mask, response_mask [B, R] (1 up to and including the first end-of-turn token), the prompt
+width P and group_size (rows of one prompt together): app.sampler's layout. Log-probs and values are per
+response token, [B, R].
 """
 from __future__ import annotations
 
 import hashlib
 
 import torch
+
+from app.sampler import batch_of
 
 
 def weights_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -21,40 +25,43 @@ def weights_checksum(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def merge_lora(base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor], scaling: float) -> dict:
+    """The LoRA targets' weights with an adapter (peft's state-dict names) merged in, W + scaling * B @ A as
+    peft's merge computes it, keyed like the plain model's state dict: what a rollout actor samples with."""
+    merged = {}
+    for key, a in adapter.items():
+        if key.endswith(".lora_A.weight"):
+            module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            b = adapter[key.replace(".lora_A.", ".lora_B.")]
+            merged[f"{module}.weight"] = base[f"{module}.weight"] + scaling * (b.to(a.dtype) @ a)
+    return merged
+
+
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
-@torch.inference_mode()
-def sample(model, prompts: list[list[int]], pad_id: int, eos_ids: list[int], max_new_tokens: int,
-           temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> dict:
-    """Generate one response per prompt; returns the batch plus the sampler's own log-probs."""
-    width = max(map(len, prompts))
-    device = next(model.parameters()).device
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    torch.manual_seed(seed)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None) if temperature > 0 else \
-        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                         eos_token_id=eos_ids, output_scores=True, return_dict_in_generate=True, **sampling)
-    response = out.sequences[:, width:]
-    ended = torch.isin(response, torch.tensor(eos_ids, device=device))
-    after_end = (ended.cumsum(1) - ended.long()) > 0  # strictly after the first end token
-    response_mask = (~after_end).long()
-    scores = torch.stack(out.scores, 1).float()  # the processed distribution tokens were drawn from
-    logprobs = torch.log_softmax(scores, -1).gather(-1, response[..., None]).squeeze(-1) * response_mask
-    return {"sequences": out.sequences, "attention_mask": torch.cat([mask, response_mask], 1),
-            "response_mask": response_mask, "prompt_width": width, "rollout_logprobs": logprobs}
-
-
 def response_logits(model, batch: dict) -> torch.Tensor:
-    """Logits that predict each response token: [B, R, V]."""
-    width = batch["prompt_width"]  # the vocabulary projection only where a response token is predicted
-    out = model(input_ids=batch["sequences"], attention_mask=batch["attention_mask"],
-                position_ids=_positions(batch["attention_mask"]),
-                logits_to_keep=batch["sequences"].shape[1] - width + 1)
-    return out.logits[:, :-1].float()
+    """Logits that predict each response token: [B, R, V]. Rows that come in groups sharing a prompt
+    (`group_size` n > 1, as app.sampler returns them) run each prompt once and fork its KV cache for the
+    group's responses: the prompt's share of the forward (and of the learner's backward) is paid once per
+    group instead of n times. Otherwise one forward of the whole sequences."""
+    seq, mask, width, n = batch["sequences"], batch["attention_mask"], batch["prompt_width"], batch.get("group_size", 1)
+    if n == 1:  # the vocabulary projection only where a response token is predicted
+        out = model(input_ids=seq, attention_mask=mask, position_ids=_positions(mask),
+                    logits_to_keep=seq.shape[1] - width + 1)
+        return out.logits[:, :-1].float()
+    from transformers import DynamicCache
+    cache = DynamicCache()
+    prompt_mask = mask[::n, :width]
+    first = model(input_ids=seq[::n, :width], attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
+                  cache=cache, use_cache=True, logits_to_keep=1).logits.repeat_interleave(n, 0)
+    if seq.shape[1] == width + 1:
+        return first.float()
+    cache.batch_repeat_interleave(n)
+    rest = model(input_ids=seq[:, width:-1], attention_mask=mask[:, :-1], position_ids=_positions(mask)[:, width:-1],
+                 cache=cache, use_cache=True).logits
+    return torch.cat([first, rest], 1).float()
 
 
 def response_logprobs(model, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,26 +98,18 @@ def vllm_engine(model_path: str, seed: int, gpu_memory_utilization: float = 0.85
                logprobs_mode="processed_logprobs", worker_extension_cls="app.rl.rollout.VLLMWeightLoader")
 
 
-def sample_vllm(llm, prompts: list[list[int]], pad_id: int, eos_ids: list[int], max_new_tokens: int,
+def sample_vllm(llm, prompts: list[list[int]], pad_id: int, eos_ids: list[int], max_new_tokens: int, n: int = 1,
                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> dict:
-    """`sample` on a vLLM engine: the same batch layout, the sampler's log-probs from vLLM."""
+    """app.sampler.sample on a vLLM engine: the same batch layout (n rows per prompt, together), the
+    sampler's log-probs from vLLM."""
     from vllm import SamplingParams, TokensPrompt
-    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed, logprobs=0,
-                            stop_token_ids=list(eos_ids))
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
+                            logprobs=0, stop_token_ids=list(eos_ids))
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-    width = max(map(len, prompts))
-    completions = [o.outputs[0] for o in outs]
-    length = max(1, max(len(c.token_ids) for c in completions))
-    sequences, prompt_mask, response_mask, logprobs = [], [], [], []
-    for p, c in zip(prompts, completions):
-        tokens, pad = list(c.token_ids), length - len(c.token_ids)
-        sequences.append([pad_id] * (width - len(p)) + p + tokens + [pad_id] * pad)
-        prompt_mask.append([0] * (width - len(p)) + [1] * len(p))
-        response_mask.append([1] * len(tokens) + [0] * pad)
-        logprobs.append([lp[t].logprob for lp, t in zip(c.logprobs, tokens)] + [0.0] * pad)
-    response = torch.tensor(response_mask)
-    return {"sequences": torch.tensor(sequences), "attention_mask": torch.cat([torch.tensor(prompt_mask), response], 1),
-            "response_mask": response, "prompt_width": width, "rollout_logprobs": torch.tensor(logprobs)}
+    completions = [c for o in outs for c in o.outputs]
+    responses = [list(c.token_ids) for c in completions]
+    logprobs = [[lp[t].logprob for lp, t in zip(c.logprobs, tokens)] for c, tokens in zip(completions, responses)]
+    return batch_of(prompts, n, responses, logprobs, pad_id)
 
 
 def to_device(batch: dict, device) -> dict:

@@ -102,9 +102,9 @@ class Sampler:
 
     def _launch(self, step: int, j: int, chunk: list[int], version: int):
         c = self.plan
-        return self.rollouts[j].generate.remote([self.data[i][2] for i in chunk for _ in range(c.group_size)],
-                                                version, c.max_new_tokens,
-                                                c.temperature, c.top_p, c.seed * 100003 + step * 101 + j)
+        return self.rollouts[j].generate.remote([self.data[i][2] for i in chunk], version, c.max_new_tokens,
+                                                c.temperature, c.top_p, c.seed * 100003 + step * 101 + j,
+                                                n=c.group_size)
 
     def launch(self, step: int, version: int) -> dict:
         chunks = self.chunks(step)

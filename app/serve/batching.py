@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
+from app.sampler import GREEDY_BELOW, pick
 from app.serve.textstream import TextStream
 
 
@@ -43,25 +44,9 @@ class Sequence:
     prefilled: int = 0                                            # prompt tokens in that cache
 
 
-# Below this a temperature is greedy (vLLM's threshold too): dividing logits by 1e-300 overflows to inf/nan.
-GREEDY_BELOW = 1e-5
-
-
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    """Next token per row: argmax at temperature ~0, else nucleus sampling with the row's generator."""
-    out = []
-    for row, s in zip(logits.float(), seqs):
-        if s.temperature < GREEDY_BELOW:
-            out.append(int(row.argmax()))
-            continue
-        probs = torch.softmax(row / s.temperature, dim=-1)
-        if s.top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
-            drop = sorted_p.cumsum(0) - sorted_p > s.top_p
-            sorted_p[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-        out.append(int(torch.multinomial(probs, 1, generator=s.generator)))
-    return out
+    """Next token per row with app.sampler.pick: argmax at temperature ~0, else the row's seeded draw."""
+    return pick(logits, [s.temperature for s in seqs], [s.top_p for s in seqs], [s.generator for s in seqs])[0]
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -121,7 +106,7 @@ class Batcher:
         kwargs = {}
         if hasattr(self.model, "peft_config"):
             kwargs["adapter_names"] = [s.adapter or "__base__" for s in seqs]
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                          use_cache=True, **kwargs)
         return out.logits[:, -1]
 

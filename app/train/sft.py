@@ -58,8 +58,9 @@ def check_model(cfg: SFTConfig) -> str:
 
 def load_split(folder: Path, model_path: str, max_len: int, limit: int | None) -> tuple:
     """(the split's trainable rows, materialized; {read, kept, dropped: {reason: n}}) of one data stage
-    split; (None, {}) when the folder is absent. The reasons are app/train/data.py tokenize_batch's."""
-    if not folder.is_dir():
+    split; (None, {}) when the folder is absent or the limit is 0. The reasons are app/train/data.py
+    tokenize_batch's."""
+    if not folder.is_dir() or limit == 0:
         return None, {}
     ds = ray.data.read_parquet(str(folder))
     if limit is not None:
