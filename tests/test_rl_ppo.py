@@ -48,22 +48,20 @@ def test_lora_rollouts_merge_each_adapter_and_int8_copies_stay_close(ray_local):
     state = policy_weights(policy, lora=True)
     prompts, eos = [[1, 2, 3], [4, 5, 6, 7]], [tok.eos_token_id]
     exact = sample(policy, prompts, 6, eos, pad_id=tok.pad_token_id)
-    for precision in ("float32", "int8"):
-        actor = RolloutActor.options(num_cpus=0).remote("tiny", 0, lora, "hf", precision)
-        ray.get(actor.load_weights.remote(1, state, weights_checksum(state)))
-        held = ray.get(actor.generate.remote(prompts, 1, 6, 0.0, 1.0, 0, full_precision=True))
-        assert torch.equal(held["sequences"], exact["sequences"]), precision
-        batch = ray.get(actor.generate.remote(prompts, 1, 6, 1.0, 1.0, 3, n=4))
-        assert batch["sequences"].shape[0] == 8
+    actor = RolloutActor.options(num_cpus=0).remote("tiny", 0, lora, "hf", "int8")
+    ray.get(actor.load_weights.remote(1, state, weights_checksum(state)))
+    held = ray.get(actor.generate.remote(prompts, 1, 6, 0.0, 1.0, 0, full_precision=True))
+    assert torch.equal(held["sequences"], exact["sequences"])  # the merged full-precision copy
+    for full_precision in (True, False):
+        batch = ray.get(actor.generate.remote(prompts, 1, 6, 1.0, 1.0, 3, n=4, full_precision=full_precision))
+        assert batch["sequences"].shape[0] == 8 and batch["group_size"] == 4
         with torch.no_grad():
             learner = response_logprobs(policy, batch)[0]
         gap = float((learner - batch["rollout_logprobs"]).abs().max())
-        weights, capped = tis_weights(learner, batch["rollout_logprobs"], batch["response_mask"])
-        if precision == "float32":
-            assert gap < 1e-4 and float(capped) == 0.0
-        else:
-            assert 1e-4 < gap < 0.1 and float(capped) == 0.0
-        ray.kill(actor)
+        _, capped = tis_weights(learner, batch["rollout_logprobs"], batch["response_mask"])
+        assert float(capped) == 0.0
+        assert gap < 1e-4 if full_precision else 1e-4 < gap < 0.1, (full_precision, gap)
+    ray.kill(actor)
 
 
 @pytest.fixture(scope="module")
