@@ -5,7 +5,7 @@ draws its tokens with `pick`. No ray import.
     from app.sampler import sample
     out = sample(model, [prompt_ids], n=8, max_new_tokens=64, eos_ids=[2], temperature=0.7, seed=0)
 
-What it does that `model.generate` does not, each measured in benchmarks/grpo_vs_trl.py:
+What it does that `model.generate` does not (benchmarks/sampler.py, benchmarks/grpo_vs_trl.py):
 - **group prefill**: with `n > 1` every prompt is prefilled once and its KV cache forked n ways
   (`DynamicCache.batch_repeat_interleave`), as GRPO's groups, best-of-n and serving's `n` need;
 - **finished rows leave the batch**: a row that produced an end token is dropped from the KV cache
@@ -15,8 +15,9 @@ What it does that `model.generate` does not, each measured in benchmarks/grpo_vs
   score tensors;
 - **per-row seeded generators**: row r of a call draws from its own generator seeded with (seed, r), so a
   group forked from one prefill samples exactly what the same rows sampled independently would.
-transformers' continuous batching (`generate_batch`) was measured against it on these CPUs; see
-benchmarks/grpo_vs_trl.py's docstring for the figures.
+Why our own loop: on these CPUs (SmolLM2, 8 rows of 32 tokens, 1 thread) it decodes 61.0 tok/s against
+`generate`'s 48.5 and transformers' continuous batching (`generate_batch`, paged attention, built for
+GPUs) 10.4; on its INT8 weight-only copy 88.1.
 """
 from __future__ import annotations
 
