@@ -33,6 +33,11 @@ def generator(seed: int, row: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + row) % 2**63)
 
 
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows: 0 at each row's first real token."""
+    return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+
 def processed_logits(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """Logits of the distribution tokens are drawn from: divided by the temperature, tokens outside the top-p
     nucleus at -inf (the smallest set whose probability reaches top_p, as HF's TopPLogitsWarper keeps)."""
@@ -81,7 +86,7 @@ def _decode(model, prompts: list[list[int]], max_new_tokens: int, eos: set[int],
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     cache = DynamicCache()
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                    cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     if n > 1:  # one prefill per prompt, its cache forked for the group
         cache.batch_repeat_interleave(n)
@@ -103,10 +108,10 @@ def _decode(model, prompts: list[list[int]], max_new_tokens: int, eos: set[int],
             cache.batch_select_indices(index)
             mask = mask[index]
             alive, tokens = [alive[i] for i in keep], [tokens[i] for i in keep]
-        positions = mask.sum(1, keepdim=True)
+        next_position = mask.sum(1, keepdim=True)
         mask = torch.cat([mask, mask.new_ones(len(alive), 1)], 1)
         logits = model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=mask,
-                       position_ids=positions, cache=cache, use_cache=True).logits[:, -1]
+                       position_ids=next_position, cache=cache, use_cache=True).logits[:, -1]
     return out_tokens, out_logprobs
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 
 import torch
+from transformers import DynamicCache
 
-from app.sampler import batch_of
+from app.sampler import batch_of, positions
 
 
 def weights_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -37,10 +38,6 @@ def merge_lora(base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor], 
     return merged
 
 
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.cumsum(1) - 1).clamp(min=0)
-
-
 def response_logits(model, batch: dict) -> torch.Tensor:
     """Logits that predict each response token: [B, R, V]. Rows that come in groups sharing a prompt
     (`group_size` n > 1, as app.sampler returns them) run each prompt once and fork its KV cache for the
@@ -48,18 +45,17 @@ def response_logits(model, batch: dict) -> torch.Tensor:
     group instead of n times. Otherwise one forward of the whole sequences."""
     seq, mask, width, n = batch["sequences"], batch["attention_mask"], batch["prompt_width"], batch.get("group_size", 1)
     if n == 1:  # the vocabulary projection only where a response token is predicted
-        out = model(input_ids=seq, attention_mask=mask, position_ids=_positions(mask),
+        out = model(input_ids=seq, attention_mask=mask, position_ids=positions(mask),
                     logits_to_keep=seq.shape[1] - width + 1)
         return out.logits[:, :-1].float()
-    from transformers import DynamicCache
     cache = DynamicCache()
     prompt_mask = mask[::n, :width]
-    first = model(input_ids=seq[::n, :width], attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
+    first = model(input_ids=seq[::n, :width], attention_mask=prompt_mask, position_ids=positions(prompt_mask),
                   cache=cache, use_cache=True, logits_to_keep=1).logits.repeat_interleave(n, 0)
     if seq.shape[1] == width + 1:
         return first.float()
     cache.batch_repeat_interleave(n)
-    rest = model(input_ids=seq[:, width:-1], attention_mask=mask[:, :-1], position_ids=_positions(mask)[:, width:-1],
+    rest = model(input_ids=seq[:, width:-1], attention_mask=mask[:, :-1], position_ids=positions(mask)[:, width:-1],
                  cache=cache, use_cache=True).logits
     return torch.cat([first, rest], 1).float()
 
@@ -77,7 +73,7 @@ def token_values(value_model, batch: dict) -> torch.Tensor:
     (the critic starts as the reward model)."""
     base = getattr(value_model, value_model.base_model_prefix)
     hidden = base(input_ids=batch["sequences"], attention_mask=batch["attention_mask"],
-                  position_ids=_positions(batch["attention_mask"])).last_hidden_state
+                  position_ids=positions(batch["attention_mask"])).last_hidden_state
     width = batch["prompt_width"]
     values = value_model.score(hidden[:, width - 1:-1]).float().sum(-1)
     return values * batch["response_mask"]

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-from app.sampler import GREEDY_BELOW, pick
+from app.sampler import GREEDY_BELOW, pick, positions
 from app.serve.textstream import TextStream
 
 
@@ -102,11 +102,11 @@ class Batcher:
                     s.emit({"index": s.index, "error": f"{type(exc).__name__}: {exc}"})
                 self.running, self.waiting, self.cache = [], deque(), None
 
-    def _forward(self, ids, mask, positions, cache, seqs):
+    def _forward(self, ids, mask, position_ids, cache, seqs):
         kwargs = {}
         if hasattr(self.model, "peft_config"):
             kwargs["adapter_names"] = [s.adapter or "__base__" for s in seqs]
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=cache,
                          use_cache=True, **kwargs)
         return out.logits[:, -1]
 
@@ -130,9 +130,8 @@ class Batcher:
         ids = torch.tensor([[0] * (width - len(s.prompt)) + s.prompt for s in seqs], device=self.device)
         mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in seqs],
                             device=self.device)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
-        self._join(seqs, cache, mask, self._forward(ids, mask, positions, cache, seqs))
+        self._join(seqs, cache, mask, self._forward(ids, mask, positions(mask), cache, seqs))
 
     def _prefill_chunk(self, s: Sequence, tokens: int) -> None:
         """The next `tokens` of one long prompt into its own cache; it joins the batch when complete."""
@@ -140,8 +139,7 @@ class Batcher:
         s.cache = s.cache or DynamicCache()
         ids = torch.tensor([s.prompt[start:end]], device=self.device)
         mask = torch.ones(1, end, dtype=torch.long, device=self.device)
-        positions = torch.arange(start, end, device=self.device)[None]
-        logits = self._forward(ids, mask, positions, s.cache, [s])
+        logits = self._forward(ids, mask, torch.arange(start, end, device=self.device)[None], s.cache, [s])
         s.prefilled = end
         if end == len(s.prompt):
             self.waiting.remove(s)
@@ -169,9 +167,9 @@ class Batcher:
 
     def _step(self) -> None:
         self.peak_rows = max(self.peak_rows, len(self.running))
-        positions = self.mask.sum(1, keepdim=True)
+        next_position = self.mask.sum(1, keepdim=True)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.running), 1)], dim=1)
-        logits = self._forward(self.next_ids[:, None], self.mask, positions, self.cache, self.running)
+        logits = self._forward(self.next_ids[:, None], self.mask, next_position, self.cache, self.running)
         tokens = sample(logits, self.running)
         self.next_ids = torch.tensor(tokens, device=self.device)
         self._accept(self.running, tokens, offset=0)
