@@ -80,6 +80,11 @@ def test_interrupted_sweep_resumes_and_writes_best_yaml(ray_local, sft_data, tmp
     # ASHA cut the worse trial, which started after the resume, at step 2 against the finished trial's record
     assert stopped["0.01"] == "False" and stopped["0.0001"] == "True"
     assert (out / "sweep.png").exists()
+    # one-worker trials trained in their Tune actor (app/train/fit.py in_process), not on Ray Train: the
+    # checkpoint the finished trial exported from is the in-process one, named by its step, and complete
+    from app.train import checkpoints
+    kept = checkpoints.complete_checkpoints(out / "trials" / finished[0] / "ray" / "train")
+    assert [c.name for c in kept] == ["checkpoint_00000004"]
     best = out / "best.yaml"
     assert best.read_text().startswith("# python -m jobs.sft")
     cfg = load_config(SFTConfig, best)

@@ -12,6 +12,10 @@ micro-batch); the trainer module's `objective(cfg, run)` builds it on the worker
 config, re-validated there. Every worker trains on its own part of the Ray Data training set
 (`train_<rank>`, split once by the driver, app/train/fit.py); the number of steps is agreed across workers
 (the minimum), so collectives never wait on a worker that ran out of data.
+
+The loop reads its data part, reports and finds its last checkpoint through a `Session`: Ray Train's on its
+workers (`train_loop_per_worker`), or, for a one-worker sweep trial that trains on its own Tune actor, the
+in-process one of app/train/fit.py.
 """
 from __future__ import annotations
 
@@ -55,6 +59,29 @@ class Objective:
 
 
 @dataclass
+class Session:
+    """What the loop needs from whoever runs it."""
+    shard: Callable[[str], list[dict]]            # "train" / "val" -> this worker's rows
+    report: Callable[[dict, str | None], None]    # (metrics, checkpoint folder or None): every rank calls it
+    checkpoint: Callable[[], Path | None]         # the latest reported checkpoint folder (resume), if any
+
+
+def ray_train_session() -> Session:
+    """On a Ray Train worker: its dataset shard, ray.train.report (Ray merges every rank's checkpoint folder
+    into one under the run's storage) and ray.train.get_checkpoint."""
+    def shard(name: str) -> list[dict]:
+        return [dict(r) for r in ray.train.get_dataset_shard(f"{name}_{dist.get_rank()}").iter_rows()]
+
+    def report(metrics: dict, folder: str | None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+
+    def checkpoint() -> Path | None:
+        ckpt = ray.train.get_checkpoint()
+        return Path(ckpt.path) if ckpt else None
+    return Session(shard, report, checkpoint)
+
+
+@dataclass
 class Run:
     """What the driver decided for this run, passed to every worker beside the job's config."""
     model_path: str
@@ -70,12 +97,6 @@ def agree(value: float, op=dist.ReduceOp.MIN) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, op=op)
     return t.item()
-
-
-def shard(name: str) -> list[dict]:
-    """This worker's part of a Ray Data split (train_<rank>, val_<rank>), as plain rows."""
-    rank = ray.train.get_context().get_world_rank()
-    return [dict(r) for r in ray.train.get_dataset_shard(f"{name}_{rank}").iter_rows()]
 
 
 def setup_engine(cfg, model, total_steps: int):
@@ -115,9 +136,9 @@ def evaluate(engine, objective: Objective, val: list) -> dict:
     return {**means, **objective.derive(means)}
 
 
-def save_checkpoint(engine, cfg, run: Run, pos: dict, metrics: dict) -> None:
+def save_checkpoint(engine, cfg, run: Run, pos: dict, metrics: dict, session: Session) -> None:
     """Every rank: DeepSpeed states and its RNG; rank 0: trainable weights (safetensors). Then the
-    rank's manifest and complete marker, and one ray.train.report that Ray merges into one folder."""
+    rank's manifest and complete marker, and one report of the folder."""
     rank = dist.get_rank()
     weights = trainable_state_dict(engine.module, cfg.scaling.zero_stage)  # a collective under ZeRO-3
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,13 +150,12 @@ def save_checkpoint(engine, cfg, run: Run, pos: dict, metrics: dict) -> None:
             from safetensors.torch import save_file
             save_file({k: v.contiguous() for k, v in weights.items()}, folder / "trainable.safetensors")
         checkpoints.finish(folder, rank, dist.get_world_size(), {**pos, "metrics": metrics, "identity": run.identity})
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        session.report(metrics, tmp)
 
 
-def restore(engine) -> dict:
+def restore(engine, session: Session) -> dict:
     """Load the latest complete checkpoint (if any) into the engine; returns the saved data position."""
-    ckpt = ray.train.get_checkpoint()
-    folder = checkpoints.pick_resume(Path(ckpt.path)) if ckpt else None
+    folder = checkpoints.pick_resume(session.checkpoint())
     if folder is None:
         return {"step": 0, "epoch": 0, "micro": 0, "best_val": float("inf"), "bad_evals": 0, "val_loss": None}
     _, client = engine.load_checkpoint(str(folder / "ds"), tag="state", load_module_strict=False)
@@ -153,14 +173,19 @@ def stream(objective: Objective, train: list[dict], per_epoch: int, epoch: int, 
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """config: {"objective": "module:function" of an objective(cfg_json, run) factory, "cfg": the job's config
-    as JSON, "run": a Run as a dict} (app/train/fit.py)."""
+    """On a Ray Train worker. config: {"objective": "module:function" of an objective(cfg_json, run) factory,
+    "cfg": the job's config as JSON, "run": a Run as a dict} (app/train/fit.py)."""
+    train(config, ray_train_session())
+
+
+def train(config: dict, session: Session) -> None:
+    """The loop (train_loop_per_worker's config), reporting through `session`."""
     cfg_json, run = config["cfg"], Run(**config["run"])
-    torch.manual_seed(cfg_json["seed"] + ray.train.get_context().get_world_rank())
+    torch.manual_seed(cfg_json["seed"] + dist.get_rank())
     module, name = config["objective"].split(":")
     cfg, objective = getattr(importlib.import_module(module), name)(cfg_json, run)
     counts = count_parameters(objective.model)  # before ZeRO-3 partitions the parameters
-    train, val_rows = shard("train"), shard("val") if run.has_val else []
+    train, val_rows = session.shard("train"), session.shard("val") if run.has_val else []
     objective.prepare(train + val_rows)
     val = objective.batches(val_rows, 0, False) if run.has_val else []
     accum = cfg.optim.grad_accum
@@ -171,12 +196,12 @@ def train_loop_per_worker(config: dict) -> None:
     total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     patience = cfg.eval.patience or 10 ** 9
     engine, scheduler = setup_engine(cfg, objective.model, total)
-    pos = restore(engine)
+    pos = restore(engine, session)
     logger = start_logging(cfg, run, *counts) if dist.get_rank() == 0 else None
     if pos["step"] >= total or pos["bad_evals"] >= patience:
         return
     if pos["step"] == 0 and run.has_val:  # the "before" figure
-        emit({"step": 0, **evaluate(engine, objective, val)}, logger)
+        emit({"step": 0, **evaluate(engine, objective, val)}, logger, session)
     t0, tokens, seen = time.time(), 0, []
     world = dist.get_world_size()
     for batch, (pos["epoch"], pos["micro"]) in stream(objective, train, steps_per_epoch * accum, pos["epoch"],
@@ -204,10 +229,10 @@ def train_loop_per_worker(config: dict) -> None:
             pos["val_loss"] = metrics["val_loss"]
             stop = stop or pos["bad_evals"] >= patience
         if step % cfg.checkpoint.every == 0 or stop:
-            save_checkpoint(engine, cfg, run, pos, metrics)
+            save_checkpoint(engine, cfg, run, pos, metrics, session)
             logger and logger.log(metrics)
         elif "val_loss" in metrics:
-            emit(metrics, logger)
+            emit(metrics, logger, session)
         elif step % cfg.train.log_every == 0 and logger:
             logger.log(metrics)  # not a Ray Train report: each waits for the controller to take the last
         if stop:
@@ -223,11 +248,11 @@ def start_logging(cfg, run: Run, trainable: int, total: int) -> MetricsLogger:
     return logger
 
 
-def emit(metrics: dict, logger) -> None:
-    """Report to Ray Train (a barrier: every rank calls it) and, on rank 0, to the logs. Only validation
-    results and checkpoints go to Ray Train (and so to a sweep's scheduler): a report waits until the
+def emit(metrics: dict, logger, session: Session) -> None:
+    """Report (on Ray Train a barrier: every rank calls it) and, on rank 0, log. Only validation results and
+    checkpoints are reported (and so reach a sweep's scheduler): a Ray Train report waits until the
     controller's poll (every 0.25 s) took the previous one, which a report per step would pay every step."""
-    ray.train.report(metrics)
+    session.report(metrics, None)
     if logger is not None:
         logger.log(metrics)
 

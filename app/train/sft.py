@@ -82,8 +82,14 @@ def _dropped(counts: dict, max_len: int) -> str:
 
 
 def build_datasets(cfg: SFTConfig, model_path: str) -> tuple[dict, dict]:
-    """(the per-worker datasets, the row counts of each split: read, kept, dropped by reason). Says so in
-    the log; no usable training row is an error that says where the rows went."""
+    """(the per-worker datasets, the row counts of each split: read, kept, dropped by reason)."""
+    train, val, counts = tokenize_splits(cfg, model_path)
+    return split(train, val, cfg.scaling.num_workers), counts
+
+
+def tokenize_splits(cfg: SFTConfig, model_path: str) -> tuple:
+    """(train, val or None: tokenized and materialized, the row counts of each split: read, kept, dropped by
+    reason). Says so in the log; no usable training row is an error that says where the rows went."""
     data = Path(cfg.data.path)
     if not (data / "train").is_dir():
         raise UserError(f"no training data: {data}/train not found (run python -m jobs.data first)")
@@ -102,18 +108,20 @@ def build_datasets(cfg: SFTConfig, model_path: str) -> tuple[dict, dict]:
     for name, c in counts.items():
         if c:
             print(f"sft data: {name} {c['kept']} of {c['read']} rows ({_dropped(c, cfg.data.max_len)})", flush=True)
-    return split(train, val, cfg.scaling.num_workers), counts
+    return train, val, counts
 
 
-def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
-    """Train; `callbacks` are Ray Train callbacks (a sweep passes Tune's TuneReportCallback)."""
+def run(cfg: SFTConfig, callbacks: list | None = None, report=None, data: tuple | None = None) -> dict:
+    """Train. A sweep trial passes Ray Train `callbacks` (Tune's TuneReportCallback) or, for one worker in
+    the trial's own process, `report` (tune.report); and `data`, tokenize_splits' result made once per sweep."""
     out = cfg.out("sft")
     model_path = check_model(cfg)
     check_resume(out, cfg, model_path)
     init_ray()
     quiet_data()
-    datasets, counts = build_datasets(cfg, model_path)
-    best = fit(cfg, objective, datasets, out, model_path, "sft", callbacks=callbacks)
+    train, val, counts = data or tokenize_splits(cfg, model_path)
+    best = fit(cfg, objective, split(train, val, cfg.scaling.num_workers), out, model_path, "sft",
+               callbacks=callbacks, report=report)
     final = export(best, model_path, out, cfg.method, cfg.lora.model_dump(), cfg.prompt_tuning.num_virtual_tokens)
     return summarize(cfg, out, best, final, model_path, counts)
 

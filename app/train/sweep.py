@@ -14,6 +14,11 @@ Failed trials are recorded with their error; the sweep goes on. Outputs under ru
 results.csv (one row per trial), best.yaml (the best trial's complete SFT config: `python -m jobs.sft
 runs/sweep-<name>/best.yaml`), sweep.png (metric vs learning rate by LoRA rank; trial curves), tune/ (the
 Tune experiment, for `Tuner.restore`) and trials/<id>/ (each trial's SFT outputs).
+
+What trials share: the data is tokenized once by the sweep (unless the space varies a data, model or seed key)
+and every trial gets the same materialized Ray Data datasets; a one-worker trial trains in its own Tune
+actor, which Tune reuses for the next trial (app/train/fit.py `in_process`): no Ray Train start, no process
+start, no imports per trial. Trials of several workers run Ray Train inside Tune.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from app.cluster import init_ray
 from app.config import ConfigError, explain, load_config, read_yaml, set_dotted
 from app.runinfo import sha256_file, write_manifest
 from app.train import sft
+from app.train.fit import quiet_data
 from app.train.config import SFTConfig, SweepConfig
 
 DISTRIBUTION = re.compile(r"^\s*(loguniform|uniform|randint)\(\s*([^,]+?)\s*,\s*([^)]+?)\s*\)\s*$")
@@ -124,8 +130,13 @@ class ResumableASHA(ASHAScheduler):
             del self._trial_info[trial.trial_id]  # as on_trial_complete leaves it
 
 
-def train_trial(params: dict, cfg_json: str, root: str, trials_dir: str) -> None:
-    """One Tune trial: an SFT run whose reports reach Tune (and so ASHA)."""
+PER_TRIAL_DATA = ("data", "model", "init_from", "seed", "trust_remote_code")  # space keys that change the tokens
+
+
+def train_trial(params: dict, cfg_json: str, root: str, trials_dir: str, data: tuple | None,
+                in_process: bool) -> None:
+    """One Tune trial: an SFT run whose reports reach Tune (and so ASHA); `data` is the sweep's tokenized
+    (train, val, counts), None when each trial tokenizes its own."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
     os.chdir(root)  # relative paths in the configs are the project's
@@ -134,7 +145,19 @@ def train_trial(params: dict, cfg_json: str, root: str, trials_dir: str) -> None
     out = Path(trials_dir) / trial_id
     out.mkdir(parents=True, exist_ok=True)
     sft_cfg = SFTConfig.model_validate(trial_config(cfg, params, str(out)))
-    sft.run(sft_cfg, callbacks=[TuneReportCallback()])
+    if in_process:
+        sft.run(sft_cfg, report=tune.report, data=data)
+    else:
+        sft.run(sft_cfg, callbacks=[TuneReportCallback()], data=data)
+
+
+def shared_data(cfg: SweepConfig) -> tuple | None:
+    """The trials' tokenized data, made once here; None when the space varies what the tokens depend on."""
+    if any(key.split(".")[0] in PER_TRIAL_DATA for key in cfg.space):
+        return None
+    base = SFTConfig.model_validate(trial_config(cfg, {}, "x"))
+    quiet_data()
+    return sft.tokenize_splits(base, sft.check_model(base))
 
 
 def run(cfg: SweepConfig) -> dict:
@@ -143,9 +166,12 @@ def run(cfg: SweepConfig) -> dict:
     out = cfg.out("sweep").resolve()
     out.mkdir(parents=True, exist_ok=True)
     init_ray()
+    scaling = SFTConfig.model_validate(trial_config(cfg, {}, "x")).scaling
+    in_process = scaling.num_workers == 1 and "scaling.num_workers" not in cfg.space and not scaling.use_gpu
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, cfg_json=cfg.model_dump_json(), root=str(Path.cwd()),
-                             trials_dir=str(out / "trials")), {"CPU": cfg.trial_cpus})
+                             trials_dir=str(out / "trials"), data=shared_data(cfg), in_process=in_process),
+        {"CPU": max(cfg.trial_cpus, scaling.cpus_per_worker) if in_process else cfg.trial_cpus})
     tune_dir = out / "tune"
     if cfg.resume and tune.Tuner.can_restore(str(tune_dir / "sweep")):
         print(f"sweep: resuming {tune_dir / 'sweep'} (finished trials are kept)", flush=True)
@@ -167,9 +193,10 @@ def run(cfg: SweepConfig) -> dict:
             tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples,
                                         scheduler=scheduler, search_alg=search_alg,
                                         max_concurrent_trials=cfg.max_concurrent_trials,
-                                        # A fresh actor per trial: Ray Train's cleaner frees a stopped trial's
-                                        # worker placement group only when its actor dies (else the next hangs).
-                                        reuse_actors=False),
+                                        # Ray Train trials need a fresh actor each: Ray Train's cleaner frees a
+                                        # stopped trial's worker placement group only when its actor dies
+                                        # (else the next hangs).
+                                        reuse_actors=in_process),
             run_config=tune.RunConfig(name="sweep", storage_path=str(tune_dir),
                                       failure_config=tune.FailureConfig(max_failures=0)))
     grid = tuner.fit()
