@@ -7,7 +7,9 @@
    model, LoRA r16/alpha32 on q,k,v,o, batches, AdamW, thread count) and against TRL's SFTTrainer (the same
    rows as chat messages, same LoRA, max_length, micro-batch and threads, no packing): tokens/s in steady
    state (after the first step), the overhead against the bare loop and the ratio to TRL.
-2. Packed against padded batches on the demo's variable-length chats: effective (non-pad) tokens/s.
+2. Packed against padded batches: effective (non-pad) tokens/s, on the demo's chats (67-285 tokens) and on a
+   corpus with a wide length spread (the demo chats alternating with GSM8K solutions from ../shared/data,
+   108-570 tokens) at --pack-max-len.
 3. LoRA against full fine-tuning: trainable share and peak memory (each in its own process).
 Needs the data stage's demo output (`make demo`, or python -m jobs.data jobs/configs/data_demo.yaml).
 """
@@ -60,17 +62,29 @@ def trl_sft(model_name: str, steps: int, mb: int, max_len: int, threads: int) ->
     return {"tokens_per_s": round((tokens[-1] - tokens[0]) / (stamps[-1] - stamps[0]), 1)}
 
 
-def samples(model: str, n: int, max_len: int) -> list[dict]:
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+
+
+def samples(model: str, n: int, max_len: int, corpus: str = "demo") -> list[dict]:
+    """n tokenized rows: the demo chats, or ("wide") demo chats alternating with GSM8K question/solution chats."""
     import pyarrow.parquet as pq
     from app.models import resolve
     from app.train.data import tokenize_batch
     table = pq.read_table(DATA).slice(0, n).to_pydict()
+    if corpus == "wide":
+        with open(GSM8K) as f:
+            math = [json.loads(next(f)) for _ in range(n // 2)]
+        chats = [json.dumps([{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}])
+                 for r in math]
+        mixed = [m for pair in zip(table["messages"], chats) for m in pair]
+        table = {"id": [f"w{i:05d}" for i in range(len(mixed))], "messages": mixed}
     out = tokenize_batch({"id": table["id"], "messages": table["messages"]}, str(resolve(model)), max_len)
     return [{"id": i, "input_ids": list(x), "labels": list(y)}
             for i, x, y, drop in zip(out["id"], out["input_ids"], out["labels"], out["drop"]) if not drop]
 
 
-def bare_loop(model_name: str, method: str, steps: int, mb: int, max_len: int, packing: bool, threads: int) -> dict:
+def bare_loop(model_name: str, method: str, steps: int, mb: int, max_len: int, packing: bool, threads: int,
+              corpus: str = "demo") -> dict:
     """A plain PyTorch loop on our batches: the baseline. Returns tokens/s (non-pad) after one warm-up step."""
     import torch
     from app.models import resolve
@@ -79,11 +93,11 @@ def bare_loop(model_name: str, method: str, steps: int, mb: int, max_len: int, p
     from app.train.model import build_model
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = SFTConfig(model=model_name, method=method, lora={"dropout": 0.0, "target_modules": LORA})
+    cfg = SFTConfig(model=model_name, method=method, lora={"dropout": 0.0, "target_modules": LORA}, data={"packing": packing})
     model, pad = build_model(cfg, str(resolve(model_name)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    batches = micro_batches(samples(model_name, mb * (steps + 1) * 3, max_len), mb, max_len, packing, 0, 0, pad)
+    batches = micro_batches(samples(model_name, mb * (steps + 1) * 3, max_len, corpus), mb, max_len, packing, 0, 0, pad)
     tokens, start = 0, None
     for i, batch in enumerate(batches[:steps + 1]):
         if i == 1:
@@ -128,6 +142,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--max-len", type=int, default=192)
+    parser.add_argument("--pack-max-len", type=int, default=512, help="row length of the wide-spread packing test")
     args = parser.parse_args()
     cpus = os.cpu_count()
     common = dict(model_name=args.model, steps=args.steps, mb=args.micro_batch, max_len=args.max_len, threads=cpus)
@@ -136,6 +151,9 @@ def main() -> None:
     trl = in_subprocess("trl_sft", **common)
     packed = in_subprocess(method="lora", packing=True, **common)
     full = in_subprocess(method="full", packing=False, **common)
+    wide = {**common, "max_len": args.pack_max_len, "corpus": "wide"}
+    wide_padded = in_subprocess(method="lora", packing=False, **wide)
+    wide_packed = in_subprocess(method="lora", packing=True, **wide)
     print(json.dumps({
         "model": args.model, "steps": args.steps, "micro_batch": args.micro_batch, "max_len": args.max_len, "cpus": cpus,
         "ray_train_vs_bare": {"ours_tokens_per_s": ours["tokens_per_s"], "bare_tokens_per_s": bare["tokens_per_s"],
@@ -144,6 +162,9 @@ def main() -> None:
                              "ratio": round(ours["tokens_per_s"] / trl["tokens_per_s"], 2)},
         "packed_vs_padded": {"packed_tokens_per_s": packed["tokens_per_s"], "padded_tokens_per_s": bare["tokens_per_s"],
                              "speedup": round(packed["tokens_per_s"] / bare["tokens_per_s"], 2)},
+        "packed_vs_padded_wide": {"max_len": args.pack_max_len, "packed_tokens_per_s": wide_packed["tokens_per_s"],
+                                  "padded_tokens_per_s": wide_padded["tokens_per_s"],
+                                  "speedup": round(wide_packed["tokens_per_s"] / wide_padded["tokens_per_s"], 2)},
         "lora_vs_full": {"lora_trainable_share": bare["trainable_share"], "full_trainable_share": full["trainable_share"],
                          "lora_peak_rss_gb": bare["peak_rss_gb"], "full_peak_rss_gb": full["peak_rss_gb"],
                          "lora_tokens_per_s": bare["tokens_per_s"], "full_tokens_per_s": full["tokens_per_s"]}}))

@@ -34,15 +34,15 @@ def test_packed_rows_do_not_attend_across_samples(tiny):
     model, tokenizer = tiny
     samples = [{"id": str(i), "input_ids": ids, "labels": ids}
                for i, ids in enumerate([[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]])]
-    rows = pack(samples, max_len=8)
-    assert [len(r["input_ids"]) for r in rows] == [7, 5]
-    assert rows[0]["position_ids"] == [0, 1, 2, 3, 0, 1, 2]
+    rows = pack(samples, max_len=8)  # best fit, longest first: [12..16] + [9, 10, 11], then [5..8] alone
+    assert [len(r["input_ids"]) for r in rows] == [8, 4]
+    assert rows[0]["position_ids"] == [0, 1, 2, 3, 4, 0, 1, 2]
     batch = collate(rows, tokenizer.pad_token_id)
     batch.pop("_real_tokens")
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         alone = model(input_ids=torch.tensor([[9, 10, 11]])).logits
-    assert torch.allclose(packed[0, 4:7], alone[0], atol=1e-5)
+    assert torch.allclose(packed[0, 5:8], alone[0], atol=1e-5)
 
 
 def test_padded_batches_and_epoch_order():
@@ -61,3 +61,53 @@ def test_a_split_limited_to_zero_rows_is_not_read(sft_data):
     """data.max_val_samples=0 means no validation (it once failed on the empty dataset's missing columns)."""
     from app.train.sft import load_split
     assert load_split(sft_data / "val", "tiny", 64, 0) == (None, {})
+
+
+def test_pack_keeps_every_sample_whole_and_fills_rows():
+    import random
+    rng = random.Random(0)
+    samples = [{"id": str(i), "input_ids": [i] * rng.randint(60, 512), "labels": [i] * 3} for i in range(300)]
+    for s in samples:
+        s["labels"] = list(s["input_ids"])
+    rows = pack(samples, 512)
+    assert all(len(r["input_ids"]) <= 512 for r in rows)
+    # every sample once, whole and contiguous (one run of its id), positions restarting with it
+    runs = [(r["input_ids"][k], p) for r in rows for k, p in enumerate(r["position_ids"]) if p == 0]
+    assert sorted(i for i, _ in runs) == list(range(300))
+    for r in rows:
+        assert r["labels"] == r["input_ids"]
+    fill = sum(len(r["input_ids"]) for r in rows) / (512 * len(rows))
+    assert fill > 0.95, fill  # 0.969; filling rows in arrival order: 0.73
+
+
+def test_packed_attention_equals_sdpa_under_the_block_mask():
+    """app/train/model.py packed_attention (SDPA per packed sample) gives the loss and LoRA gradients of
+    transformers' SDPA over the whole row with its block-diagonal mask; unpacked batches take SDPA itself."""
+    from app.models import alias_dir
+    from app.train.config import SFTConfig
+    from app.train.model import build_model
+    samples = [{"id": str(i), "input_ids": ids, "labels": ids} for i, ids in enumerate(
+        [list(range(5, 5 + n)) for n in (9, 4, 7, 12, 3, 6)])]
+    results = {}
+    for packing in (False, True):  # packing=True builds the model with attn_implementation="packed_sdpa"
+        cfg = SFTConfig(model="tiny", method="lora", data={"packing": packing}, lora={"dropout": 0.0})
+        torch.manual_seed(0)  # the same LoRA A both times
+        model, pad = build_model(cfg, str(alias_dir("tiny")))
+        assert model.config._attn_implementation == ("packed_sdpa" if packing else "sdpa")
+        for n, p in model.named_parameters():  # LoRA B starts at 0: give it weights so gradients reach A
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(len(n)))
+        batch = micro_batches(samples, 2, 16, True, 0, 0, pad)[0]
+        batch.pop("_real_tokens")
+        loss = model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        padded = micro_batches(samples, 2, 16, False, 0, 0, pad)[0]
+        padded.pop("_real_tokens")
+        with torch.no_grad():
+            results[packing] = (loss.item(), grads, model(**padded).loss.item())
+    (loss_a, grads_a, padded_a), (loss_b, grads_b, padded_b) = results[False], results[True]
+    assert abs(loss_a - loss_b) < 1e-5 and abs(padded_a - padded_b) < 1e-6
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    for n in grads_a:
+        assert torch.allclose(grads_a[n], grads_b[n], atol=1e-6), n

@@ -1,13 +1,15 @@
 """SFT data: records -> token ids and labels (Ray Data), packing and batching (pure, on each worker).
 
 Labels are the input ids where app/chat.py's loss mask is 1 and -100 elsewhere: assistant tokens only.
-Packing concatenates samples into rows of max_len; position ids restart at 0 for every sample, which
+Packing puts samples into rows of at most max_len (best-fit decreasing); position ids restart at 0 for every sample, which
 transformers turns into a block-diagonal causal mask (no attention across samples).
 """
 from __future__ import annotations
 
 import json
 import random
+from bisect import bisect_left, insort
+from collections import defaultdict
 from functools import lru_cache
 
 import numpy as np
@@ -56,18 +58,35 @@ def _row(tok, messages, max_len: int) -> tuple[list[int], list[int], str]:
 
 
 def pack(samples: list[dict], max_len: int) -> list[dict]:
-    """Greedy packing in order: each row holds whole samples, total length <= max_len."""
-    rows, cur = [], {"input_ids": [], "labels": [], "position_ids": []}
-    for s in samples:
-        n = len(s["input_ids"])
-        if cur["input_ids"] and len(cur["input_ids"]) + n > max_len:
-            rows.append(cur)
-            cur = {"input_ids": [], "labels": [], "position_ids": []}
-        cur["input_ids"] += list(s["input_ids"])
-        cur["labels"] += list(s["labels"])
-        cur["position_ids"] += list(range(n))
-    if cur["input_ids"]:
-        rows.append(cur)
+    """Best-fit decreasing: longest sample first, each into the row with the least room that still takes it
+    (a new row when none does). Rows hold whole samples, total <= max_len; position ids restart per sample.
+    On the demo chats mixed with GSM8K solutions (67-570 tokens, rows of 512) rows are 99% full, against 89%
+    for filling rows in arrival order (benchmarks/train_throughput.py)."""
+    order = sorted(range(len(samples)), key=lambda i: -len(samples[i]["input_ids"]))
+    members: list[list[int]] = []
+    with_room: dict[int, list[int]] = defaultdict(list)  # room left -> rows with that much room
+    rooms: list[int] = []                                # the room values with_room holds, sorted
+    for i in order:
+        n = len(samples[i]["input_ids"])
+        j = bisect_left(rooms, n)
+        if j < len(rooms):
+            room = rooms[j]
+            row = with_room[room].pop()
+            if not with_room[room]:
+                rooms.pop(j)
+        else:
+            room, row = max_len, len(members)
+            members.append([])
+        members[row].append(i)
+        left = max(room - n, 0)
+        if not with_room[left]:
+            insort(rooms, left)
+        with_room[left].append(row)
+    rows = []
+    for row in members:
+        rows.append({"input_ids": [t for i in row for t in samples[i]["input_ids"]],
+                     "labels": [t for i in row for t in samples[i]["labels"]],
+                     "position_ids": [p for i in row for p in range(len(samples[i]["input_ids"]))]})
     return rows
 
 
@@ -98,11 +117,16 @@ def collate(rows: list[dict], pad_id: int) -> dict:
 def micro_batches(samples: list[dict], micro_batch_size: int, max_len: int, packing: bool, seed: int,
                   epoch: int, pad_id: int, drop_last: bool = True) -> list[dict]:
     """One epoch of a worker's samples: sorted by id (a stable order whatever the shard's arrival order),
-    shuffled by (seed, epoch), optionally packed, cut into padded micro-batches (a short last one kept
-    only when drop_last is False, as for validation)."""
+    shuffled by (seed, epoch), optionally packed (the packed rows shuffled again: packing orders them by
+    length), cut into padded micro-batches (a short last one kept only when drop_last is False, as for
+    validation)."""
     samples = sorted(samples, key=lambda s: s["id"])
-    random.Random(seed * 1000 + epoch).shuffle(samples)
-    rows = pack(samples, max_len) if packing else samples
+    rng = random.Random(seed * 1000 + epoch)
+    rng.shuffle(samples)
+    rows = samples
+    if packing:
+        rows = pack(samples, max_len)
+        rng.shuffle(rows)
     stop = len(rows) - micro_batch_size + 1 if drop_last else len(rows)
     return [collate(rows[i:i + micro_batch_size], pad_id) for i in range(0, max(stop, 0), micro_batch_size)]
 

@@ -1,9 +1,13 @@
-"""The model a worker trains: base weights, then the method (full, LoRA, QLoRA, prompt tuning) via peft."""
+"""The model a worker trains: base weights, then the method (full, LoRA, QLoRA, prompt tuning) via peft;
+with packing, attention computed per packed sample (`packed_attention`)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from transformers import AttentionInterface, AutoModelForCausalLM, BitsAndBytesConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from app.models import DTYPES, load_tokenizer
 from app.precision import train_precision
@@ -19,6 +23,35 @@ def peft_config(method: str, r: int, alpha: int, dropout: float, target_modules:
     return None
 
 
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                     is_causal=None, **kwargs):
+    """transformers' SDPA attention, except on packed rows (position ids restarting inside a row, app/train/
+    data.py): there causal SDPA runs on each sample's own span, as flash-attention's varlen kernel does on
+    GPUs, instead of over the whole row under a block-diagonal mask that throws most of the scores away.
+    Same outputs and gradients (tests/test_sft_data.py); rows of 512 tokens holding ~3 samples train 10%
+    faster on CPU (SmolLM2-135M, LoRA, 2 threads: 8.35 s against 9.30 s per 4 x 512 forward + backward)."""
+    pos = kwargs.get("position_ids")
+    starts = None
+    if pos is not None and pos.dim() == 2 and pos.shape[0] == query.shape[0] == key.shape[0] \
+            and pos.shape[1] == query.shape[2] == key.shape[2]:
+        starts = torch.diff(pos, prepend=pos[:, :1] - 1, dim=-1) != 1
+    if starts is None or not starts[:, 1:].any():
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    length, rows = query.shape[2], []
+    for b in range(query.shape[0]):
+        cuts = [0] + [i for i in starts[b].nonzero().flatten().tolist() if i > 0] + [length]
+        rows.append(torch.cat([F.scaled_dot_product_attention(
+            query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e], is_causal=True, scale=scaling,
+            enable_gqa=query.shape[1] != key.shape[1], dropout_p=dropout if module.training else 0.0)
+            for s, e in zip(cuts, cuts[1:])], dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register("packed_sdpa", packed_attention)
+AttentionMaskInterface.register("packed_sdpa", sdpa_mask)  # unpacked batches (validation) keep SDPA's mask
+
+
 def build_model(cfg, model_path: str):
     """(causal LM ready for DeepSpeed, pad token id) for an SFT or DPO config: cfg.method, cfg.lora,
     cfg.prompt_tuning (SFT only), cfg.train.precision / dropout / gradient_checkpointing."""
@@ -32,6 +65,8 @@ def build_model(cfg, model_path: str):
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     if a.dropout is not None:
         kwargs["attention_dropout"] = a.dropout
+    if getattr(getattr(cfg, "data", None), "packing", False) and cfg.method != "qlora":
+        kwargs["attn_implementation"] = "packed_sdpa"
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=a.gradient_checkpointing)
