@@ -35,7 +35,7 @@ from app.data.pii import SensitiveWords
 from app.models import load_tokenizer, resolve
 from app.serve import protocol as P
 from app.serve.config import ServeArgs
-from app.serve.engines import GenParams, make_engine
+from app.serve.engines import GenParams, coalesce, make_engine
 from app.serve.limits import RateLimiter
 from app.serve.prometheus import ServeMetrics
 from app.serve.safety import REFUSAL, OutputFilter
@@ -107,7 +107,8 @@ class LLMServer:
         adapter = serve.get_multiplexed_model_id() or None
         if adapter:
             await self.adapter(adapter)
-        async for event in self.engine.generate(prompt_ids, GenParams(**params), adapter):
+        async for event in coalesce(self.engine.generate(prompt_ids, GenParams(**params), adapter),
+                                    self.args.stream_interval):
             yield event
 
 
@@ -301,8 +302,10 @@ class OpenAIServer:
                 for i in range(req.n):
                     yield P.chunk(kind, rid, req.model, i, "", role=True)
             async for i, text, reason, count in self._choices(req.n, first, events):
-                first_token_at = first_token_at or time.monotonic()
                 tokens[i], finished = count, finished + bool(reason)
+                if not text and not reason:
+                    continue  # held back by the safety filter: nothing to send yet
+                first_token_at = first_token_at or time.monotonic()
                 last = finished == req.n and not req.include_usage
                 yield P.chunk(kind, rid, req.model, i, text, reason,
                               usage_=P.usage(prompt_tokens, sum(tokens)) if last else None)
