@@ -183,7 +183,6 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--stream-interval", type=int, default=4, help="tokens per engine message (serve_configs/demo.yaml)")
     ap.add_argument("--mixed", action="store_true", help="short requests beside 2,000-token prompts")
     ap.add_argument("--prefill-tokens", type=int, nargs="+", default=[64, 128, 256], help="--mixed: chunk sizes")
     args = ap.parse_args()
@@ -203,7 +202,6 @@ def main() -> None:
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(ServeArgs(model=args.model, cpus_per_replica=args.threads, max_batch_size=args.batch,
-                                  stream_interval=args.stream_interval,
                                   limits={"max_ongoing_requests": max(args.concurrency) + 4})), route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     asyncio.run(load(url, 2, 2, 8))  # warm-up
@@ -213,8 +211,7 @@ def main() -> None:
         levels[str(c)]["speedup_vs_baseline"] = round(levels[str(c)]["tokens_per_s"] / base["tokens_per_s"], 2)
     serve.shutdown()
     print(json.dumps({"benchmark": "serve_load", "model": args.model, "max_tokens": args.max_tokens,
-                      "threads": args.threads, "max_batch_size": args.batch, "stream_interval": args.stream_interval,
-                      "baseline_sequential_generate": base,
+                      "threads": args.threads, "max_batch_size": args.batch, "baseline_sequential_generate": base,
                       "serve": levels}))
 
 

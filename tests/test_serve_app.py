@@ -78,9 +78,12 @@ def test_chat_usage_and_length(server, tokenizer):
 def test_streaming_matches_non_streaming_and_ends_with_done(server):
     c = client(server)
     whole = c.chat.completions.create(model="beta", messages=HELLO, max_tokens=12, temperature=0)
-    pieces = [ch.choices[0].delta.content or "" for ch in
-              c.chat.completions.create(model="beta", messages=HELLO, max_tokens=12, temperature=0, stream=True)]
+    stream = list(c.chat.completions.create(model="beta", messages=HELLO, max_tokens=12, temperature=0, stream=True))
+    pieces = [ch.choices[0].delta.content or "" for ch in stream]
     assert "".join(pieces) == whole.choices[0].message.content and len([p for p in pieces if p]) > 2
+    # after the role chunk, every chunk carries text or the finish reason: nothing empty while the safety
+    # filter holds text back
+    assert all(ch.choices[0].delta.content or ch.choices[0].finish_reason for ch in stream[1:])
     status, events = sse(server, {"model": "beta", "messages": HELLO, "max_tokens": 4, "stream": True,
                                   "stream_options": {"include_usage": True}})
     assert status == 200 and events[-1] == "[DONE]"

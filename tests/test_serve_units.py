@@ -66,34 +66,6 @@ def test_filter_refuse_and_off():
     assert filter_text("off", words, "mail a@b.com darkweb") == ("mail a@b.com darkweb", False)
 
 
-def test_coalesce_sends_the_first_token_at_once_then_every_k_per_choice():
-    from app.serve.engines import coalesce
-    text = {0: "abcdefg", 1: "uvwxy"}
-    events = []
-    for k in range(7):  # two choices interleaved, one token each per event
-        for i in (0, 1):
-            if k < len(text[i]):
-                last = k == len(text[i]) - 1
-                events.append({"index": i, "text": text[i][k], "finish_reason": "stop" if last else None,
-                               "completion_tokens": k + 1})
-
-    async def run(every, items):
-        async def source():
-            for e in items:
-                yield e
-        return [e async for e in coalesce(source(), every)]
-    out = asyncio.run(run(3, events))
-    assert out[0] == events[0]  # the first token is not held
-    for i in (0, 1):
-        mine = [e for e in out if e["index"] == i]
-        assert "".join(e["text"] for e in mine) == text[i]  # nothing lost, nothing repeated
-        assert mine[-1]["finish_reason"] == "stop" and mine[-1]["completion_tokens"] == len(text[i])
-    assert [(e["index"], e["text"]) for e in out] == [(0, "a"), (1, "uvw"), (0, "bcd"), (1, "xy"), (0, "efg")]
-    assert asyncio.run(run(1, events)) == events
-    error = {"index": 0, "error": "RuntimeError: boom"}
-    assert asyncio.run(run(3, events[:3] + [error]))[-1] == error  # errors are not held
-
-
 def test_rate_limiter_per_key_with_refill():
     now = [0.0]
     limiter = RateLimiter(per_minute=60, burst=2, clock=lambda: now[0])

@@ -35,7 +35,7 @@ from app.data.pii import SensitiveWords
 from app.models import load_tokenizer, resolve
 from app.serve import protocol as P
 from app.serve.config import ServeArgs
-from app.serve.engines import GenParams, coalesce, make_engine
+from app.serve.engines import GenParams, make_engine
 from app.serve.limits import RateLimiter
 from app.serve.prometheus import ServeMetrics
 from app.serve.safety import REFUSAL, OutputFilter
@@ -107,8 +107,7 @@ class LLMServer:
         adapter = serve.get_multiplexed_model_id() or None
         if adapter:
             await self.adapter(adapter)
-        async for event in coalesce(self.engine.generate(prompt_ids, GenParams(**params), adapter),
-                                    self.args.stream_interval):
+        async for event in self.engine.generate(prompt_ids, GenParams(**params), adapter):
             yield event
 
 

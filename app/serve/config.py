@@ -37,7 +37,6 @@ class ServeArgs(Config):
     trust_remote_code: bool = False
     max_batch_size: int = Field(8, ge=1)
     prefill_tokens: int = Field(256, ge=16)  # prompt tokens per engine step: longer prompts prefill in chunks
-    stream_interval: int = Field(1, ge=1)   # tokens per engine message after the first (engines.coalesce)
     num_replicas: int = Field(1, ge=1)
     cpus_per_replica: float = Field(1.0, ge=0)
     gpus_per_replica: float | None = None   # None: 1 when CUDA is visible to the cluster, else 0

@@ -139,36 +139,6 @@ class VLLMEngine:
                        "completion_tokens": counts[c.index]}
 
 
-async def coalesce(events: AsyncIterator[dict], every: int) -> AsyncIterator[dict]:
-    """Engine events merged per choice: the first event at once (time to first token), then one event per
-    `every` tokens of a choice, or sooner at its end; an error at once, and nothing after it. Each message
-    costs a hop per process on the way to the client (engine replica -> ingress -> HTTP proxy), which on a
-    small CPU machine takes its time from the decoding threads (8 clients on 2 cores: 3.1x -> 3.6x sequential
-    generate at every=4, benchmarks/serve_load.py); SGLang's server offers the same trade (--stream-interval)."""
-    held: dict[int, dict] = {}  # per choice: its latest event, carrying the text not sent yet
-    sent: dict[int, int] = {}   # per choice: its completion_tokens when last sent
-    first = True
-    async for event in events:
-        if "error" in event:  # ends the request (the ingress answers it with an error)
-            yield event
-            return
-        if first or every == 1:
-            first = False
-            sent[event["index"]] = event["completion_tokens"]
-            yield event
-            continue
-        i = event["index"]
-        if i in held:
-            event = {**event, "text": held.pop(i)["text"] + event["text"]}
-        if event.get("finish_reason") or event["completion_tokens"] - sent.get(i, 0) >= every:
-            sent[i] = event["completion_tokens"]
-            yield event
-        else:
-            held[i] = event
-    for event in held.values():  # an engine that ended without a finish reason
-        yield event
-
-
 def make_engine(kind: str, model: str, dtype: str, max_batch_size: int, trust_remote_code: bool,
                 max_loras: int, vllm_args: dict, threads: int = 0, prefill_tokens: int = 256):
     if pick(kind) == "vllm":
