@@ -49,6 +49,8 @@ def test_loss_goes_down_and_outputs_written(run_a):
                                        (10, 10.585743), (12, 10.572187)], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(val, [(0, 10.801856), (4, 10.715551), (8, 10.578433), (12, 10.508191)],
                                rtol=1e-4, atol=1e-4)
+    norms = [m["grad_norm"] for m in metrics(out) if "train_loss" in m]
+    assert len(norms) == len(train) and all(0 < n < 1e3 for n in norms)  # logged each step, before clipping
     assert summary["data"]["train"] == {"read": 256, "kept": 256, "dropped": {}}
     assert summary["val_loss_before"] == val[0][1] and summary["val_loss_after"] == val[-1][1]
     assert summary["trainable"]["trainable_share"] < 0.05

@@ -111,3 +111,43 @@ def test_packed_attention_equals_sdpa_under_the_block_mask():
     assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
     for n in grads_a:
         assert torch.allclose(grads_a[n], grads_b[n], atol=1e-6), n
+
+
+def test_ia3_trains_only_its_scales_and_exports_a_merged_model(tmp_path):
+    """method=ia3: peft's IA3 on the architecture's modules (k/v/down for Llama), trainable scales only,
+    and export() writes the adapter and a merged final/ with the trained model's outputs."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    from app.train.config import SFTConfig
+    from app.train.export import export
+    from app.train.model import build_model, trainable_state_dict
+    from app.train.sft import check_model
+    cfg = SFTConfig(model="tiny", method="ia3")
+    path = check_model(cfg)
+    torch.manual_seed(0)
+    model, pad = build_model(cfg, path)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all("ia3_l" in n for n in trained)
+    assert {n.split(".")[-3] for n in trained} == {"k_proj", "v_proj", "down_proj"}
+    samples = [{"id": str(i), "input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for i, n in
+               enumerate((9, 4, 7, 12))]
+    batch = micro_batches(samples, 4, 16, False, 0, 0, pad)[0]
+    batch.pop("_real_tokens")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    losses = []
+    for _ in range(5):
+        loss = model(**batch).loss
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert losses[-1] < losses[0]
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save_file(trainable_state_dict(model, 0), ckpt / "trainable.safetensors")
+    final = export(ckpt, path, tmp_path / "out", "ia3", cfg.lora.model_dump(), 0)
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(final).eval()
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, model(**batch).logits, atol=1e-4)

@@ -90,7 +90,7 @@ class TrainerConfig(JobConfig):
 
 class SFTConfig(TrainerConfig):
     init_from: str | None = None  # an earlier run's output dir (its final/): two-stage fine-tuning
-    method: Literal["full", "lora", "qlora", "prompt_tuning"] = "lora"
+    method: Literal["full", "lora", "qlora", "prompt_tuning", "ia3"] = "lora"  # ia3: peft's modules for the architecture
     lora: LoraSection = LoraSection()
     prompt_tuning: PromptTuningSection = PromptTuningSection()
     data: DataSection = DataSection()

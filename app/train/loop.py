@@ -219,6 +219,9 @@ def train(config: dict, session: Session) -> None:
                    **{f"train_{k}": sum(s[k] for s in seen) / len(seen) for k in seen[0]},
                    "lr": scheduler.get_last_lr()[0], "tokens": tokens * world, "elapsed_s": elapsed,
                    "tokens_per_s": tokens * world / max(elapsed, 1e-9)}
+        norm = engine.get_global_grad_norm()  # before clipping; None where DeepSpeed does not compute it
+        if norm is not None:
+            metrics["grad_norm"] = float(norm)
         seen = []
         stop = step >= total
         if run.has_val and (step % cfg.eval.every == 0 or step % cfg.checkpoint.every == 0 or stop):

@@ -1,10 +1,10 @@
-"""The model a worker trains: base weights, then the method (full, LoRA, QLoRA, prompt tuning) via peft;
+"""The model a worker trains: base weights, then the method (full, LoRA, QLoRA, prompt tuning, IA3) via peft;
 with packing, attention computed per packed sample (`packed_attention`)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+from peft import IA3Config, LoraConfig, PromptTuningConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 from transformers import AttentionInterface, AutoModelForCausalLM, BitsAndBytesConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -20,6 +20,8 @@ def peft_config(method: str, r: int, alpha: int, dropout: float, target_modules:
                           bias="none", task_type=TaskType.CAUSAL_LM)
     if method == "prompt_tuning":
         return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens)
+    if method == "ia3":  # learned scales on attention keys/values and the MLP's input, peft's modules per model type
+        return IA3Config(task_type=TaskType.CAUSAL_LM)
     return None
 
 

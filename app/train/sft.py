@@ -53,6 +53,13 @@ def check_model(cfg: SFTConfig) -> str:
         if missing:
             raise UserError(f"lora.target_modules {missing} are not linear layers of {spec} "
                             f"(available: {', '.join(sorted(names))})")
+    if cfg.method == "ia3":
+        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as IA3_MODULES
+        from transformers import AutoConfig
+        kind = AutoConfig.from_pretrained(path).model_type
+        if kind not in IA3_MODULES:
+            raise UserError(f"method=ia3: peft has no IA3 modules for model type {kind!r} "
+                            f"(it has them for {', '.join(sorted(IA3_MODULES))}); use method=lora")
     return path
 
 
