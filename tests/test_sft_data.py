@@ -66,16 +66,21 @@ def test_a_split_limited_to_zero_rows_is_not_read(sft_data):
 def test_pack_keeps_every_sample_whole_and_fills_rows():
     import random
     rng = random.Random(0)
-    samples = [{"id": str(i), "input_ids": [i] * rng.randint(60, 512), "labels": [i] * 3} for i in range(300)]
-    for s in samples:
-        s["labels"] = list(s["input_ids"])
+    lengths = [rng.randint(60, 512) for _ in range(300)]
+    samples = [{"id": str(i), "input_ids": [i] * n, "labels": [i] * n} for i, n in enumerate(lengths)]
     rows = pack(samples, 512)
     assert all(len(r["input_ids"]) <= 512 for r in rows)
-    # every sample once, whole and contiguous (one run of its id), positions restarting with it
-    runs = [(r["input_ids"][k], p) for r in rows for k, p in enumerate(r["position_ids"]) if p == 0]
-    assert sorted(i for i, _ in runs) == list(range(300))
+    # every sample once, whole and contiguous, its positions 0..n-1
+    found = {}
     for r in rows:
         assert r["labels"] == r["input_ids"]
+        starts = [k for k, p in enumerate(r["position_ids"]) if p == 0] + [len(r["input_ids"])]
+        for s, e in zip(starts, starts[1:]):
+            i = r["input_ids"][s]
+            assert i not in found and r["input_ids"][s:e] == [i] * (e - s)
+            assert r["position_ids"][s:e] == list(range(e - s))
+            found[i] = e - s
+    assert found == dict(enumerate(lengths))
     fill = sum(len(r["input_ids"]) for r in rows) / (512 * len(rows))
     assert fill > 0.95, fill  # 0.969; filling rows in arrival order: 0.73
 

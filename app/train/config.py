@@ -90,7 +90,8 @@ class TrainerConfig(JobConfig):
 
 class SFTConfig(TrainerConfig):
     init_from: str | None = None  # an earlier run's output dir (its final/): two-stage fine-tuning
-    method: Literal["full", "lora", "qlora", "prompt_tuning", "ia3"] = "lora"  # ia3: peft's modules for the architecture
+    # ia3: learned scales on the modules peft lists for the model type
+    method: Literal["full", "lora", "qlora", "prompt_tuning", "ia3"] = "lora"
     lora: LoraSection = LoraSection()
     prompt_tuning: PromptTuningSection = PromptTuningSection()
     data: DataSection = DataSection()

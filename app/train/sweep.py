@@ -151,11 +151,11 @@ def train_trial(params: dict, cfg_json: str, root: str, trials_dir: str, data: t
         sft.run(sft_cfg, callbacks=[TuneReportCallback()], data=data)
 
 
-def shared_data(cfg: SweepConfig) -> tuple | None:
-    """The trials' tokenized data, made once here; None when the space varies what the tokens depend on."""
+def shared_data(cfg: SweepConfig, base: SFTConfig) -> tuple | None:
+    """The trials' tokenized data (of `base`, the trials' config before their parameters), made once here;
+    None when the space varies what the tokens depend on."""
     if any(key.split(".")[0] in PER_TRIAL_DATA for key in cfg.space):
         return None
-    base = SFTConfig.model_validate(trial_config(cfg, {}, "x"))
     quiet_data()
     return sft.tokenize_splits(base, sft.check_model(base))
 
@@ -166,11 +166,12 @@ def run(cfg: SweepConfig) -> dict:
     out = cfg.out("sweep").resolve()
     out.mkdir(parents=True, exist_ok=True)
     init_ray()
-    scaling = SFTConfig.model_validate(trial_config(cfg, {}, "x")).scaling
+    base = SFTConfig.model_validate(trial_config(cfg, {}, "x"))  # every trial's config before its parameters
+    scaling = base.scaling
     in_process = scaling.num_workers == 1 and "scaling.num_workers" not in cfg.space and not scaling.use_gpu
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, cfg_json=cfg.model_dump_json(), root=str(Path.cwd()),
-                             trials_dir=str(out / "trials"), data=shared_data(cfg), in_process=in_process),
+                             trials_dir=str(out / "trials"), data=shared_data(cfg, base), in_process=in_process),
         {"CPU": max(cfg.trial_cpus, scaling.cpus_per_worker) if in_process else cfg.trial_cpus})
     tune_dir = out / "tune"
     if cfg.resume and tune.Tuner.can_restore(str(tune_dir / "sweep")):
@@ -179,7 +180,7 @@ def run(cfg: SweepConfig) -> dict:
                                    restart_errored=False)
     else:
         # stop_last_trials=False: a trial that reaches max_t still exports its final/ model
-        max_steps = SFTConfig.model_validate(trial_config(cfg, {}, "x")).train.max_steps or 10 ** 6
+        max_steps = base.train.max_steps or 10 ** 6
         scheduler = ResumableASHA(time_attr="step", max_t=max_steps, grace_period=cfg.scheduler.grace_period,
                                   reduction_factor=cfg.scheduler.reduction_factor,
                                   stop_last_trials=False) \
@@ -200,7 +201,7 @@ def run(cfg: SweepConfig) -> dict:
             run_config=tune.RunConfig(name="sweep", storage_path=str(tune_dir),
                                       failure_config=tune.FailureConfig(max_failures=0)))
     grid = tuner.fit()
-    rows = summarize(cfg, grid, out)
+    rows = summarize(cfg, grid, out, base.train.max_steps)
     ok = [r for r in rows if r["best_metric"] is not None]
     if not ok:
         raise RuntimeError(f"every trial failed; see {out / 'results.csv'}")
@@ -221,9 +222,8 @@ def run(cfg: SweepConfig) -> dict:
     return summary
 
 
-def summarize(cfg: SweepConfig, grid, out: Path) -> list[dict]:
+def summarize(cfg: SweepConfig, grid, out: Path, max_steps: int | None) -> list[dict]:
     """results.csv: params, best metric, steps, time, status (and error) per trial."""
-    max_steps = SFTConfig.model_validate(trial_config(cfg, {}, "x")).train.max_steps
     rows = []
     for result in grid:
         history = result.metrics_dataframe
