@@ -38,6 +38,19 @@ def test_character_shingles_for_cjk():
     assert len(dedup.shingle_hashes(ZH[2])) > 30
 
 
+def test_short_replies_one_edit_apart_are_near_duplicates():
+    en = ("Your refund for the desk lamp was approved today and will appear on your card within five "
+          "business days. Thanks for your patience; reply here if it has not arrived by next Friday.")
+    zh = "您的退款已经审核通过，预计三到五个工作日内原路退回，请您留意银行卡的到账通知。"
+    near = [en.replace("Thanks", "Thank you"), zh.replace("请您", "请你")]
+    assert groups([en, zh] + near + EN[:1] + ZH[:1]) == [0, 1, 0, 1, 4, 5]
+    # the old fixed 5-token shingles miss both (estimated Jaccard 0.6-0.7 < 0.8)
+    sig = dedup.signatures(*dedup.shingles([en, zh] + near, min_k=5), *dedup.permutations(128))
+    assert dedup.near_duplicate_groups(sig, 16, 0.8)[0].tolist() == [0, 1, 2, 3]
+    assert dedup.shingle_size(np.array([0, 20, 35, 52, 64, 65, 500]), np.array([5] * 7)).tolist() == \
+        [1, 2, 2, 4, 4, 5, 5]
+
+
 def test_estimated_jaccard_tracks_exact():
     rng = random.Random(0)
     vocab = [f"w{i}" for i in range(500)]

@@ -72,12 +72,15 @@ def test_csv_context_response_and_parquet(ray_local, demo, tmp_path):
     row = read(out, "train")[0]
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
 
-    pq.write_table(pa.Table.from_pylist([{"ticket": f"p{i}", "answer": r["messages"][-1]["content"]}
-                                         for i, r in enumerate(read(out, "train"))]), tmp_path / "in.parquet")
-    manifest, out2 = run_data(tmp_path, "pq", f"input.path={tmp_path}/in.parquet",
+    # a folder of two formats: every file is read, each by its extension
+    rows = [{"ticket": f"p{i}", "answer": r["messages"][-1]["content"]} for i, r in enumerate(read(out, "train"))]
+    (tmp_path / "mixed").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:10]), tmp_path / "mixed" / "in.parquet")
+    (tmp_path / "mixed" / "more.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[10:]))
+    manifest, out2 = run_data(tmp_path, "pq", f"input.path={tmp_path}/mixed",
                               "input.fields={id: ticket, text: answer}", "input.format=null")
     kept2, rejected2 = all_ids(out2)
-    assert sorted(kept2 + rejected2) == sorted(f"p{i}" for i in range(len(read(out, "train"))))
+    assert sorted(kept2 + rejected2) == sorted(f"p{i}" for i in range(len(rows)))
     assert read(out2, "train")[0]["messages"][0]["role"] == "assistant"
 
 
@@ -94,7 +97,7 @@ def test_adversarial_input_is_rejected_with_reasons_never_lost(ray_local, tmp_pa
         b"   ",
         json.dumps({"id": "html-only", "messages": [user, {"role": "assistant", "content": "<p> </p>"}]}).encode(),
         json.dumps({"id": "null-content", "messages": [user, {"role": "assistant", "content": None}]}).encode(),
-        json.dumps({"id": "ok-1", "messages": [user, {"role": "assistant", "content": good["content"] + " Thanks for waiting patiently."}]}).encode(),
+        json.dumps({"id": "ok-1", "messages": [user, {"role": "assistant", "content": "We refunded the lamp to your card this morning; the money shows within five working days."}]}).encode(),
         json.dumps({"id": 7, "text": "A plain text record without a conversation, long enough to pass the length rule."}).encode(),
         b'{"id": "truncated", "messages": [',
         json.dumps({"id": "ends-with-user", "messages": [user]}).encode(),

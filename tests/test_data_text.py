@@ -54,6 +54,7 @@ ZH_OK = "您的订单已于今天由顺丰发出，预计三个工作日内送�
     ("\n".join(["Thanks for waiting here."] * 4 + ["Your order is on its way now."]), "repetition"),
     (" ".join(["buy cheap lamps now"] * 15), "repetition"),
     ("请" + "买便宜台灯吧" * 20, "repetition"),
+    (" ".join(["buy now"] * 12), "repetition"),  # 24 words: below Gopher's 50, caught by distinct share
 ])
 def test_quality_reasons(text, reason):
     got = quality_reason(text)
@@ -70,3 +71,18 @@ def test_filter_parts():
     assert symbol_ratio("ab§§") == pytest.approx(0.5)
     assert dup_ngram_share("a b c d e a b c d e".split(), 5) == pytest.approx(1.0)
     assert repetition("short text twice short text twice") is None  # n-gram rules need 50+ tokens
+
+
+def test_input_files_skip_nothing_silently(tmp_path):
+    from app.config import UserError
+    from app.data.io import file_format, input_files
+    for name in ("a.jsonl", "b.csv", "c.parquet"):
+        (tmp_path / name).write_text("")
+    files, fmt = input_files(str(tmp_path), None)
+    assert [file_format(f, fmt) for f in files] == ["jsonl", "csv", "parquet"]
+    with pytest.raises(UserError, match=r"input.format is csv but 2 file\(s\).*a.jsonl.*c.parquet"):
+        input_files(str(tmp_path), "csv")
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(UserError, match="cannot tell the format of 1 file.*notes.txt"):
+        input_files(str(tmp_path), None)
+    assert file_format(input_files(str(tmp_path / "notes.txt"), "jsonl")[0][0], "jsonl") == "jsonl"

@@ -35,6 +35,7 @@ class FiltersConfig(Config):
     max_symbol_ratio: float = 0.1
     max_digit_ratio: float = 0.5
     max_dup_line_share: float = 0.3
+    min_distinct_share: float = 0.25  # distinct tokens / tokens, from 10 tokens on ("buy now" x 12 is 0.08)
     languages: list[Literal["en", "zh", "other"]] | None = None  # e.g. [en, zh]; None keeps all
     quality_model: str | None = None  # "module:function": list of replies -> scores in [0, 1]
     quality_threshold: float = 0.5
@@ -52,8 +53,9 @@ class DedupConfig(Config):
     threshold: float = 0.8  # estimated Jaccard of shingle sets
     num_perm: int = 128
     bands: int = 16  # rows per band = num_perm // bands
-    word_shingle: int = 5
+    word_shingle: int = 5  # the longest shingles, for texts of 65+ tokens; shorter ones get n // 13
     char_shingle: int = 5
+    min_shingle: int = 2  # = word_shingle and char_shingle for one fixed size (app/data/dedup.py)
 
     @model_validator(mode="after")
     def bands_fit(self):

@@ -22,8 +22,12 @@ from app.runinfo import sha256_file
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
-def input_files(path: str, fmt: str | None) -> tuple[list[str], str]:
-    """Expand a file, folder or glob (local, or a URI that pyarrow's filesystems understand)."""
+def input_files(path: str, fmt: str | None) -> tuple[list[str], str | None]:
+    """Expand a file, folder or glob (local, or a URI that pyarrow's filesystems understand) into
+    (files, format). Every file is read, each by the format its extension names (`file_format`);
+    `fmt` (input.format) covers files whose extension names none. A folder's files of unknown
+    extensions, and files whose extension contradicts an explicit `fmt`, stop the job with their list:
+    nothing in the input is skipped without a word."""
     if "://" in path:
         from pyarrow import fs
         filesystem, root = fs.FileSystem.from_uri(path)
@@ -35,18 +39,26 @@ def input_files(path: str, fmt: str | None) -> tuple[list[str], str]:
     elif any(ch in path for ch in "*?["):
         files = sorted(glob.glob(path, recursive=True))
     elif os.path.isdir(path):
-        files = sorted(str(p) for p in Path(path).rglob("*") if p.is_file() and p.suffix in FORMATS)
+        files = sorted(str(p) for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith("."))
     elif os.path.isfile(path):
         files = [path]
     else:
         raise UserError(f"input path not found: {path}")
-    fmt = fmt or (FORMATS.get(Path(files[0]).suffix) if files else None)
-    if fmt is None:
-        raise UserError(f"cannot tell the format of {path}; set input.format (jsonl, csv or parquet)")
-    files = [f for f in files if FORMATS.get(Path(f).suffix, fmt) == fmt]
     if not files:
-        raise UserError(f"no {fmt} files in {path}")
+        raise UserError(f"no input files in {path}")
+    unknown = [f for f in files if Path(f).suffix not in FORMATS]
+    if unknown and fmt is None:
+        raise UserError(f"cannot tell the format of {len(unknown)} file(s) in {path}: {unknown[:5]}; set "
+                        "input.format (jsonl, csv or parquet) or remove them")
+    if fmt is not None and (other := [f for f in files if FORMATS.get(Path(f).suffix, fmt) != fmt]):
+        raise UserError(f"input.format is {fmt} but {len(other)} file(s) in {path} are not: {other[:5]}; "
+                        "remove input.format to read each file by its extension")
     return files, fmt
+
+
+def file_format(path: str, fmt: str | None) -> str:
+    """The parser for one file: its extension's format, else input.format."""
+    return FORMATS.get(Path(path).suffix) or fmt
 
 
 def _row(raw: str, source: str, error: str = "") -> dict:

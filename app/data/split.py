@@ -63,7 +63,7 @@ def _by_class(ids: list[str], labels: list[str], seed: int) -> dict[str, list[st
 def ngram_hashes(text: str, n: int) -> np.ndarray:
     """Sorted unique uint64 hashes of the text's token n-grams (words, or CJK characters); a text shorter
     than n tokens is one n-gram of all its tokens."""
-    return np.unique(shingles([text], n, n)[0])
+    return np.unique(shingles([text], n, n, min_k=n)[0])
 
 
 def overlap(text: str, reference: np.ndarray, n: int) -> float:

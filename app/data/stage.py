@@ -29,7 +29,7 @@ from app.config import UserError, load_callable
 from app.data import dedup
 from app.data.clean import Rejected, clean, content_hash, conversation_text, parse_row, record_id
 from app.data.config import DataConfig
-from app.data.io import PARSERS, file_hashes, input_files, write_parquet
+from app.data.io import PARSERS, file_format, file_hashes, input_files, write_parquet
 from app.data.normalize import compile_rules
 from app.data.pii import SensitiveWords
 from app.data.report import manifest_counts, print_summary
@@ -50,13 +50,14 @@ def _sensitive(path: str | None) -> SensitiveWords:
     return SensitiveWords.from_file(path)
 
 
-def parse_file(row: dict, fmt: str) -> list[dict]:
-    return PARSERS[fmt](row["bytes"], row["path"])
+def parse_file(row: dict, fmt: str | None) -> list[dict]:
+    return PARSERS[file_format(row["path"], fmt)](row["bytes"], row["path"])
 
 
 def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_file: str | None,
                 sensitive_action: str, filters: dict, quality_model: str | None, quality_threshold: float,
-                num_perm: int, word_shingle: int, char_shingle: int, kind: str = "sft") -> pa.Table:
+                num_perm: int, word_shingle: int, char_shingle: int, min_shingle: int = 2, kind: str = "sft"
+                ) -> pa.Table:
     """Clean a batch of raw rows; kept rows get a content hash and a MinHash signature."""
     rules = compile_rules(rules)
     words = _sensitive(words_file) if sensitive_action != "off" else None
@@ -89,7 +90,7 @@ def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_f
                 r.update(reason="low_quality", detail=f"score {score:.3f} < {quality_threshold}")
         kept = [r for r in kept if not r["reason"]]
     hashes, counts = dedup.shingles([conversation_text(json.loads(r["messages"]), json.loads(r["extra"])) for r in kept],
-                                    word_shingle, char_shingle)
+                                    word_shingle, char_shingle, min_k=min_shingle)
     for r, sig in zip(kept, dedup.signatures(hashes, counts, *dedup.permutations(num_perm))):
         r["sig"] = sig.tobytes()
     return pa.Table.from_pylist(out, schema=PROCESSED)
@@ -184,13 +185,14 @@ def run(cfg: DataConfig) -> dict:
         shutil.rmtree(out / sub, ignore_errors=True)
     f, p = cfg.filters, cfg.pii
     filters = f.model_dump(include={"min_words", "max_words", "max_symbol_ratio", "max_digit_ratio",
-                                    "max_dup_line_share", "languages", "cjk_chars_per_word"})
+                                    "max_dup_line_share", "min_distinct_share", "languages",
+                                    "cjk_chars_per_word"})
     ds = ray.data.read_binary_files(files, include_paths=True).flat_map(parse_file, fn_kwargs={"fmt": fmt})
     ds = ds.map_batches(clean_batch, batch_size=cfg.batch_size, batch_format="numpy", fn_kwargs=dict(
         fields=cfg.input.fields, rules=cfg.normalize.rules, pii_action=p.action, words_file=p.sensitive_words_file,
         sensitive_action=p.sensitive_action, filters=filters, quality_model=f.quality_model,
         quality_threshold=f.quality_threshold, num_perm=cfg.dedup.num_perm, word_shingle=cfg.dedup.word_shingle,
-        char_shingle=cfg.dedup.char_shingle, kind=cfg.input.kind))
+        char_shingle=cfg.dedup.char_shingle, min_shingle=cfg.dedup.min_shingle, kind=cfg.input.kind))
     table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
     if table.num_rows == 0:
         raise UserError(f"input is empty: no records in {cfg.input.path}")
