@@ -36,7 +36,7 @@ def metrics(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def run_a(ray_local, sft_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "a"
-    return sft(sft_data, out), out
+    return sft(sft_data, out, "eval.generate=3", "eval.max_new_tokens=8"), out
 
 
 def test_loss_goes_down_and_outputs_written(run_a):
@@ -51,6 +51,11 @@ def test_loss_goes_down_and_outputs_written(run_a):
                                rtol=1e-4, atol=1e-4)
     norms = [m["grad_norm"] for m in metrics(out) if "train_loss" in m]
     assert len(norms) == len(train) and all(0 < n < 1e3 for n in norms)  # logged each step, before clipping
+    # eval.generate: greedy answers to 3 val rows per worker at step 0 and every checkpoint (greedy decoding
+    # draws no random numbers: the pinned losses above are those of the run without it)
+    answered = [(m["step"], m["val_rougeL"], m["val_bleu"]) for m in metrics(out) if "val_rougeL" in m]
+    assert [s for s, _, _ in answered] == [0, 4, 8, 12]
+    assert all(0 <= r <= 1 and 0 <= b <= 100 for _, r, b in answered)
     assert summary["data"]["train"] == {"read": 256, "kept": 256, "dropped": {}}
     assert summary["val_loss_before"] == val[0][1] and summary["val_loss_after"] == val[-1][1]
     assert summary["trainable"]["trainable_share"] < 0.05

@@ -88,7 +88,13 @@ class TrainerConfig(JobConfig):
     tensorboard: bool = True
 
 
+class SFTEvalSection(EvalSection):
+    generate: int = 0  # val rows each worker answers (greedy) at every checkpoint: val_rougeL, val_bleu
+    max_new_tokens: int = 64
+
+
 class SFTConfig(TrainerConfig):
+    eval: SFTEvalSection = SFTEvalSection()
     init_from: str | None = None  # an earlier run's output dir (its final/): two-stage fine-tuning
     # ia3: learned scales on the modules peft lists for the model type
     method: Literal["full", "lora", "qlora", "prompt_tuning", "ia3"] = "lora"
@@ -102,6 +108,9 @@ class SFTConfig(TrainerConfig):
             raise ValueError("packing cannot be combined with prompt_tuning (virtual tokens break packed rows)")
         if not 0 <= self.data.replay_share < 1:
             raise ValueError("data.replay_share must be in [0, 1)")
+        if self.eval.generate and self.scaling.zero_stage == 3:
+            raise ValueError("eval.generate needs scaling.zero_stage < 3 (ZeRO-3 workers must run the same "
+                             "forwards; greedy answers end at different lengths)")
         return self
 
 

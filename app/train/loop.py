@@ -56,6 +56,8 @@ class Objective:
     step: Callable[[object, object], Step]               # (engine, micro-batch) -> Step
     prepare: Callable[[list[dict]], None] = lambda rows: None  # once per worker, before training (DPO: reference)
     derive: Callable[[dict], dict] = lambda val: {}      # extra validation figures from the means (SFT: val_ppl)
+    answer: Callable[[object, list[dict]], list[dict]] | None = None  # (engine, val rows) -> app.eval.metrics
+    # item_scores of greedy answers against the references (SFT's eval.generate)
 
 
 @dataclass
@@ -136,6 +138,21 @@ def evaluate(engine, objective: Objective, val: list) -> dict:
     return {**means, **objective.derive(means)}
 
 
+@torch.no_grad()
+def answer_scores(engine, objective: Objective, rows: list[dict]) -> dict:
+    """ROUGE-L (mean) and corpus BLEU of greedy answers to `rows` over every worker's part: the checkpoint's
+    generation evaluation (seed 001: every checkpoint triggers an evaluation)."""
+    from app.eval.metrics import bleu_from_stats
+    engine.eval()
+    items = objective.answer(engine, rows) if rows else []
+    engine.train()
+    bleu_stats = [sum(col) for col in zip(*(i["bleu_stats"] for i in items))] or [0] * 10
+    totals = torch.tensor([sum(i["rougeL"] for i in items), len(items), *bleu_stats], dtype=torch.float64)
+    dist.all_reduce(totals)
+    n = totals[1].item()
+    return {"val_rougeL": totals[0].item() / n, "val_bleu": bleu_from_stats(totals[2:].tolist())} if n else {}
+
+
 def save_checkpoint(engine, cfg, run: Run, pos: dict, metrics: dict, session: Session) -> None:
     """Every rank: DeepSpeed states and its RNG; rank 0: trainable weights (safetensors). Then the
     rank's manifest and complete marker, and one report of the folder."""
@@ -188,6 +205,8 @@ def train(config: dict, session: Session) -> None:
     train, val_rows = session.shard("train"), session.shard("val") if run.has_val else []
     objective.prepare(train + val_rows)
     val = objective.batches(val_rows, 0, False) if run.has_val else []
+    generating = bool(objective.answer and run.has_val and getattr(cfg.eval, "generate", 0))  # same on all ranks
+    answered = val_rows[:cfg.eval.generate] if generating else []
     accum = cfg.optim.grad_accum
     steps_per_epoch = int(agree(len(objective.batches(train, 0, True)))) // accum
     if steps_per_epoch == 0:
@@ -201,7 +220,8 @@ def train(config: dict, session: Session) -> None:
     if pos["step"] >= total or pos["bad_evals"] >= patience:
         return
     if pos["step"] == 0 and run.has_val:  # the "before" figure
-        emit({"step": 0, **evaluate(engine, objective, val)}, logger, session)
+        before = {"step": 0, **evaluate(engine, objective, val)}
+        emit({**before, **(answer_scores(engine, objective, answered) if generating else {})}, logger, session)
     t0, tokens, seen = time.time(), 0, []
     world = dist.get_world_size()
     for batch, (pos["epoch"], pos["micro"]) in stream(objective, train, steps_per_epoch * accum, pos["epoch"],
@@ -231,6 +251,8 @@ def train(config: dict, session: Session) -> None:
             pos["bad_evals"] = 0 if improved else pos["bad_evals"] + 1
             pos["val_loss"] = metrics["val_loss"]
             stop = stop or pos["bad_evals"] >= patience
+        if generating and (step % cfg.checkpoint.every == 0 or stop):
+            metrics.update(answer_scores(engine, objective, answered))
         if step % cfg.checkpoint.every == 0 or stop:
             save_checkpoint(engine, cfg, run, pos, metrics, session)
             logger and logger.log(metrics)

@@ -149,7 +149,32 @@ def objective(cfg_json: dict, run: Run) -> tuple[SFTConfig, Objective]:
         loss = engine(**inputs).loss
         return Step(loss, {"loss": loss.item()}, float((batch["labels"][:, 1:] != IGNORE).sum()),
                     batch["_real_tokens"])
-    return cfg, Objective(model, batches, step, derive=perplexity)
+    return cfg, Objective(model, batches, step, derive=perplexity,
+                          answer=answerer(run.model_path, cfg.eval.max_new_tokens) if cfg.eval.generate else None)
+
+
+def answerer(model_path: str, max_new_tokens: int):
+    """(engine, tokenized val rows) -> item scores of greedy answers (app/sampler.py) to each row's context
+    up to its last assistant turn, against that turn."""
+    from app.eval.metrics import item_scores
+    from app.models import load_tokenizer
+    from app.sampler import sample
+    tok = load_tokenizer(model_path)
+
+    def answer(engine, rows: list[dict]) -> list[dict]:
+        prompts, refs = [], []
+        for r in rows:
+            ids, labels = [int(t) for t in r["input_ids"]], [int(t) for t in r["labels"]]
+            end = max(i for i, t in enumerate(labels) if t != IGNORE) + 1
+            start = end
+            while start > 0 and labels[start - 1] != IGNORE:
+                start -= 1
+            prompts.append(ids[:start])
+            refs.append(tok.decode(ids[start:end], skip_special_tokens=True).strip())
+        out = sample(engine.module, prompts, max_new_tokens, {tok.eos_token_id}, pad_id=tok.pad_token_id)
+        preds = tok.batch_decode(out["sequences"][:, out["prompt_width"]:], skip_special_tokens=True)
+        return item_scores([p.strip() for p in preds], refs)
+    return answer
 
 
 def summarize(cfg: SFTConfig, out: Path, best: Path, final: Path, model_path: str, counts: dict) -> dict:
@@ -168,6 +193,10 @@ def summarize(cfg: SFTConfig, out: Path, best: Path, final: Path, model_path: st
     if val:
         print(f"validation loss: {summary['val_loss_before']:.4f} before -> {summary['val_loss_after']:.4f} after "
               f"(ppl {val[0]['val_ppl']:.1f} -> {min(m['val_ppl'] for m in val):.1f})")
+    if answered := [m for m in metrics if "val_rougeL" in m]:
+        print(f"greedy answers to {cfg.eval.generate} val rows per worker: ROUGE-L {answered[0]['val_rougeL']:.4f} "
+              f"-> {answered[-1]['val_rougeL']:.4f}, BLEU {answered[0]['val_bleu']:.2f} -> "
+              f"{answered[-1]['val_bleu']:.2f} (steps {answered[0]['step']} -> {answered[-1]['step']})")
     print(f"sft: {summary['steps']} steps, best step {summary['best_step']} -> {final}")
     return summary
 
