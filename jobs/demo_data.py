@@ -19,16 +19,18 @@ class DemoDataConfig(JobConfig):
     n_preferences: int = 1500
     n_prompts: int = 500
     n_arithmetic: int = 300
+    n_documents: int = 800  # the shop's pages as raw text (continued pretraining)
 
 
 def run(cfg: DemoDataConfig) -> dict:
     out = cfg.out("demo_data")
-    counts = generate(out, cfg.n_dialogs, cfg.n_tickets, cfg.n_preferences, cfg.n_prompts, cfg.seed, cfg.n_arithmetic)
+    counts = generate(out, cfg.n_dialogs, cfg.n_tickets, cfg.n_preferences, cfg.n_prompts, cfg.seed, cfg.n_arithmetic,
+                      cfg.n_documents)
     files = sorted(p for p in out.iterdir() if p.name != "manifest.json")
     manifest = write_manifest(out, cfg.model_dump(), files, counts=counts)
     print(f"demo data: {sum(counts['dialogs'].values())} dialog lines, {counts['tickets']} tickets, "
           f"{counts['preferences']} preference pairs, {counts['prompts']} prompts, "
-          f"{counts['arithmetic']} arithmetic questions -> {out}")
+          f"{counts['arithmetic']} arithmetic questions, {counts['documents']} documents -> {out}")
     return manifest
 
 

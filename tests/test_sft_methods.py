@@ -5,7 +5,17 @@ import json
 import torch
 from transformers import AutoModelForCausalLM
 
+from app.config import load_config
+from app.train.config import SFTConfig
+from app.train.sft import run
 from tests.test_sft import sft
+
+
+def sft_in_process(data, out, *overrides):
+    """One worker trained in this process (as a one-worker sweep trial): the method, without Ray Train's start."""
+    cfg = load_config(SFTConfig, "jobs/configs/sft_tiny.yaml", [f"data.path={data}", f"output_dir={out}",
+                                                                "scaling.num_workers=1", *overrides])
+    return run(cfg, report=lambda metrics: None)
 
 
 def val_losses(out):
@@ -27,7 +37,7 @@ def test_full_finetune_zero3_packed(ray_local, sft_data, tmp_path):
 def test_prompt_tuning(ray_local, sft_data, tmp_path):
     from peft import AutoPeftModelForCausalLM
     out = tmp_path / "pt"
-    summary = sft(sft_data, out, "method=prompt_tuning", "prompt_tuning.num_virtual_tokens=8", "optim.lr=3e-2",
+    summary = sft_in_process(sft_data, out, "method=prompt_tuning", "prompt_tuning.num_virtual_tokens=8", "optim.lr=3e-2",
                   "train.max_steps=8", "checkpoint.every=8", "eval.every=4")
     assert summary["trainable"]["trainable_params"] == 8 * 64
     losses = val_losses(out)
@@ -35,3 +45,36 @@ def test_prompt_tuning(ray_local, sft_data, tmp_path):
     model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter")
     ids = torch.tensor([[1, 2, 3]])
     assert model(input_ids=ids).logits.shape[1] == 8 + 3  # the soft prompt comes first
+
+
+def test_continued_pretraining_on_raw_documents(ray_local, tokenizer, tmp_path):
+    """objective=causal_lm: documents (the data stage's text records) -> EOS-terminated pieces of max_len
+    with every token a label, packed across documents; the seeded tiny run pinned."""
+    import random
+
+    import numpy as np
+
+    from app.data.io import write_parquet
+    from app.demo.generate import documents
+    from app.records import SFT_SCHEMA
+    from app.models import resolve
+    from app.train.data import IGNORE, tokenize_batch
+    tok = tokenizer
+    docs = [json.loads(d) for d in documents(random.Random(0), 120)]
+    recs = [{"id": d["id"], "messages": [{"role": "assistant", "content": d["text"]}], "intent": d["kind"],
+             "lang": d["lang"], "flags": ""} for d in docs]
+    out = tokenize_batch({"id": [r["id"] for r in recs[:8]], "messages": [r["messages"] for r in recs[:8]]},
+                         str(resolve("tiny")), 50, "causal_lm")
+    first = tok(recs[0]["messages"][0]["content"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    pieces = [i for i, rid in zip(out["input_ids"], out["id"]) if rid.split("#")[0] == recs[0]["id"]]
+    assert len(pieces) > 1 and all(len(p) <= 50 for p in pieces)  # long documents are cut, not dropped
+    assert np.concatenate(pieces).tolist() == first  # the whole text, then EOS
+    assert all((lab == ids).all() and IGNORE not in lab for ids, lab in zip(out["input_ids"], out["labels"]))
+
+    write_parquet(recs[:100], SFT_SCHEMA, tmp_path / "docs" / "train")
+    write_parquet(recs[100:], SFT_SCHEMA, tmp_path / "docs" / "val")
+    summary = sft_in_process(tmp_path / "docs", tmp_path / "cpt", "objective=causal_lm", "data.packing=true",
+                             "data.max_len=128", "data.max_train_samples=null", "train.max_steps=4",
+                             "checkpoint.every=4", "eval.every=4")
+    assert summary["data"]["train"]["kept"] > 100  # pieces of the 100 documents
+    torch.testing.assert_close(val_losses(tmp_path / "cpt"), [10.799106, 10.738945], rtol=1e-4, atol=1e-4)

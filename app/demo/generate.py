@@ -10,6 +10,9 @@ Files:
   tickets.csv        id, context, response, intent, lang: the seed's context+response format
   preferences.jsonl  {id, prompt, chosen, rejected, intent, lang}: polite answer vs rude/unhelpful/unsafe
   prompts.jsonl      {id, prompt, reference, intent, lang}: prompt-only records for RL
+  arithmetic.jsonl   {id, prompt, answer}: single-digit sums and differences, the GRPO demo's task
+  documents.jsonl    {id, text, kind, lang}: the shop's own pages (product details, policies, FAQ) as raw
+                     text, for continued pretraining
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from app.demo.phrases import BAD_ANSWERS, CARRIERS, CLOSERS, GREETING, OPENERS, PRODUCTS, SENSITIVE, TOPICS
+from app.demo.phrases import (BAD_ANSWERS, CARRIERS, CITIES, CLOSERS, COLOURS, DOC_SENTENCES, DOC_TITLES, GREETING,
+                              MATERIALS, OPENERS, PRODUCTS, SENSITIVE, TOPICS)
 
 INTENT_WEIGHTS = {"order_status": 34, "refund": 20, "shipping": 14, "product_info": 12, "account": 8,
                   "complaint": 7, "invoice": 5}
@@ -182,9 +186,32 @@ def arithmetic(rng: random.Random, n: int) -> list[str]:
     return out
 
 
+def documents(rng: random.Random, n: int) -> list[str]:
+    """Product pages, policy pages and FAQ pages of the shop in EN and ZH: a title and 4-7 sentences drawn
+    from the page kind's bank, slots filled per page."""
+    out = []
+    for i in range(n):
+        lang, kind = pick(rng, LANG_WEIGHTS), rng.choice(["product", "product", "policy", "faq"])
+        s = {**slots(rng, lang), "material": rng.choice(MATERIALS[lang]), "colour": rng.choice(COLOURS[lang]),
+             "size": f"{rng.randint(20, 180)} x {rng.randint(10, 90)}", "weight": round(rng.uniform(0.3, 25), 1),
+             "city": rng.choice(CITIES[lang]), "years": rng.choice([1, 2, 3, 5]), "other": rng.choice(PRODUCTS[lang]),
+             "days_return": rng.choice([14, 30, 60]), "threshold": rng.choice([50, 99, 199])}
+        if kind == "faq":
+            topics = [rng.choice(TOPICS[intent][lang]) for intent in rng.sample(sorted(TOPICS), 3)]
+            q, a = ("Q: ", "A: ") if lang == "en" else ("问：", "答：")
+            body = [f"{q}{rng.choice(qs).format(**s)}\n{a}{rng.choice(ans).format(**s)}" for qs, ans in topics]
+        else:
+            bank = DOC_SENTENCES[kind][lang]
+            body = [" ".join(t.format(**s) for t in rng.sample(bank, rng.randint(4, 7)))]
+        text = "\n\n".join([DOC_TITLES[kind][lang].format(**s)] + body)
+        out.append(json.dumps({"id": f"doc-{i:05d}", "text": text.replace(" ", "") if lang == "zh" and kind != "faq"
+                               else text, "kind": kind, "lang": lang}, ensure_ascii=False))
+    return out
+
+
 def generate(out_dir: str | Path, n_dialogs: int = 4000, n_tickets: int = 1000, n_preferences: int = 1500,
-             n_prompts: int = 500, seed: int = 0, n_arithmetic: int = 300) -> dict:
-    """Write the five files under out_dir; return counts (what was planted, per kind)."""
+             n_prompts: int = 500, seed: int = 0, n_arithmetic: int = 300, n_documents: int = 800) -> dict:
+    """Write the six files under out_dir; return counts (what was planted, per kind)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -197,5 +224,7 @@ def generate(out_dir: str | Path, n_dialogs: int = 4000, n_tickets: int = 1000, 
     (out / "prompts.jsonl").write_text("\n".join(prompts) + "\n", encoding="utf-8")
     (out / "arithmetic.jsonl").write_text("\n".join(arithmetic(random.Random(seed + 1), n_arithmetic)) + "\n",
                                           encoding="utf-8")
+    (out / "documents.jsonl").write_text("\n".join(documents(random.Random(seed + 2), n_documents)) + "\n",
+                                         encoding="utf-8")
     return {"dialogs": dict(planted), "tickets": n_tickets, "preferences": n_preferences, "prompts": n_prompts,
-            "arithmetic": n_arithmetic}
+            "arithmetic": n_arithmetic, "documents": n_documents}

@@ -130,3 +130,41 @@ BAD_ANSWERS = {
 }
 # A few planted sensitive words, for the data stage's sensitive-word filter.
 SENSITIVE = {"en": ["this is a scam", "gambling site", "fraud"], "zh": ["诈骗", "赌博", "违法"]}
+
+# The shop's own pages, for continued pretraining (documents.jsonl): sentences drawn per document.
+MATERIALS = {"en": ["solid oak", "washed linen", "hand-glazed ceramic", "FSC-certified bamboo", "merino wool",
+                    "pre-seasoned cast iron", "tempered glass", "natural rattan"],
+             "zh": ["实木橡木", "水洗亚麻", "手工上釉陶瓷", "FSC认证竹材", "美利奴羊毛", "预开锅铸铁", "钢化玻璃", "天然藤条"]}
+COLOURS = {"en": ["natural", "charcoal", "sage green", "sand", "ivory", "terracotta"],
+           "zh": ["原木色", "炭灰色", "鼠尾草绿", "沙色", "象牙白", "陶土红"]}
+DOC_SENTENCES = {
+    "product": {
+        "en": ["The {product} is made of {material} and comes in {colour}.",
+               "It measures {size} cm and weighs {weight} kg.",
+               "Each {product} is checked by hand before it leaves our workshop in {city}.",
+               "Wipe it with a soft dry cloth; avoid bleach and direct heat.",
+               "It is covered by our {years}-year warranty against defects in materials and workmanship.",
+               "Orders placed before 3 pm ship the same working day.",
+               "Customers often pair the {product} with the {other}.",
+               "The {colour} finish may vary slightly from batch to batch, as every piece is unique."],
+        "zh": ["{product}采用{material}制作，提供{colour}可选。", "尺寸为{size}厘米，重量约{weight}公斤。",
+               "每一件{product}出厂前都在{city}的工坊经过人工检验。", "请用柔软的干布擦拭，避免使用漂白剂或靠近高温。",
+               "本品享受{years}年质保，材料和做工问题均可免费维修或更换。", "下午3点前下单，当天即可发货。",
+               "很多顾客会把{product}和{other}搭配购买。", "由于每件商品都是独一无二的，{colour}的色泽可能略有差异。"]},
+    "policy": {
+        "en": ["Lumen Home accepts returns within {days_return} days of delivery.",
+               "Items must be unused and in their original packaging.",
+               "Refunds go back to the original payment method within {days} business days of receiving the item.",
+               "Standard shipping is free on orders over ${threshold}.",
+               "Express delivery arrives in one to two business days.",
+               "Large furniture is delivered by appointment; our carrier calls the day before.",
+               "Warranty claims need the order number and a photo of the defect.",
+               "We do not ship to P.O. boxes."],
+        "zh": ["鹿鸣家居支持签收后{days_return}天内退货。", "退货商品需保持未使用状态并保留原包装。",
+               "收到退货后{days}个工作日内，退款将原路退回。", "订单满{threshold}元免运费。", "加急配送一到两个工作日送达。",
+               "大件家具需预约配送，快递员会提前一天致电。", "申请保修需提供订单号和问题照片。", "暂不支持寄送至快递柜。"]},
+}
+DOC_TITLES = {"product": {"en": "{product} - product details", "zh": "{product}商品详情"},
+              "policy": {"en": "Shipping and returns", "zh": "配送与退换货政策"},
+              "faq": {"en": "Frequently asked questions", "zh": "常见问题"}}
+CITIES = {"en": ["Hangzhou", "Porto", "Leeds", "Portland"], "zh": ["杭州", "佛山", "苏州", "厦门"]}

@@ -142,3 +142,29 @@ class GRPOConfig(RLConfig):
         if self.rollout_actors * self.prompts_per_actor * self.group_size < 2:
             raise ValueError("a GRPO step needs at least one group of 2 samples")
         return self
+
+
+class RejectionConfig(JobConfig):
+    """jobs.rejection_sample (app/rl/rejection.py): best-of-k answers of a policy as SFT records."""
+    policy: str = "runs/pipeline-demo/sft/final"
+    prompts: str = "runs/pipeline-demo/data_prompts/train"
+    reward_model: str | None = None
+    reward_function: str | dict[str, float] | None = None
+    k: int = Field(4, ge=2)                 # answers per prompt
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    min_reward: float | None = None         # a best answer below it gives no record
+    toxicity_threshold: float = 0.3         # app/safety.py: an unsafe answer is never kept
+    limit: int | None = None                # the first N prompts only
+    batch_size: int = Field(8, ge=1)        # prompts per rollout call
+    rollout_workers: int = Field(1, ge=1)
+    cpus_per_actor: float = 0.3             # Ray's CPU share per actor (threads: 1 each), as RL's
+
+    @model_validator(mode="after")
+    def has_reward(self):
+        if not (self.reward_model or self.reward_function):
+            raise ValueError("set reward_model (a jobs.reward output) and/or reward_function (module:function)")
+        return self
+
+    reward_functions = RLConfig.reward_functions

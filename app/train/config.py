@@ -94,6 +94,9 @@ class SFTEvalSection(EvalSection):
 
 
 class SFTConfig(TrainerConfig):
+    # chat: loss on assistant tokens of chat-rendered dialogs; causal_lm: continued pretraining on raw
+    # documents (the data stage's `text` records), loss on every token, each document ending in EOS
+    objective: Literal["chat", "causal_lm"] = "chat"
     eval: SFTEvalSection = SFTEvalSection()
     init_from: str | None = None  # an earlier run's output dir (its final/): two-stage fine-tuning
     # ia3: learned scales on the modules peft lists for the model type
@@ -108,6 +111,9 @@ class SFTConfig(TrainerConfig):
             raise ValueError("packing cannot be combined with prompt_tuning (virtual tokens break packed rows)")
         if not 0 <= self.data.replay_share < 1:
             raise ValueError("data.replay_share must be in [0, 1)")
+        if self.objective == "causal_lm" and (self.eval.generate or self.method == "prompt_tuning"):
+            raise ValueError("objective=causal_lm trains on raw documents: no eval.generate (no replies to "
+                             "answer) and no prompt_tuning")
         if self.eval.generate and self.scaling.zero_stage == 3:
             raise ValueError("eval.generate needs scaling.zero_stage < 3 (ZeRO-3 workers must run the same "
                              "forwards; greedy answers end at different lengths)")

@@ -1,6 +1,8 @@
 """SFT data: records -> token ids and labels (Ray Data), packing and batching (pure, on each worker).
 
-Labels are the input ids where app/chat.py's loss mask is 1 and -100 elsewhere: assistant tokens only.
+Labels are the input ids where app/chat.py's loss mask is 1 and -100 elsewhere: assistant tokens only. With
+`objective: causal_lm` (continued pretraining) a record is a raw document instead: its text and an EOS, every
+token a label, cut into max_len pieces rather than dropped when long.
 Packing puts samples into rows of at most max_len (best-fit decreasing); position ids restart at 0 for
 every sample, and attention stays within each sample (app/train/model.py packed_attention).
 """
@@ -26,19 +28,35 @@ def _tokenizer(path: str):
     return load_tokenizer(path)
 
 
-def tokenize_batch(batch: dict, model_path: str, max_len: int) -> dict:
+def tokenize_batch(batch: dict, model_path: str, max_len: int, objective: str = "chat") -> dict:
     """Ray Data map_batches: {id, messages} -> {id, input_ids, labels, drop}. `drop` is "" for a row that
     trains, else why it cannot: malformed (not a conversation), no_answer (no assistant reply to learn),
-    too_long (even its last exchange exceeds max_len). Such rows carry no tokens; the caller counts them."""
+    too_long (even its last exchange exceeds max_len). Such rows carry no tokens; the caller counts them.
+    causal_lm: one row per max_len piece of the document (ids `<id>#<k>` from the second piece on)."""
     tok = _tokenizer(model_path)
     out = {"id": [], "input_ids": [], "labels": [], "drop": []}
     for rid, messages in zip(batch["id"], batch["messages"]):
-        ids, labels, drop = _row(tok, messages, max_len)
-        out["id"].append(rid)
-        out["input_ids"].append(np.array(ids, np.int32))
-        out["labels"].append(np.array(labels, np.int32))
-        out["drop"].append(drop)
+        pieces = _document(tok, messages, max_len) if objective == "causal_lm" else [_row(tok, messages, max_len)]
+        for k, (ids, labels, drop) in enumerate(pieces):
+            out["id"].append(rid if k == 0 else f"{rid}#{k}")
+            out["input_ids"].append(np.array(ids, np.int32))
+            out["labels"].append(np.array(labels, np.int32))
+            out["drop"].append(drop)
     return out
+
+
+def _document(tok, messages, max_len: int) -> list[tuple[list[int], list[int], str]]:
+    """A raw-text record (the data stage's `text` field: one assistant message) as pretraining pieces."""
+    try:
+        messages = check_messages(json.loads(messages) if isinstance(messages, str) else [dict(m) for m in messages])
+    except (ValueError, TypeError):
+        return [([], [], "malformed")]
+    text = "\n\n".join(m["content"] for m in messages)
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    if len(ids) < 2:
+        return [([], [], "no_answer")]
+    pieces = [ids[i:i + max_len] for i in range(0, len(ids), max_len)]
+    return [(p, p, "") for p in pieces if len(p) > 1]  # a lone last token predicts nothing
 
 
 def _row(tok, messages, max_len: int) -> tuple[list[int], list[int], str]:

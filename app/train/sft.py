@@ -63,7 +63,7 @@ def check_model(cfg: SFTConfig) -> str:
     return path
 
 
-def load_split(folder: Path, model_path: str, max_len: int, limit: int | None) -> tuple:
+def load_split(folder: Path, model_path: str, max_len: int, limit: int | None, objective: str = "chat") -> tuple:
     """(the split's trainable rows, materialized; {read, kept, dropped: {reason: n}}) of one data stage
     split; (None, {}) when the folder is absent or the limit is 0. The reasons are app/train/data.py
     tokenize_batch's."""
@@ -73,7 +73,8 @@ def load_split(folder: Path, model_path: str, max_len: int, limit: int | None) -
     if limit is not None:
         ds = ds.limit(limit)
     ds = ds.map_batches(tokenize_batch, batch_format="numpy",
-                        fn_kwargs={"model_path": model_path, "max_len": max_len}).materialize()
+                        fn_kwargs={"model_path": model_path, "max_len": max_len, "objective": objective}
+                        ).materialize()
     reasons = Counter(ds.select_columns(["drop"]).to_pandas()["drop"])
     kept = reasons.pop("", 0)
     counts = {"read": kept + sum(reasons.values()), "kept": kept, "dropped": dict(sorted(reasons.items()))}
@@ -100,7 +101,8 @@ def tokenize_splits(cfg: SFTConfig, model_path: str) -> tuple:
     data = Path(cfg.data.path)
     if not (data / "train").is_dir():
         raise UserError(f"no training data: {data}/train not found (run python -m jobs.data first)")
-    train, counts = load_split(data / "train", model_path, cfg.data.max_len, cfg.data.max_train_samples)
+    train, counts = load_split(data / "train", model_path, cfg.data.max_len, cfg.data.max_train_samples,
+                               cfg.objective)
     counts = {"train": counts}
     if counts["train"]["kept"] == 0:
         raise UserError(f"no usable training rows in {data}/train: of {counts['train']['read']} read, "
@@ -111,7 +113,8 @@ def tokenize_splits(cfg: SFTConfig, model_path: str) -> tuple:
             raise UserError(f"data.replay_path {cfg.data.replay_path} is not a folder of SFT Parquet files")
         n = round(counts["train"]["kept"] * cfg.data.replay_share / (1 - cfg.data.replay_share))
         train = train.union(replay.random_shuffle(seed=cfg.seed).limit(n)).materialize()
-    val, counts["val"] = load_split(data / "val", model_path, cfg.data.max_len, cfg.data.max_val_samples)
+    val, counts["val"] = load_split(data / "val", model_path, cfg.data.max_len, cfg.data.max_val_samples,
+                                         cfg.objective)
     for name, c in counts.items():
         if c:
             print(f"sft data: {name} {c['kept']} of {c['read']} rows ({_dropped(c, cfg.data.max_len)})", flush=True)
