@@ -38,3 +38,9 @@ def verdict(text: str, words: SensitiveWords | None = None, toxicity_score: floa
     sensitive, pii = words.find(text or ""), sorted(set(find_pii(text or "")))
     return {"safe": t < threshold and not sensitive and not pii, "toxicity": round(t, 4), "sensitive": sensitive,
             "pii": pii}
+
+
+def rank(rewards: list[float], safe: list[bool]) -> list[int]:
+    """Candidate indices best first: safe ones before unsafe ones, then by reward, ties to the earlier one.
+    Best-of-n's order, in serving (`best_of`) and in rejection sampling (app/rl/rejection.py)."""
+    return sorted(range(len(rewards)), key=lambda i: (not safe[i], -rewards[i], i))

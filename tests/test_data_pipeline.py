@@ -7,6 +7,7 @@ import pytest
 
 from app.config import UserError, load_config
 from app.data.config import DataConfig
+from app.data.normalize import normalize
 from app.data.stage import run
 from app.demo.generate import generate
 
@@ -61,6 +62,29 @@ def test_demo_corpus_accounting_and_reproducibility(ray_local, demo, tmp_path):
     again, _ = run_data(tmp_path, "b", f"input.path={demo}/dialogs.jsonl")
     assert again["outputs"] == manifest["outputs"] and len(manifest["outputs"]) == 4
     assert again["sha256"] == manifest["sha256"]
+
+
+def test_augmented_copies_join_train_only_and_are_accounted(ray_local, demo, tmp_path):
+    manifest, out = run_data(tmp_path, "aug", f"input.path={demo}/dialogs.jsonl", "augment.enabled=true")
+    plain_manifest, plain = run_data(tmp_path, "plain", f"input.path={demo}/dialogs.jsonl")
+    train, aug = read(out, "train"), manifest["counts"]["augmented"]
+    copies = [r for r in train if "augmented_from:" in r["flags"]]
+    originals = {r["id"]: r for r in train if "augmented_from:" not in r["flags"]}
+    assert originals.keys() == {r["id"] for r in read(plain, "train")}  # the input's own records unchanged
+    assert aug["made"] == len(originals) and aug["kept"] == len(copies) > 0.8 * len(originals)
+    assert aug["kept"] + sum(aug["dropped"].values()) == aug["made"]
+    rejected = [r for r in read(out, "rejected") if r["source"].startswith("augment:")]
+    assert len(rejected) == sum(aug["dropped"].values())
+    for r in copies:  # the user turns vary, the reply stays the source's (cleaned once more: normalization
+        # sees "[CARD]" where the card number was, and may set the punctuation before it full-width)
+        source = originals[r["flags"].split("augmented_from:")[1].split(",")[0]]
+        assert r["id"].startswith(source["id"] + "~aug")
+        assert r["messages"][-1]["content"] == normalize(source["messages"][-1]["content"], [])
+    assert sum(c["messages"][0] != originals[c["id"].split("~aug")[0]]["messages"][0] for c in copies) > \
+        0.5 * len(copies)
+    for split in ("val", "test"):
+        assert read(out, split) == read(plain, split)  # nothing augmented is held out
+    assert manifest["counts"]["input"] == plain_manifest["counts"]["input"]
 
 
 def test_csv_context_response_and_parquet(ray_local, demo, tmp_path):

@@ -86,3 +86,26 @@ def test_input_files_skip_nothing_silently(tmp_path):
     with pytest.raises(UserError, match="cannot tell the format of 1 file.*notes.txt"):
         input_files(str(tmp_path), None)
     assert file_format(input_files(str(tmp_path / "notes.txt"), "jsonl")[0][0], "jsonl") == "jsonl"
+
+
+def test_augment_operations_en_and_zh():
+    import random
+
+    from app.data.augment import augment_text, delete, load_synonyms, pieces, swap, synonym
+    from app.data.config import AugmentConfig
+    en, zh = "Where is my order LH12345678? Please check it quickly.", "请问我的订单到哪了？麻烦尽快帮忙查询一下。"
+    for text in (en, zh):
+        assert "".join(pieces(text)) == text
+    assert "订单" in pieces(zh) and "查询" in pieces(zh)  # Chinese cut into words (jieba), not characters
+    table = load_synonyms()
+    assert "purchase" in table["order"] and "单子" in table["订单"]
+    assert "".join(synonym(pieces(en), random.Random(0), 1.0, table)) == \
+        "Where is my purchase LH12345678? Kindly look into it promptly."
+    words = "one two three four five six seven eight nine ten " * 20
+    kept = "".join(delete(pieces(words), random.Random(0), 0.05)).split()
+    assert 170 <= len(kept) < 200 and "  " not in " ".join(kept)  # about 5% of 200 words gone
+    swapped = "".join(swap(pieces(en), random.Random(0), 1))
+    assert swapped != en and sorted(swapped) == sorted(en)
+    cfg = AugmentConfig()
+    a, b = (augment_text(zh, cfg.ops, random.Random(7), cfg) for _ in range(2))
+    assert a == b and a != zh  # seeded

@@ -10,6 +10,8 @@ from app.rl.rejection import pick_best
 
 
 def test_pick_best_takes_the_highest_safe_answer():
+    from app.safety import rank
+    assert rank([0.9, 0.5, 0.7, 0.7], [False, True, True, True]) == [2, 3, 1, 0]
     assert pick_best([0.9, 0.5, 0.7], [True, False, False], None) == (2, "")  # the unsafe 0.9 never wins
     assert pick_best([0.2, 0.2], [False, False], None) == (0, "")              # ties go to the first
     assert pick_best([0.9], [True], None) == (None, "all_unsafe")

@@ -27,7 +27,23 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, tiny_adapters, tmp_path_factory):
+def reward_dir(tmp_path_factory):
+    """A reward model of the tiny model's shape (an untrained head: it ranks texts all the same)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from app.models import load_tokenizer, resolve
+    from app.train.reward import HEADS_FILE
+    path, out = resolve("tiny"), tmp_path_factory.mktemp("reward")
+    tok = load_tokenizer(str(path))
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, pad_token_id=tok.pad_token_id)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / HEADS_FILE).write_text(json.dumps({"heads": {"reward": 1.0}}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tiny_adapters, reward_dir, tmp_path_factory):
     from ray import serve
 
     from app.serve.app import build_app
@@ -38,7 +54,8 @@ def server(ray_local, tiny_adapters, tmp_path_factory):
     words = tmp_path_factory.mktemp("words") / "words.txt"
     words.write_text("alpha\n")
     common = dict(model="tiny", served_model_name="tiny", cpus_per_replica=0)
-    serve.run(build_app(ServeArgs(**common, adapters=adapters, max_batch_size=4)), name="main", route_prefix="/")
+    serve.run(build_app(ServeArgs(**common, adapters=adapters, max_batch_size=4, reward_model=str(reward_dir))),
+              name="main", route_prefix="/")
     serve.run(build_app(ServeArgs(**common, api_keys=["k-auth", "k-rate", "k-slow"],
                                   limits={"rate_limit_per_minute": 3, "rate_limit_burst": 3,
                                           "request_timeout_s": 1.5})),
@@ -116,6 +133,25 @@ def test_stop_sequences_n_and_seed(server, tokenizer):
     prompt = tokenizer.apply_chat_template(HELLO, tokenize=False, add_generation_prompt=True)
     text = c.completions.create(model="alpha", prompt=prompt, max_tokens=4, temperature=0)
     assert text.object == "text_completion" and text.choices[0].text.startswith("The alpha")
+
+
+def test_best_of_returns_the_candidate_the_reward_model_ranks_first(server, reward_dir):
+    from app.train.reward import RewardModel
+    c = client(server)
+    kw = dict(model="tiny", messages=HELLO, max_tokens=8, temperature=1.0, seed=11)
+    candidates = [ch.message.content for ch in c.chat.completions.create(n=4, **kw).choices]
+    scores = RewardModel(reward_dir).score([HELLO] * 4, candidates)
+    best = c.chat.completions.create(n=1, extra_body={"best_of": 4}, **kw)
+    assert len(best.choices) == 1 and best.choices[0].message.content == candidates[scores.index(max(scores))]
+    assert best.usage.completion_tokens == 32  # every candidate's tokens count
+    two = c.chat.completions.create(n=2, extra_body={"best_of": 4}, **kw)
+    assert [ch.message.content for ch in two.choices] == [candidates[i] for i in
+                                                          sorted(range(4), key=lambda i: -scores[i])[:2]]
+    for prefix, body, message in [("", {"best_of": 4, "stream": True}, "stream"), ("", {"best_of": 1, "n": 2}, "n"),
+                                  ("/strict", {"best_of": 2}, "reward model")]:
+        r = requests.post(f"{server}{prefix}/v1/chat/completions", json={"model": "tiny", "messages": HELLO, **body},
+                          timeout=30)
+        assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
 
 
 def test_safety_filter_redacts_streamed_and_whole_answers(server):

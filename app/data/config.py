@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from app.config import Config, JobConfig
 from app.records import RAW_KEYS
@@ -73,6 +73,20 @@ class SplitConfig(Config):
     contamination_reference: list[str] = []  # other outputs' splits (the SFT test/) that train must not overlap
 
 
+class AugmentConfig(Config):
+    """app/data/augment.py: augmented copies of train records (sft kind), cleaned like the input."""
+    enabled: bool = False
+    ops: list[Literal["synonym", "delete", "swap", "back_translate", "paraphrase"]] = ["synonym", "delete", "swap"]
+    copies: int = Field(1, ge=1)           # augmented copies per train record
+    target: Literal["user", "assistant", "both"] = "user"  # whose turns change
+    synonym_p: float = Field(0.3, ge=0, le=1)  # chance that a word with synonyms is replaced
+    delete_p: float = Field(0.05, ge=0, lt=1)  # the seeds' random deletion of 5%
+    swap_n: int = Field(1, ge=0)           # word pairs swapped
+    synonyms_file: str | None = None       # default: app/data/synonyms.txt (EN and ZH groups)
+    back_translate: str = "app.data.augment:model_back_translate"  # module:function, (texts, langs) -> texts
+    paraphrase: str = "app.data.augment:model_paraphrase"
+
+
 class DataConfig(JobConfig):
     input: InputConfig = InputConfig()
     normalize: NormalizeConfig = NormalizeConfig()
@@ -80,5 +94,12 @@ class DataConfig(JobConfig):
     pii: PiiConfig = PiiConfig()
     dedup: DedupConfig = DedupConfig()
     split: SplitConfig = SplitConfig()
+    augment: AugmentConfig = AugmentConfig()
     batch_size: int = 512
     wandb: bool = False
+
+    @model_validator(mode="after")
+    def augment_sft_only(self):
+        if self.augment.enabled and self.input.kind != "sft":
+            raise ValueError("augment is for sft records (input.kind: sft)")
+        return self

@@ -27,6 +27,7 @@ import ray
 from app.cluster import init_ray
 from app.config import UserError, load_callable
 from app.data import dedup
+from app.data.augment import augmented_records
 from app.data.clean import Rejected, clean, content_hash, conversation_text, parse_row, record_id
 from app.data.config import DataConfig
 from app.data.io import PARSERS, file_format, file_hashes, input_files, write_parquet
@@ -133,6 +134,12 @@ def dedup_decisions(kept: pa.Table, cfg: DataConfig) -> tuple[dict, dict]:
     return decisions, stats
 
 
+def _passing(table: pa.Table, decisions: dict) -> pa.Table:
+    """Rows that no cleaning rule rejected and no later decision dropped."""
+    return table.filter(pa.array([not r and i not in decisions for i, r in
+                                  zip(table.column("id").to_pylist(), table.column("reason").to_pylist())], pa.bool_()))
+
+
 def _labels(table: pa.Table, cfg: DataConfig) -> list[str]:
     return table.column("intent").to_pylist() if cfg.split.stratify else [""] * table.num_rows
 
@@ -187,12 +194,13 @@ def run(cfg: DataConfig) -> dict:
     filters = f.model_dump(include={"min_words", "max_words", "max_symbol_ratio", "max_digit_ratio",
                                     "max_dup_line_share", "min_distinct_share", "languages",
                                     "cjk_chars_per_word"})
-    ds = ray.data.read_binary_files(files, include_paths=True).flat_map(parse_file, fn_kwargs={"fmt": fmt})
-    ds = ds.map_batches(clean_batch, batch_size=cfg.batch_size, batch_format="numpy", fn_kwargs=dict(
+    cleaning = dict(
         fields=cfg.input.fields, rules=cfg.normalize.rules, pii_action=p.action, words_file=p.sensitive_words_file,
         sensitive_action=p.sensitive_action, filters=filters, quality_model=f.quality_model,
         quality_threshold=f.quality_threshold, num_perm=cfg.dedup.num_perm, word_shingle=cfg.dedup.word_shingle,
-        char_shingle=cfg.dedup.char_shingle, min_shingle=cfg.dedup.min_shingle, kind=cfg.input.kind))
+        char_shingle=cfg.dedup.char_shingle, min_shingle=cfg.dedup.min_shingle, kind=cfg.input.kind)
+    ds = ray.data.read_binary_files(files, include_paths=True).flat_map(parse_file, fn_kwargs={"fmt": fmt})
+    ds = ds.map_batches(clean_batch, batch_size=cfg.batch_size, batch_format="numpy", fn_kwargs=cleaning)
     table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
     if table.num_rows == 0:
         raise UserError(f"input is empty: no records in {cfg.input.path}")
@@ -210,9 +218,17 @@ def run(cfg: DataConfig) -> dict:
         for rid in over_cap(part.column("id").to_pylist(), _labels(part, cfg), cfg.split.max_class_share, cfg.seed):
             decisions[rid] = ("class_cap", f"{name} class over its {cfg.split.max_class_share:.0%} share")
         splits[name] = _subset(part, lambda i: i not in decisions)
+    originals, augmented = table, None
+    if cfg.augment.enabled:
+        augmented, more = augment_train(splits, kept.column("hash").to_pylist(), cfg, cleaning)
+        decisions.update(more)
+        splits["train"] = pa.concat_tables([splits["train"], _passing(augmented, more)]).sort_by([("id", "ascending")])
+        table = pa.concat_tables([table, augmented]).sort_by([("id", "ascending")])
 
     written = write_outputs(out, table, splits, decisions, cfg.input.kind)
-    counts = manifest_counts(table, splits, decisions, renamed)
+    counts = manifest_counts(originals, splits, decisions, renamed)
+    if augmented is not None:
+        counts["augmented"] = augment_counts(augmented, decisions)
     local_inputs = [f for f in files if "://" not in f]
     manifest = write_manifest(out, cfg.model_dump(), local_inputs, outputs=file_hashes(written, out),
                               counts=counts, dedup=dedup_stats, versions=_versions(), started=started)
@@ -220,6 +236,43 @@ def run(cfg: DataConfig) -> dict:
     if cfg.wandb:
         log_summary("data", cfg.name, cfg.model_dump(), {**counts["after_stage"], **dedup_stats}, out)
     return manifest
+
+
+AS_CLEANED = {"id": "id", "messages": "messages", "intent": "intent", "lang": "lang"}
+
+
+def augment_train(splits: dict, kept_hashes: list[str], cfg: DataConfig, cleaning: dict) -> tuple[pa.Table, dict]:
+    """Augmented copies of the train split (app/data/augment.py) through the same cleaning and filters on Ray
+    Data, then an exact-duplicate check against every kept input record and each other, and the contamination
+    check against val/test. Returns (the augmented rows, id -> decision for those that do not join train);
+    a row that joins carries `augmented_from:<id>` in its flags."""
+    records = [{"id": r["id"], "messages": json.loads(r["messages"]), "intent": r["intent"], "lang": r["lang"]}
+               for r in splits["train"].to_pylist()]
+    raw = [{"raw": json.dumps({k: m[k] for k in AS_CLEANED}, ensure_ascii=False),
+            "source": f"augment:{m['augmented_from']}", "error": ""}
+           for m in augmented_records(records, cfg.augment, cfg.seed)]
+    if not raw:
+        return pa.Table.from_pylist([], schema=PROCESSED), {}
+    ds = ray.data.from_items(raw).map_batches(clean_batch, batch_size=cfg.batch_size, batch_format="numpy",
+                                              fn_kwargs={**cleaning, "fields": AS_CLEANED})
+    table = pa.concat_tables(ray.get(ds.to_arrow_refs())).sort_by([("id", "ascending")])
+    flags = [",".join(filter(None, [f, f"augmented_from:{s.removeprefix('augment:')}"]))
+             for f, s in zip(table.column("flags").to_pylist(), table.column("source").to_pylist())]
+    table = table.set_column(table.schema.get_field_index("flags"), "flags", pa.array(flags, pa.string()))
+    decisions, seen = {}, set(kept_hashes)
+    for rid, reason, h in zip(*(table.column(c).to_pylist() for c in ("id", "reason", "hash"))):
+        if not reason and h in seen:
+            decisions[rid] = ("exact_dup", "augmented copy identical to a kept record")
+        seen.add(h)
+    alive = _passing(table, decisions)
+    decisions.update(contaminated({"train": alive, "val": splits["val"], "test": splits["test"]}, cfg))
+    return table, decisions
+
+
+def augment_counts(augmented: pa.Table, decisions: dict) -> dict:
+    ids, reasons = augmented.column("id").to_pylist(), augmented.column("reason").to_pylist()
+    dropped = Counter(r or decisions[i][0] for i, r in zip(ids, reasons) if r or i in decisions)
+    return {"made": len(ids), "kept": len(ids) - sum(dropped.values()), "dropped": dict(sorted(dropped.items()))}
 
 
 def output_record(row: dict, kind: str) -> dict:

@@ -27,16 +27,16 @@ from app.rl.actors import RewardActor, RolloutActor
 from app.rl.controller import _prompts
 from app.rl.sync import ray_get
 from app.runinfo import write_manifest
+from app.safety import rank
 from app.tasks import skipped_line
 
 
 def pick_best(rewards: list[float], unsafe: list[bool], min_reward: float | None) -> tuple[int | None, str]:
     """(index of the best safe answer or None, why none): the highest reward among safe answers, ties to the
     first."""
-    safe = [i for i, u in enumerate(unsafe) if not u]
-    if not safe:
+    best = rank(rewards, [not u for u in unsafe])[0]
+    if unsafe[best]:
         return None, "all_unsafe"
-    best = max(safe, key=lambda i: (rewards[i], -i))
     if min_reward is not None and rewards[best] < min_reward:
         return None, "below_min_reward"
     return best, ""

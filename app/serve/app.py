@@ -38,6 +38,7 @@ from app.serve.config import ServeArgs
 from app.serve.engines import GenParams, make_engine
 from app.serve.limits import RateLimiter
 from app.serve.prometheus import ServeMetrics
+from app.safety import rank, verdict
 from app.serve.safety import REFUSAL, OutputFilter
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -111,6 +112,18 @@ class LLMServer:
             yield event
 
 
+@serve.deployment(graceful_shutdown_wait_loop_s=0.5)
+class RewardServer:
+    """The reward model (app/train/reward.py RewardModel) behind `best_of`: scores a prompt's candidates."""
+
+    def __init__(self, path: str):
+        from app.train.reward import RewardModel
+        self.model = RewardModel(resolve(path))
+
+    async def score(self, prompt, responses: list[str]) -> list[float]:
+        return await asyncio.to_thread(self.model.score, [prompt] * len(responses), responses)
+
+
 class _Loaded:
     """What Serve's multiplexing caches per adapter; unloading (LRU) drops the adapter from the engine."""
 
@@ -124,8 +137,8 @@ class _Loaded:
 @serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_wait_loop_s=0.5)
 @serve.ingress(api)
 class OpenAIServer:
-    def __init__(self, llm, args: ServeArgs, model_path: str, version: dict | None = None):
-        self.llm, self.args, self.limits = llm, args, args.limits
+    def __init__(self, llm, args: ServeArgs, model_path: str, version: dict | None = None, reward=None):
+        self.llm, self.args, self.limits, self.reward = llm, args, args.limits, reward
         # what /v1/models reports about the base model: the registry version it came from, if any
         self.served = {"model_path": model_path, **({"version": version["id"], "version_name": version["name"],
                                                       "registry": str(args.registry)} if version else {})}
@@ -168,10 +181,13 @@ class OpenAIServer:
                                  code="rate_limit_exceeded", headers={"Retry-After": str(math.ceil(wait))})
             req = P.parse(P.ChatRequest if kind == "chat" else P.CompletionRequest, await self._body(request))
             adapter = self._adapter(req.model)
+            if req.candidates > req.n and self.reward is None:
+                raise P.APIError(400, "best_of needs a reward model: this server has no args.reward_model",
+                                 param="best_of", code="invalid_value")
             prompt = self._prompt(req, kind)
             params = GenParams(max_tokens=self._budget(len(prompt), req.limit, "messages" if kind == "chat" else "prompt"),
                                temperature=req.temperature,
-                               top_p=req.top_p, n=req.n, stop=req.stop, seed=req.seed)
+                               top_p=req.top_p, n=req.candidates, stop=req.stop, seed=req.seed)
             events = self._events(prompt, params, adapter, start + self.limits.request_timeout_s)
             first = await anext(events)  # overload and engine errors surface here, before any 200 is sent
             rid = P.new_id("chatcmpl" if kind == "chat" else "cmpl")
@@ -284,15 +300,30 @@ class OpenAIServer:
                 return
 
     async def _collect(self, kind, rid, req, prompt_tokens, first, events, start):
-        texts, finish, tokens = [""] * req.n, [None] * req.n, [0] * req.n
-        async for i, text, reason, count in self._choices(req.n, first, events):
+        n = req.candidates
+        texts, finish, tokens = [""] * n, [None] * n, [0] * n
+        async for i, text, reason, count in self._choices(n, first, events):
             texts[i] += text
             finish[i], tokens[i] = reason or finish[i], count
             if reason == "content_filter":
                 texts[i] = REFUSAL
         self.metrics.done(kind, start, None, sum(tokens))
-        choices = [{"index": i, "text": texts[i], "finish_reason": finish[i]} for i in range(req.n)]
+        picked = range(n) if n == req.n else await self._best(req, kind, texts, finish)
+        choices = [{"index": j, "text": texts[i], "finish_reason": finish[i]} for j, i in enumerate(picked)]
         return P.response(kind, rid, req.model, choices, P.usage(prompt_tokens, sum(tokens)))
+
+    async def _best(self, req, kind: str, texts: list[str], finish: list) -> list[int]:
+        """best_of: the req.n candidates with the highest reward among the safe ones (not refused by the filter,
+        and safe by app.safety.verdict: seed 000's rejection sampling); unsafe candidates rank last, and one
+        that is picked all the same answers with the refusal (finish_reason content_filter)."""
+        prompt = [m.model_dump() for m in req.messages] if kind == "chat" else req.prompt[0]
+        rewards = await self.reward.score.remote(prompt, texts)
+        safe = [f != "content_filter" and verdict(t, self.words)["safe"] for t, f in zip(texts, finish)]
+        picked = rank(rewards, safe)[:req.n]
+        for i in picked:
+            if not safe[i] and self.args.safety != "off":
+                texts[i], finish[i] = REFUSAL, "content_filter"
+        return picked
 
     async def _sse(self, kind, rid, req, prompt_tokens, first, events, start):
         tokens, first_token_at, finished = [0] * req.n, None, 0
@@ -330,5 +361,7 @@ def build_app(args: ServeArgs) -> serve.Application:
         num_replicas=args.num_replicas, max_ongoing_requests=limits.max_ongoing_requests,
         max_queued_requests=limits.max_queued_requests,
         ray_actor_options={"num_cpus": args.cpus_per_replica, "num_gpus": gpus}).bind(args, str(path))
+    reward = RewardServer.options(ray_actor_options={"num_cpus": args.cpus_per_replica}).bind(args.reward_model) \
+        if args.reward_model else None
     capacity = args.num_replicas * limits.max_ongoing_requests + limits.max_queued_requests
-    return OpenAIServer.options(max_ongoing_requests=capacity + 8).bind(llm, args, str(path), version)
+    return OpenAIServer.options(max_ongoing_requests=capacity + 8).bind(llm, args, str(path), version, reward)

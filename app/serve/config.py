@@ -45,6 +45,7 @@ class ServeArgs(Config):
     api_keys_env: str = "RAYPOST_API_KEYS"
     safety: Literal["redact", "refuse", "off"] = "redact"
     sensitive_words: str | None = None      # word-list file; None = the data stage's list
+    reward_model: str | None = None         # a jobs.reward output: enables best_of (its own deployment)
     limits: Limits = Limits()
 
     def keys(self) -> list[str]:

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 
 class APIError(Exception):
@@ -50,6 +50,7 @@ class Sampling(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=8)
+    best_of: int | None = Field(None, ge=1, le=8)  # candidates ranked by the reward model; the n best returned
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: StrictBool = False
@@ -68,6 +69,18 @@ class Sampling(BaseModel):
         if len(stops) > 4 or not all(stops):
             raise ValueError("stop must be up to 4 non-empty strings")
         return stops
+
+    @model_validator(mode="after")
+    def _best_of(self):
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError("best_of must be at least n")
+        if self.best_of is not None and self.best_of > 1 and self.stream:
+            raise ValueError("best_of cannot be used with stream")
+        return self
+
+    @property
+    def candidates(self) -> int:
+        return max(self.n, self.best_of or 1)
 
     @property
     def limit(self) -> int | None:
