@@ -78,3 +78,42 @@ def test_continued_pretraining_on_raw_documents(ray_local, tokenizer, tmp_path):
                              "checkpoint.every=4", "eval.every=4")
     assert summary["data"]["train"]["kept"] > 100  # pieces of the 100 documents
     torch.testing.assert_close(val_losses(tmp_path / "cpt"), [10.799106, 10.738945], rtol=1e-4, atol=1e-4)
+
+
+def test_distill_kl_is_zero_on_the_teacher_itself():
+    from app.train.data import IGNORE
+    from app.train.sft import distill_kl
+    torch.manual_seed(0)
+    teacher, student = torch.randn(2, 6, 11), torch.randn(2, 6, 11)
+    labels = torch.tensor([[IGNORE, IGNORE, 3, 4, 5, IGNORE], [IGNORE, 1, 2, 3, 4, 5]])
+    assert distill_kl(teacher, teacher, labels, 2.0).item() < 1e-6
+    kl = distill_kl(student, teacher, labels, 2.0)
+    mask = labels[:, 1:] != IGNORE
+    p = torch.softmax(teacher[:, :-1][mask] / 2, -1)
+    expected = (p * (p.log() - torch.log_softmax(student[:, :-1][mask] / 2, -1))).sum(-1).mean() * 4
+    torch.testing.assert_close(kl, expected)
+
+
+def test_compress_prunes_then_distills_from_the_teacher(ray_local, sft_data, tmp_path):
+    """jobs.compress on the tiny model: one of its two layers and half of each MLP go, then a short
+    distillation from the unpruned model (in this process); sizes, the dropped layer and the KL pinned."""
+    from transformers import AutoModelForCausalLM
+
+    from app.train.compress import run as compress
+    from app.train.config import CompressConfig
+    cfg = load_config(CompressConfig, "jobs/configs/compress_demo.yaml", [
+        "teacher=tiny", f"data={sft_data}", f"output_dir={tmp_path}/c", "drop_layers=1", "mlp_keep=0.5",
+        "calibration_samples=16", "distill=jobs/configs/sft_tiny.yaml",
+        "overrides=[method=full, optim.lr=3e-4, train.max_steps=4, eval.every=4, checkpoint.every=4, "
+        "scaling.num_workers=1, tensorboard=false, distill.alpha=1.0]"])  # the KL term alone: towards the teacher
+    result = compress(cfg, report=lambda metrics: None)
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "c" / "pruned")
+    assert pruned.config.num_hidden_layers == 1 and pruned.config.intermediate_size == 128
+    assert result["prune"]["dropped_layers"] == [0]
+    sizes = result["sizes"]
+    assert sizes["teacher"]["parameters"] == 3268928 and sizes["pruned"]["parameters"] == \
+        sizes["distilled"]["parameters"] == 3182784
+    kl = [json.loads(line).get("val_kl") for line in (tmp_path / "c" / "distill" / "metrics.jsonl").read_text()
+          .splitlines() if "val_kl" in line]
+    torch.testing.assert_close(kl, [0.0018529, 0.0010358], rtol=1e-3, atol=1e-6)
+    assert kl[-1] < kl[0]  # the student moves towards the teacher

@@ -88,6 +88,14 @@ class TrainerConfig(JobConfig):
     tensorboard: bool = True
 
 
+class DistillSection(Config):
+    """Logit distillation (seed 002): the loss mixes forward KL to a frozen teacher's token distribution at a
+    temperature (times T^2, Hinton et al.) with the usual next-token loss; both on assistant tokens."""
+    teacher: str | None = None  # a model dir or alias; None: plain SFT
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the KL term; 1 - alpha on the next-token loss
+
+
 class SFTEvalSection(EvalSection):
     generate: int = 0  # val rows each worker answers (greedy) at every checkpoint: val_rougeL, val_bleu
     max_new_tokens: int = 64
@@ -98,6 +106,7 @@ class SFTConfig(TrainerConfig):
     # documents (the data stage's `text` records), loss on every token, each document ending in EOS
     objective: Literal["chat", "causal_lm"] = "chat"
     eval: SFTEvalSection = SFTEvalSection()
+    distill: DistillSection = DistillSection()
     init_from: str | None = None  # an earlier run's output dir (its final/): two-stage fine-tuning
     # ia3: learned scales on the modules peft lists for the model type
     method: Literal["full", "lora", "qlora", "prompt_tuning", "ia3"] = "lora"
@@ -114,6 +123,9 @@ class SFTConfig(TrainerConfig):
         if self.objective == "causal_lm" and (self.eval.generate or self.method == "prompt_tuning"):
             raise ValueError("objective=causal_lm trains on raw documents: no eval.generate (no replies to "
                              "answer) and no prompt_tuning")
+        if self.distill.teacher and (self.data.packing or self.method == "prompt_tuning"):
+            raise ValueError("distill.teacher needs unpacked rows and no prompt_tuning (teacher and student must "
+                             "see the same positions)")
         if self.eval.generate and self.scaling.zero_stage == 3:
             raise ValueError("eval.generate needs scaling.zero_stage < 3 (ZeRO-3 workers must run the same "
                              "forwards; greedy answers end at different lengths)")
@@ -172,3 +184,15 @@ class SweepConfig(JobConfig):
     max_concurrent_trials: int = Field(2, ge=1)
     trial_cpus: float = Field(0.1, gt=0)       # the trial process itself; its SFT workers take scaling.*
     resume: bool = True
+
+
+class CompressConfig(JobConfig):
+    """jobs.compress (app/train/compress.py): prune a trained model, then distill the pruned one from it."""
+    teacher: str = "runs/pipeline-demo/sft/final"
+    data: str = "runs/pipeline-demo/data"       # an SFT data stage output: calibration rows from train/
+    calibration_samples: int = Field(64, ge=1)
+    calibration_max_len: int = Field(256, ge=8)
+    drop_layers: int = Field(0, ge=0)           # whole decoder layers removed (least Block Influence)
+    mlp_keep: float = Field(1.0, gt=0, le=1)    # share of each remaining layer's MLP channels kept
+    distill: str = "jobs/configs/sft_demo.yaml"  # the SFT config the distillation runs (model, teacher, data set here)
+    overrides: list[str] = []                   # key=value on top of it, e.g. [method=full, train.max_steps=40]

@@ -147,13 +147,40 @@ def objective(cfg_json: dict, run: Run) -> tuple[SFTConfig, Objective]:
             return micro_batches(rows, mb, d.max_len, d.packing, cfg.seed, epoch, pad_id)
         return micro_batches(rows, mb, d.max_len, False, 0, 0, pad_id, drop_last=False)
 
+    teacher = load_teacher(cfg.distill.teacher) if cfg.distill.teacher else None
+
     def step(engine, batch: dict) -> Step:
         inputs = {k: v.to(engine.device) for k, v in batch.items() if k != "_real_tokens"}
-        loss = engine(**inputs).loss
-        return Step(loss, {"loss": loss.item()}, float((batch["labels"][:, 1:] != IGNORE).sum()),
-                    batch["_real_tokens"])
+        out = engine(**inputs)
+        loss, stats = out.loss, {"loss": out.loss.item()}
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            kl = distill_kl(out.logits, target, inputs["labels"], cfg.distill.temperature)
+            loss = cfg.distill.alpha * kl + (1 - cfg.distill.alpha) * out.loss
+            stats["kl"] = kl.item()
+        return Step(loss, stats, float((batch["labels"][:, 1:] != IGNORE).sum()), batch["_real_tokens"])
     return cfg, Objective(model, batches, step, derive=perplexity,
                           answer=answerer(run.model_path, cfg.eval.max_new_tokens) if cfg.eval.generate else None)
+
+
+def load_teacher(spec: str):
+    """The frozen teacher of distill.teacher on this worker (outside DeepSpeed: it never trains)."""
+    from app.models import load_policy
+    model = load_policy(str(resolve(spec)))[0].eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+               temperature: float) -> torch.Tensor:
+    """Forward KL(teacher || student) of the temperature-softened next-token distributions, mean over the
+    tokens that carry a label, times T^2 (so its gradients keep their scale as T changes)."""
+    mask = labels[:, 1:] != IGNORE
+    s = torch.log_softmax(student_logits[:, :-1][mask].float() / temperature, -1)
+    t = torch.log_softmax(teacher_logits[:, :-1][mask].float() / temperature, -1)
+    return torch.nn.functional.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
 
 
 def answerer(model_path: str, max_new_tokens: int):
