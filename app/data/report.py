@@ -35,5 +35,10 @@ def print_summary(counts: dict, dedup_stats: dict, out) -> None:
         mix = counts["intents"][split]
         top = max(mix.values(), default=0)
         lines.append(f"{split:<6}{n:>7}  largest class {top / n if n else 0:.0%}  {mix}")
-    lines.append(f"data: {sum(counts['splits'].values())} records kept of {counts['input']} -> {out}")
+    if aug := counts.get("augmented"):
+        lines.append(f"augmented: {aug['made']} copies of train records made, {aug['kept']} joined train, dropped: "
+                     + (", ".join(f"{k}={v}" for k, v in aug["dropped"].items()) or "none"))
+    kept = sum(counts["splits"].values()) - (aug["kept"] if aug else 0)
+    lines.append(f"data: {kept} records kept of {counts['input']}"
+                 + (f" (+{aug['kept']} augmented copies in train)" if aug else "") + f" -> {out}")
     print("\n".join(lines))
