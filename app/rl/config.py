@@ -1,9 +1,10 @@
-"""The RL jobs' configs: what PPO and GRPO share (RLConfig: policy, prompts, rewards, roles, sampling, learners
+"""The RL jobs' configs: what PPO, GRPO and on-policy distillation share (RLConfig: policy, prompts, rewards, roles, sampling, learners
 with SFT's optim.* and scaling.* names) and each algorithm's part. Light on purpose (pydantic, no torch): a
 job checks its config before any model code loads.
 
     python -m jobs.ppo jobs/configs/ppo_demo.yaml [key=value ...]
     python -m jobs.grpo jobs/configs/grpo_demo.yaml [key=value ...]
+    python -m jobs.distill jobs/configs/distill_demo.yaml [key=value ...]
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class RLConfig(JobConfig):
     """What PPO and GRPO share; each algorithm's config adds its own part."""
     algorithm: ClassVar[str]
     uses_critic: ClassVar[bool]
+    needs_reward: ClassVar[bool] = True  # distillation learns from its teacher; a reward only measures
     policy: str = "runs/pipeline-demo/sft/final"
     reward_model: str | None = "runs/reward-demo/final"
     # module:function(prompts, responses[, references]) -> list[float], or {name: weight, ...}; added to the model
@@ -97,6 +99,10 @@ class RLConfig(JobConfig):
                              "rollout_engine: hf")
         return self
 
+    def reference(self) -> str:
+        """The model the reference role loads: the starting policy (the KL anchor of PPO and GRPO)."""
+        return self.policy
+
     def sampling_plan(self) -> SamplingPlan:
         return SamplingPlan(self.rollout_actors, self.prompts_per_actor, self.group_size, self.max_new_tokens,
                             self.temperature, self.top_p, self.seed, self.max_restarts, self.sync_timeout_s)
@@ -142,6 +148,26 @@ class GRPOConfig(RLConfig):
         if self.rollout_actors * self.prompts_per_actor * self.group_size < 2:
             raise ValueError("a GRPO step needs at least one group of 2 samples")
         return self
+
+
+class OnPolicyDistillConfig(RLConfig):
+    """On-policy distillation (app/rl/distill.py): the student (`policy`) samples, the teacher in the reference
+    role scores each sampled token, and the per-token reverse KL log pi_student - log pi_teacher is the
+    negative advantage. A reward, when set, is only measured (training batches and held-out prompts)."""
+    algorithm = "distill"
+    uses_critic = False
+    needs_reward = False
+    teacher: str = "runs/pipeline-demo/sft/final"
+    policy: str = "runs/compress-demo/distill/final"
+    reward_model: str | None = None
+    reward_function: str | dict[str, float] | None = None
+    prompts: str = "runs/pipeline-demo/data_math/train"
+    temperature: float = 1.0              # the student samples, and both score, at this temperature
+    epochs: int = Field(1, ge=1)          # one on-policy update per batch
+    entropy_coef: float = 0.0
+
+    def reference(self) -> str:
+        return self.teacher
 
 
 class RejectionConfig(JobConfig):

@@ -90,7 +90,7 @@ def _actors(cfg: RLConfig, policy: str):
     roles = Roles(
         rollouts=[place(RolloutActor, j, policy, cfg.seed, lora, cfg.engine(), cfg.rollout_precision, options=dict(
             name=f"{cfg.algorithm}-{cfg.name}-rollout-{j}", max_restarts=cfg.max_restarts)) for j in range(k)],
-        reference=place(ReferenceActor, k, policy, cfg.temperature),
+        reference=place(ReferenceActor, k, str(resolve(cfg.reference())), cfg.temperature),
         reward=place(RewardActor, k + 1, cfg.reward_model, cfg.reward_functions(), cfg.safety_penalty,
                      cfg.toxicity_threshold),
         critic=place(CriticActor, k + 2, cfg.critic_init or cfg.reward_model or policy, cfg.critic_lr,
@@ -187,7 +187,7 @@ def load_checkpoint(cfg: RLConfig, out: Path, roles: Roles) -> dict | None:
 
 def run(cfg: RLConfig, step_fn: Callable) -> dict:
     """Train with `step_fn(cfg, roles, batches, prompts, references, tokenizer, kl_ctl) -> figures`."""
-    if not (cfg.reward_model or cfg.reward_function):
+    if cfg.needs_reward and not (cfg.reward_model or cfg.reward_function):
         raise UserError("set reward_model (a jobs.reward output) and/or reward_function (module:function)")
     policy = str(resolve(cfg.policy))
     tokenizer = load_tokenizer(policy)
