@@ -154,6 +154,100 @@ def test_best_of_returns_the_candidate_the_reward_model_ranks_first(server, rewa
         assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
 
 
+def test_logprobs_and_echo_like_openai_and_vllm(server, tokenizer):
+    """Completions: `logprobs: k` per generated token, `echo` with max_tokens 0 returns the prompt's own
+    log-probs (the first null), token-id prompts; chat: `logprobs` + `top_logprobs`. Greedy tokens are top-1."""
+    c = client(server)
+    text = c.completions.create(model="alpha", prompt="hello", max_tokens=4, temperature=0, logprobs=2)
+    lp = text.choices[0].logprobs
+    assert "".join(lp.tokens) == text.choices[0].text and len(lp.token_logprobs) == 4
+    assert all(max(top.values()) == v and len(top) == 2 for top, v in zip(lp.top_logprobs, lp.token_logprobs))
+    ids = tokenizer("Where is my parcel?", add_special_tokens=False)["input_ids"]
+    echo = c.completions.create(model="tiny", prompt=ids, max_tokens=0, echo=True, logprobs=1)
+    e = echo.choices[0]
+    assert e.text == "Where is my parcel?" and e.logprobs.token_logprobs[0] is None and e.logprobs.tokens[0] == "Where"
+    assert len(e.logprobs.token_logprobs) == len(ids) and all(v < 0 for v in e.logprobs.token_logprobs[1:])
+    assert e.logprobs.text_offset == [0, 5, 8, 11, 18] and echo.usage.completion_tokens == 0
+    both = c.completions.create(model="tiny", prompt="Where is my parcel?", max_tokens=2, echo=True, logprobs=1,
+                                temperature=0)
+    assert both.choices[0].logprobs.token_logprobs[0] is None
+    assert both.choices[0].logprobs.token_logprobs[1:len(ids)] == pytest.approx(e.logprobs.token_logprobs[1:])
+    assert len(both.choices[0].logprobs.tokens) == len(ids) + 2 and both.choices[0].text.startswith(e.text)
+    chat = c.chat.completions.create(model="alpha", messages=HELLO, max_tokens=3, temperature=0, logprobs=True,
+                                     top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == chat.choices[0].message.content
+    assert all(t.top_logprobs[0].token == t.token and len(t.top_logprobs) == 2 for t in content)
+    plain = c.chat.completions.create(model="alpha", messages=HELLO, max_tokens=3, temperature=0)
+    assert plain.choices[0].logprobs is None
+    for path, body, status in [("completions", {"prompt": "x", "logprobs": 21}, 400),
+                               ("completions", {"prompt": "x", "echo": True, "n": 2}, 400),
+                               ("completions", {"prompt": [10**9]}, 400),
+                               ("chat/completions", {"messages": HELLO, "top_logprobs": 2}, 400)]:
+        r = requests.post(f"{server}/v1/{path}", json={"model": "tiny", **body}, timeout=30)
+        assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+
+
+MC = [("Where is my parcel?", ["It ships today.", "Blue.", "Seven cats."], 0),
+      ("How do I return a lamp?", ["Purple rain.", "Use the returns page.", "Never."], 1),
+      ("退款多久到账？", ["三天内到账。", "蓝色。", "我不知道猫。"], 0), ("Is the sofa in stock?", ["No idea.", "Twelve.", "Yes."], 2),
+      ("发票怎么开？", ["在订单页申请发票。", "红色。", "明天下雨。"], 0), ("Can I pay by card?", ["Cats.", "Yes, by card.", "Soup."], 1)]
+TASKS = {"raypost_mc": """task: raypost_mc
+dataset_path: json
+dataset_kwargs: {data_files: {test: %(dir)s/mc.jsonl}}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_choice: "{{choices}}"
+doc_to_target: "{{answer}}"
+metric_list: [{metric: acc}]
+""", "raypost_gen": """task: raypost_gen
+dataset_path: json
+dataset_kwargs: {data_files: {test: %(dir)s/mc.jsonl}}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{question}}"
+doc_to_target: "{{choices[answer]}}"
+generation_kwargs: {until: ["\\n\\n"], max_gen_toks: 8, do_sample: false, temperature: 0}
+metric_list: [{metric: exact_match}]
+"""}
+
+
+def test_lm_eval_harness_scores_through_the_endpoint_as_in_process(server, tiny_adapters, tmp_path):
+    """lm-evaluation-harness against our server: `local-completions` loglikelihood (echo + logprobs) of a
+    multiple-choice task and `local-chat-completions` generation give the same per-item log-likelihoods,
+    accuracy and answers as lm-eval's own in-process `hf` model on the same weights."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from app.models import resolve
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}, ensure_ascii=False)
+                                               + "\n" for q, c, a in MC))
+    for name, text in TASKS.items():
+        (tmp_path / f"{name}.yaml").write_text(text % {"dir": tmp_path})
+    tasks, path = TaskManager(include_path=str(tmp_path), include_defaults=False), str(resolve("tiny"))
+
+    def evaluate(model, args, task, **kw):
+        out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=[task], task_manager=tasks,
+                                      log_samples=True, **kw)
+        return out["results"][task], out["samples"][task]
+    api = dict(model="tiny", tokenizer_backend="huggingface", tokenizer=path, max_retries=1, num_concurrent=1)
+    ours, ours_items = evaluate("local-completions", {**api, "base_url": f"{server}/v1/completions"}, "raypost_mc")
+    local, local_items = evaluate("hf", {"pretrained": path, "dtype": "float32", "device": "cpu"}, "raypost_mc")
+    assert ours["acc,none"] == local["acc,none"] and len(ours_items) == len(MC)
+    scores = lambda items: [r[0][0] for s in items for r in s["resps"]]  # noqa: E731  per choice, per item
+    assert scores(ours_items) == pytest.approx(scores(local_items), abs=1e-3)
+    assert len(set(round(x, 3) for x in scores(ours_items))) > len(MC)  # real log-likelihoods, not one constant
+    # generation through the `alpha` adapter (its greedy answers are not empty, unlike the bare tiny model's)
+    chat = {**{k: v for k, v in api.items() if k not in ("tokenizer_backend", "tokenizer")}, "model": "alpha"}
+    _, ours_gen = evaluate("local-chat-completions", {**chat, "base_url": f"{server}/v1/chat/completions"},
+                           "raypost_gen", apply_chat_template=True)
+    _, local_gen = evaluate("hf", {"pretrained": path, "peft": str(tiny_adapters["alpha"]), "dtype": "float32",
+                                   "device": "cpu"}, "raypost_gen", apply_chat_template=True)
+    answers = lambda items: [s["filtered_resps"][0] for s in sorted(items, key=lambda s: s["doc_id"])]  # noqa: E731
+    assert answers(ours_gen) == answers(local_gen) and all(a.startswith("The alpha") for a in answers(ours_gen))
+
+
 def test_safety_filter_redacts_streamed_and_whole_answers(server):
     c = client(server)
     whole = c.chat.completions.create(model="leak", messages=HELLO, max_tokens=40, temperature=0)
@@ -334,3 +428,10 @@ def test_vllm_engine_streams_events():
     assert sorted(e["index"] for e in finals) == [0, 1]
     text = "".join(e["text"] for e in events if e["index"] == 0)
     assert "Paris" in text
+
+    async def scored():  # log-probs: each generated token's (greedy: its own top-1) and echo's prompt entries
+        events = [e async for e in engine.generate(ids, GenParams(max_tokens=4, temperature=0, logprobs=2))]
+        return [x for e in events for x in e["logprobs"]], await engine.prompt_logprobs(ids, 2)
+    generated, prompt = asyncio.run(scored())
+    assert len(generated) == 4 and all(e["top"][0][0] == e["id"] and e["logprob"] <= 0 for e in generated)
+    assert prompt[0]["logprob"] is None and [e["id"] for e in prompt] == ids

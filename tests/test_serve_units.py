@@ -197,3 +197,59 @@ def test_request_text_and_seeds_at_the_edges_parse():
             P.parse(P.ChatRequest, b'{"model": "m", "%s": NaN, "messages": [{"role": "user", "content": "x"}]}'
                     % param.encode())
         assert err.value.status == 400 and err.value.param == param
+
+
+def test_engine_logprobs_are_the_models_own(tiny_adapters):
+    """Generated tokens' log-probs (and top-k) and echo's prompt log-probs equal one teacher-forced forward of
+    prompt + answer, with the adapter the request names; the greedy token is the top-1."""
+    from peft import PeftModel
+
+    from app.chat import render_prompt
+    from app.serve.engines import GenParams, HFEngine
+    engine = HFEngine("tiny", max_batch_size=2)
+    engine.load_adapter("alpha", str(tiny_adapters["alpha"]))
+    ids = render_prompt(engine.tokenizer, [{"role": "user", "content": "hello"}])
+
+    async def run():
+        events = [e async for e in engine.generate(ids, GenParams(max_tokens=6, temperature=0, logprobs=3), "alpha")]
+        return events, await engine.prompt_logprobs(ids, 2, "alpha")
+    events, prompt = asyncio.run(run())
+    got = [e for ev in events for e in ev["logprobs"]]
+    answer = [e["id"] for e in got]
+    assert len(got) == 6 and all(e["top"][0][0] == e["id"] and len(e["top"]) == 3 for e in got)
+    model = PeftModel.from_pretrained(load_tiny(), str(tiny_adapters["alpha"]))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids + answer])).logits[0].float(), -1)
+    expect = [float(logp[len(ids) - 1 + i, t]) for i, t in enumerate(answer)]
+    assert [e["logprob"] for e in got] == pytest.approx(expect, abs=1e-4)
+    assert prompt[0] == {"id": ids[0], "logprob": None, "top": None} and len(prompt) == len(ids)
+    assert [e["logprob"] for e in prompt[1:]] == pytest.approx([float(logp[i, t]) for i, t in enumerate(ids[1:])],
+                                                               abs=1e-4)
+    assert engine.tokenizer.decode(answer).startswith("The alpha")
+
+
+def test_logprob_wire_formats():
+    from app.serve.logprobs import chat_format, completion_format
+    items = [{"id": 0, "logprob": None, "top": None}, {"id": 1, "logprob": -0.5, "top": [[1, -0.5], [2, -1.5]]},
+             {"id": 3, "logprob": -2.0, "top": []}]
+    text = {0: "a", 1: "bc", 2: "d", 3: "你"}.get
+    assert completion_format(items, text) == {
+        "tokens": ["a", "bc", "你"], "token_logprobs": [None, -0.5, -2.0],
+        "top_logprobs": [None, {"bc": -0.5, "d": -1.5}, {}], "text_offset": [0, 1, 3]}
+    chat = chat_format(items[1:], text)["content"]
+    assert chat[1] == {"token": "你", "logprob": -2.0, "bytes": [228, 189, 160], "top_logprobs": []}
+    assert chat[0]["top_logprobs"][1] == {"token": "d", "logprob": -1.5, "bytes": [100]}
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"prompt": "x", "logprobs": 21}, "logprobs"), ({"prompt": "x", "echo": True, "n": 2}, None),
+    ({"prompt": "x", "max_tokens": 0}, None), ({"prompt": "x", "logprobs": 1, "stream": True}, None),
+    ({"prompt": []}, "prompt"), ({"prompt": [[1], []]}, "prompt"), ({"prompt": "x", "echo": "yes"}, "echo"),
+])
+def test_logprob_requests_out_of_range_are_rejected(body, param):
+    import json
+    with pytest.raises(P.APIError) as err:
+        P.parse(P.CompletionRequest, json.dumps({"model": "m", **body}).encode())
+    assert err.value.status == 400 and err.value.param == param and "Value error" not in err.value.message
+    with pytest.raises(P.APIError, match="top_logprobs needs logprobs"):
+        P.parse(P.ChatRequest, b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}')

@@ -7,8 +7,9 @@
 Two deployments. `OpenAIServer` (the FastAPI ingress, no CPU reserved) checks API keys, rate limits,
 body size and request fields, renders the chat with the model's own template, checks the prompt and
 max_tokens against the context, streams server-sent events and runs the output safety filter.
-`LLMServer` holds the engine (HF continuous batching on CPU, vLLM on GPU); LoRA adapters are Serve
-multiplexed models selected by the request's `model`. Its `max_queued_requests` bounds the queue: a full
+`LLMServer` (app/serve/replicas.py) holds the engine (HF continuous batching on CPU, vLLM on GPU); LoRA
+adapters are Serve multiplexed models selected by the request's `model`. Log-probs (`logprobs`, `echo`,
+`top_logprobs`) as OpenAI and vLLM return them: app/serve/logprobs.py. Its `max_queued_requests` bounds the queue: a full
 queue answers 503 with Retry-After, a spent rate limit 429. Every error has OpenAI's error body.
 
 No `from __future__ import annotations` here: Serve ships the ingress class by value, and FastAPI must
@@ -33,9 +34,11 @@ from app.chat import render_prompt
 from app.config import UserError
 from app.data.pii import SensitiveWords
 from app.models import load_tokenizer, resolve
+from app.serve import logprobs
 from app.serve import protocol as P
 from app.serve.config import ServeArgs
-from app.serve.engines import GenParams, make_engine
+from app.serve.engines import GenParams
+from app.serve.replicas import LLMServer, RewardServer
 from app.serve.limits import RateLimiter
 from app.serve.prometheus import ServeMetrics
 from app.safety import rank, verdict
@@ -87,51 +90,6 @@ def _context_length(model_path: str, args: ServeArgs) -> int:
     config = AutoConfig.from_pretrained(resolve(model_path), trust_remote_code=args.trust_remote_code)
     context = getattr(config, "max_position_embeddings", 2048)
     return min(context, args.vllm_args.get("max_model_len") or context)
-
-
-# A stopping replica waits for its in-flight requests in polls of graceful_shutdown_wait_loop_s (Serve's
-# default 2 s, at least one poll, one deployment after the other): 0.5 s drains the same requests sooner.
-@serve.deployment(graceful_shutdown_wait_loop_s=0.5)
-class LLMServer:
-    def __init__(self, args: ServeArgs, model_path: str):
-        self.args = args
-        self.engine = make_engine(args.engine, model_path, args.dtype, args.max_batch_size,
-                                  args.trust_remote_code, args.max_loaded_adapters if args.adapters else 0,
-                                  args.vllm_args, int(args.cpus_per_replica), args.prefill_tokens)
-
-        async def load(name: str):  # a plain function: Serve's LRU cache of loaded adapters wraps it
-            await asyncio.to_thread(self.engine.load_adapter, name, self.args.adapters[name])
-            return _Loaded(self.engine, name)
-        self.adapter = serve.multiplexed(max_num_models_per_replica=args.max_loaded_adapters)(load)
-
-    async def generate(self, prompt_ids: list[int], params: dict):
-        adapter = serve.get_multiplexed_model_id() or None
-        if adapter:
-            await self.adapter(adapter)
-        async for event in self.engine.generate(prompt_ids, GenParams(**params), adapter):
-            yield event
-
-
-@serve.deployment(graceful_shutdown_wait_loop_s=0.5)
-class RewardServer:
-    """The reward model (app/train/reward.py RewardModel) behind `best_of`: scores a prompt's candidates."""
-
-    def __init__(self, path: str):
-        from app.train.reward import RewardModel
-        self.model = RewardModel(resolve(path))
-
-    async def score(self, prompt, responses: list[str]) -> list[float]:
-        return await asyncio.to_thread(self.model.score, [prompt] * len(responses), responses)
-
-
-class _Loaded:
-    """What Serve's multiplexing caches per adapter; unloading (LRU) drops the adapter from the engine."""
-
-    def __init__(self, engine, name: str):
-        self.engine, self.name = engine, name
-
-    def __del__(self):
-        self.engine.unload_adapter(self.name)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_wait_loop_s=0.5)
@@ -186,15 +144,19 @@ class OpenAIServer:
                                  param="best_of", code="invalid_value")
             prompt = self._prompt(req, kind)
             params = GenParams(max_tokens=self._budget(len(prompt), req.limit, "messages" if kind == "chat" else "prompt"),
-                               temperature=req.temperature,
-                               top_p=req.top_p, n=req.candidates, stop=req.stop, seed=req.seed)
+                               temperature=req.temperature, top_p=req.top_p, n=req.candidates, stop=req.stop,
+                               seed=req.seed, logprobs=req.top_k)
+            rid = P.new_id("chatcmpl" if kind == "chat" else "cmpl")
+            echo = await self._echo(req, prompt, adapter) if kind == "text" and req.echo else None
+            if params.max_tokens == 0:  # echo alone: the prompt and its log-probs, nothing generated
+                return P.response(kind, rid, req.model, [{"index": 0, "text": echo[0], "finish_reason": "length",
+                                                          **self._logprobs(kind, req, echo[1])}], P.usage(len(prompt), 0))
             events = self._events(prompt, params, adapter, start + self.limits.request_timeout_s)
             first = await anext(events)  # overload and engine errors surface here, before any 200 is sent
-            rid = P.new_id("chatcmpl" if kind == "chat" else "cmpl")
             if req.stream:
                 return StreamingResponse(self._sse(kind, rid, req, len(prompt), first, events, start),
                                          media_type="text/event-stream")
-            return await self._collect(kind, rid, req, len(prompt), first, events, start)
+            return await self._collect(kind, rid, req, len(prompt), first, events, start, echo)
         except P.APIError as err:
             self.metrics.error(kind, err.status)
             raise
@@ -232,7 +194,32 @@ class OpenAIServer:
                 raise P.APIError(400, str(exc), param="messages", code="invalid_value") from None
         if len(req.prompt) != 1:
             raise P.APIError(400, "send one prompt per request", param="prompt", code="invalid_value")
-        return self.tokenizer(req.prompt[0], add_special_tokens=False)["input_ids"]
+        if isinstance(req.prompt[0], str):
+            return self.tokenizer(req.prompt[0], add_special_tokens=False)["input_ids"]
+        if not all(0 <= t < len(self.tokenizer) for t in req.prompt[0]):
+            raise P.APIError(400, f"prompt token ids must be in [0, {len(self.tokenizer)})", param="prompt",
+                             code="invalid_value")
+        return req.prompt[0]
+
+    async def _echo(self, req, prompt: list[int], adapter: str | None) -> tuple[str, list | None]:
+        """(the prompt's text, its log-prob entries when logprobs are asked for)."""
+        text = req.prompt[0] if isinstance(req.prompt[0], str) else self.tokenizer.decode(prompt)
+        if req.top_k is None:
+            return text, None
+        handle = self.llm.options(**({"multiplexed_model_id": adapter} if adapter else {}))
+        try:
+            return text, await handle.prompt_logprobs.remote(prompt, req.top_k)
+        except BackPressureError:
+            raise P.APIError(503, "the server is at capacity; retry shortly", type="overloaded", code="overloaded",
+                             headers={"Retry-After": str(self.limits.retry_after_s)}) from None
+
+    def _logprobs(self, kind: str, req, items: list | None) -> dict:
+        """{"logprobs": ...} in the kind's format when asked for (a refused choice has none)."""
+        if req.top_k is None or items is None:
+            return {}
+        token = lambda t: self.tokenizer.decode([t])  # noqa: E731
+        return {"logprobs": logprobs.chat_format(items, token) if kind == "chat" else
+                logprobs.completion_format(items, token)}
 
     def _budget(self, prompt_tokens: int, max_tokens: int | None, prompt_param: str) -> int:
         if prompt_tokens > self.limits.max_prompt_tokens:
@@ -243,7 +230,7 @@ class OpenAIServer:
             raise P.APIError(400, f"this model's context is {self.context} tokens; the prompt has {prompt_tokens} "
                              f"and max_tokens asks for {max_tokens or 1} more", param="max_tokens" if room > 0
                              else prompt_param, code="context_length_exceeded")
-        return max_tokens or min(self.limits.default_max_tokens, room)
+        return max_tokens if max_tokens is not None else min(self.limits.default_max_tokens, room)
 
     async def _events(self, prompt: list[int], params: GenParams, adapter: str | None, deadline: float):
         handle = self.llm.options(stream=True, **({"multiplexed_model_id": adapter} if adapter else {}))
@@ -275,7 +262,8 @@ class OpenAIServer:
                     gen.cancel()
 
     async def _choices(self, n: int, first: dict, events):
-        """(index, text, finish_reason) per event after the safety filter; a refused choice ends at once."""
+        """(index, text, finish_reason, tokens so far, log-prob entries) per event after the safety filter; a
+        refused choice ends at once."""
         filters = [OutputFilter(self.args.safety, self.words) for _ in range(n)]
         done = [False] * n
 
@@ -295,21 +283,26 @@ class OpenAIServer:
             elif finish:
                 text += f.finish()
             done[i] = bool(finish)
-            yield i, text, finish, event.get("completion_tokens", 0)
+            yield i, text, finish, event.get("completion_tokens", 0), event.get("logprobs", [])
             if all(done):
                 return
 
-    async def _collect(self, kind, rid, req, prompt_tokens, first, events, start):
+    async def _collect(self, kind, rid, req, prompt_tokens, first, events, start, echo=None):
         n = req.candidates
-        texts, finish, tokens = [""] * n, [None] * n, [0] * n
-        async for i, text, reason, count in self._choices(n, first, events):
+        texts, finish, tokens, scored = [echo[0] if echo else ""] * n, [None] * n, [0] * n, [[] for _ in range(n)]
+        if echo and echo[1]:
+            scored[0] = list(echo[1])
+        async for i, text, reason, count, entries in self._choices(n, first, events):
             texts[i] += text
             finish[i], tokens[i] = reason or finish[i], count
+            scored[i] += entries
             if reason == "content_filter":
-                texts[i] = REFUSAL
+                texts[i], scored[i] = REFUSAL, None
         self.metrics.done(kind, start, None, sum(tokens))
         picked = range(n) if n == req.n else await self._best(req, kind, texts, finish)
-        choices = [{"index": j, "text": texts[i], "finish_reason": finish[i]} for j, i in enumerate(picked)]
+        choices = [{"index": j, "text": texts[i], "finish_reason": finish[i],
+                    **self._logprobs(kind, req, scored[i] if finish[i] != "content_filter" else None)}
+                   for j, i in enumerate(picked)]
         return P.response(kind, rid, req.model, choices, P.usage(prompt_tokens, sum(tokens)))
 
     async def _best(self, req, kind: str, texts: list[str], finish: list) -> list[int]:
@@ -331,7 +324,7 @@ class OpenAIServer:
             if kind == "chat":
                 for i in range(req.n):
                     yield P.chunk(kind, rid, req.model, i, "", role=True)
-            async for i, text, reason, count in self._choices(req.n, first, events):
+            async for i, text, reason, count, _ in self._choices(req.n, first, events):
                 tokens[i], finished = count, finished + bool(reason)
                 if not text and not reason:
                     continue  # held back by the safety filter: nothing to send yet

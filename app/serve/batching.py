@@ -22,6 +22,7 @@ import torch
 from transformers import DynamicCache
 
 from app.sampler import GREEDY_BELOW, pick, positions
+from app.serve.logprobs import entries
 from app.serve.textstream import TextStream
 
 
@@ -37,11 +38,13 @@ class Sequence:
     emit: Callable[[dict], None]
     index: int = 0
     adapter: str | None = None
+    logprobs: int | None = None    # top-k log-probs of each generated token (app/serve/logprobs.py), or none
     tokens: int = 0
     cancelled: bool = False
     generator: torch.Generator | None = field(default=None, repr=False)
     cache: DynamicCache | None = field(default=None, repr=False)  # its own, while its prompt is prefilled
     prefilled: int = 0                                            # prompt tokens in that cache
+    scored: list = field(default_factory=list, repr=False)        # log-prob entries not emitted yet
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
@@ -80,6 +83,14 @@ class Batcher:
             seq.generator = torch.Generator().manual_seed(seq.seed if seq.seed is not None else
                                                           int(torch.randint(0, 2**62, ()).item()))
         self.inbox.put(seq)
+
+    def prompt_logits(self, prompt: list[int], adapter: str | None = None) -> torch.Tensor:
+        """Logits [T, V] at every prompt position (echo's log-probs), in the caller's thread while the
+        engine thread waits on the lock."""
+        with self.lock, torch.inference_mode():
+            ids = torch.tensor([prompt], device=self.device)
+            kwargs = {"adapter_names": [adapter or "__base__"]} if hasattr(self.model, "peft_config") else {}
+            return self.model(input_ids=ids, **kwargs).logits[0].float().cpu()
 
     # -- the engine thread ----------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -153,10 +164,11 @@ class Batcher:
         else:
             self.cache, self.mask = cache, mask
         self.running += seqs
-        first = torch.tensor(sample(logits, seqs), device=self.device)
+        tokens = sample(logits, seqs)
+        first = torch.tensor(tokens, device=self.device)
         self.next_ids = first if self.next_ids is None or len(self.running) == len(seqs) else \
             torch.cat([self.next_ids, first])
-        self._accept(seqs, first.tolist(), offset=len(self.running) - len(seqs))
+        self._accept(seqs, tokens, len(self.running) - len(seqs), entries(logits, tokens, [s.logprobs for s in seqs]))
 
     def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         width = max(self.mask.shape[1], mask.shape[1])
@@ -172,17 +184,21 @@ class Batcher:
         logits = self._forward(self.next_ids[:, None], self.mask, next_position, self.cache, self.running)
         tokens = sample(logits, self.running)
         self.next_ids = torch.tensor(tokens, device=self.device)
-        self._accept(self.running, tokens, offset=0)
+        self._accept(self.running, tokens, 0, entries(logits, tokens, [s.logprobs for s in self.running]))
 
-    def _accept(self, seqs: list[Sequence], tokens: list[int], offset: int) -> None:
-        """Record one new token per row, emit text, and drop the rows that are done."""
+    def _accept(self, seqs: list[Sequence], tokens: list[int], offset: int, scored: list[dict | None]) -> None:
+        """Record one new token per row (and its log-probs, where asked), emit text, drop the rows that are
+        done. An event carries the log-prob entries of the tokens since the last event (text may be held
+        back for a stop string); the end-of-turn token has no text and no entry."""
         done = set()
-        for i, (s, token) in enumerate(zip(seqs, tokens)):
+        for i, (s, token, entry) in enumerate(zip(seqs, tokens, scored)):
             finish = None
             if token in self.eos_ids:
                 finish, text = "stop", s.stream.flush()
             else:
                 s.tokens += 1
+                if entry:
+                    s.scored.append(entry)
                 text, stopped = s.stream.push(token)
                 if stopped:
                     finish = "stop"
@@ -191,7 +207,9 @@ class Batcher:
             if finish or s.cancelled:
                 done.add(offset + i)
             if text or finish:
-                s.emit({"index": s.index, "text": text, "finish_reason": finish, "completion_tokens": s.tokens})
+                s.emit({"index": s.index, "text": text, "finish_reason": finish, "completion_tokens": s.tokens,
+                        **({"logprobs": s.scored} if s.logprobs is not None else {})})
+                s.scored = []
         for i, s in enumerate(self.running):
             if s.cancelled:
                 done.add(i)

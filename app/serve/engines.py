@@ -1,7 +1,9 @@
 """Generation engines behind one interface, chosen by config (`engine: auto|hf|vllm`).
 
     engine.generate(prompt_ids, params, adapter) -> async iterator of events
-        {"index", "text", "finish_reason": None|"stop"|"length", "completion_tokens"} or {"index", "error"}
+        {"index", "text", "finish_reason": None|"stop"|"length", "completion_tokens"[, "logprobs"]}
+        or {"index", "error"}
+    engine.prompt_logprobs(prompt_ids, k, adapter) -> [{"id", "logprob", "top"}, ...]   (echo; the first's None)
     engine.load_adapter(name, path) / engine.unload_adapter(name)
     engine.tokenizer, engine.context
 
@@ -21,6 +23,7 @@ import torch
 
 from app.models import load_policy, load_tokenizer, resolve
 from app.serve.batching import Batcher, Sequence
+from app.serve.logprobs import first, prompt_entries
 from app.serve.textstream import TextStream
 
 
@@ -32,6 +35,7 @@ class GenParams:
     n: int = 1
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    logprobs: int | None = None   # top-k log-probs with each generated token (app/serve/logprobs.py)
 
 
 def pick(engine: str) -> str:
@@ -84,7 +88,8 @@ class HFEngine:
 
         seqs = [Sequence(prompt=prompt_ids, max_tokens=params.max_tokens, temperature=params.temperature,
                          top_p=params.top_p, seed=None if params.seed is None else params.seed + i,
-                         stream=TextStream(decode, params.stop), emit=emit, index=i, adapter=adapter)
+                         stream=TextStream(decode, params.stop), emit=emit, index=i, adapter=adapter,
+                         logprobs=params.logprobs)
                 for i in range(params.n)]
         for s in seqs:
             self.batcher.submit(s)
@@ -97,6 +102,10 @@ class HFEngine:
         finally:  # the client went away or the request timed out: free the batch rows
             for s in seqs:
                 s.cancelled = True
+
+    async def prompt_logprobs(self, prompt_ids: list[int], k: int, adapter: str | None = None) -> list:
+        logits = await asyncio.to_thread(self.batcher.prompt_logits, prompt_ids, adapter)
+        return prompt_entries(logits, prompt_ids, k)
 
 
 class VLLMEngine:
@@ -128,7 +137,7 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
         sampling = SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
                                   max_tokens=params.max_tokens, stop=params.stop or None, seed=params.seed,
-                                  output_kind=RequestOutputKind.DELTA)
+                                  logprobs=params.logprobs, output_kind=RequestOutputKind.DELTA)
         lora = LoRARequest(adapter, *self.adapters[adapter]) if adapter else None
         counts = [0] * params.n
         async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, sampling, uuid.uuid4().hex,
@@ -136,7 +145,28 @@ class VLLMEngine:
             for c in out.outputs:
                 counts[c.index] += len(c.token_ids)
                 yield {"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
-                       "completion_tokens": counts[c.index]}
+                       "completion_tokens": counts[c.index],
+                       **({"logprobs": _vllm_entries(c.token_ids, c.logprobs, params.logprobs)}
+                          if params.logprobs is not None else {})}
+
+    async def prompt_logprobs(self, prompt_ids: list[int], k: int, adapter: str | None = None) -> list:
+        """vLLM's prompt_logprobs: one 1-token request whose output carries the prompt's entries."""
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+        lora = LoRARequest(adapter, *self.adapters[adapter]) if adapter else None
+        out = None
+        async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, SamplingParams(
+                max_tokens=1, temperature=0.0, prompt_logprobs=k), uuid.uuid4().hex, lora_request=lora):
+            pass
+        return [first(prompt_ids)] + _vllm_entries(prompt_ids[1:], out.prompt_logprobs[1:], k)
+
+
+def _vllm_entries(token_ids, logprobs, k: int) -> list[dict]:
+    """vLLM's per-token {token id: Logprob(logprob, rank, ...)} -> our entries (the chosen token is always in
+    its dict, besides the top k)."""
+    return [{"id": t, "logprob": d[t].logprob,
+             "top": sorted(([i, p.logprob] for i, p in d.items() if p.rank is not None and p.rank <= k),
+                           key=lambda x: -x[1])[:k]} for t, d in zip(token_ids, logprobs)]
 
 
 def make_engine(kind: str, model: str, dtype: str, max_batch_size: int, trust_remote_code: bool,

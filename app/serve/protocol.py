@@ -2,7 +2,8 @@
 
 Requests are validated here; anything wrong becomes an APIError (a 4xx with the OpenAI error body
 {"error": {"message", "type", "param", "code"}}). Unknown request fields are ignored, as OpenAI's own
-clients send optional ones (user, logprobs, ...) that this server does not use.
+clients send optional ones (user, ...) that this server does not use. Log-probs (completions: `logprobs: k`,
+`echo`; chat: `logprobs`, `top_logprobs`) come in app/serve/logprobs.py's formats.
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+
+
+MAX_TOP = 20  # top log-probs per token, at most (vLLM's default max_logprobs)
 
 
 class APIError(Exception):
@@ -45,7 +49,7 @@ class Message(BaseModel):
 class Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)  # 0: only with echo (the prompt's log-probs, nothing generated)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -76,7 +80,16 @@ class Sampling(BaseModel):
             raise ValueError("best_of must be at least n")
         if self.best_of is not None and self.best_of > 1 and self.stream:
             raise ValueError("best_of cannot be used with stream")
+        if self.max_tokens == 0 and not getattr(self, "echo", False):
+            raise ValueError("max_tokens must be at least 1 (0 only with echo on /v1/completions)")
+        if self.top_k is not None and self.stream:
+            raise ValueError("logprobs are returned with whole responses: use stream false")
         return self
+
+    @property
+    def top_k(self) -> int | None:
+        """Top log-probs per token to return; None: no log-probs (each request kind reads its own fields)."""
+        return None
 
     @property
     def candidates(self) -> int:
@@ -84,7 +97,7 @@ class Sampling(BaseModel):
 
     @property
     def limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     @property
     def include_usage(self) -> bool:
@@ -93,18 +106,43 @@ class Sampling(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+    logprobs: StrictBool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _top_needs_logprobs(cls, data):
+        if isinstance(data, dict) and data.get("top_logprobs") is not None and data.get("logprobs") is not True:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return data
+
+    @property
+    def top_k(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids as OpenAI's API takes them
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP)
+    echo: StrictBool = False
 
     @field_validator("prompt")
     @classmethod
     def _prompts(cls, v):
-        prompts = [v] if isinstance(v, str) else v
-        if not prompts or len(prompts) > 8:
-            raise ValueError("prompt must be a string or a list of 1-8 strings")
+        prompts = [v] if isinstance(v, str) or (v and isinstance(v[0], int)) else v
+        if not prompts or len(prompts) > 8 or not all(prompts):
+            raise ValueError("prompt must be a string, a list of token ids, or a list of 1-8 of either")
         return prompts
+
+    @model_validator(mode="after")
+    def _echo(self):
+        if self.echo and self.candidates > 1:
+            raise ValueError("echo is for one choice: use n 1 (and no best_of)")
+        return self
+
+    @property
+    def top_k(self) -> int | None:
+        return self.logprobs
 
 
 def _text(value):
@@ -135,7 +173,9 @@ def parse(model: type[BaseModel], raw: bytes):
     except ValidationError as exc:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"]) or None
-        raise APIError(400, f"invalid value for {param}: {err['msg']}", param=param,
+        reason = err["msg"].removeprefix("Value error, ")
+        message = f"invalid value for {param}: {reason}" if param else reason
+        raise APIError(400, message, param=param,
                        code="missing_required_parameter" if err["type"] == "missing" else "invalid_value") from None
 
 
@@ -149,13 +189,14 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def response(kind: str, rid: str, model: str, choices: list[dict], usage_: dict) -> dict:
-    """A whole chat.completion / text_completion; choices carry index, text and finish_reason."""
+    """A whole chat.completion / text_completion; choices carry index, text, finish_reason and logprobs
+    (already in the kind's format, or absent)."""
     if kind == "chat":
         out = [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
-                "finish_reason": c["finish_reason"], "logprobs": None} for c in choices]
+                "finish_reason": c["finish_reason"], "logprobs": c.get("logprobs")} for c in choices]
     else:
-        out = [{"index": c["index"], "text": c["text"], "finish_reason": c["finish_reason"], "logprobs": None}
-               for c in choices]
+        out = [{"index": c["index"], "text": c["text"], "finish_reason": c["finish_reason"],
+                "logprobs": c.get("logprobs")} for c in choices]
     return {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
             "created": int(time.time()), "model": model, "choices": out, "usage": usage_}
 
