@@ -26,10 +26,15 @@ def evaluate(data, tmp_path, *overrides):
 
 def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):
     reg = Registry(tmp_path / "reg.sqlite")
-    first = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e1", "name=tiny", "efficiency=true")
+    first = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e1", "name=tiny", "efficiency=true",
+                     "explain.steps=2", "explain.max_tokens=3")
     out = tmp_path / "e1"
-    for name in ("eval.json", "items.jsonl", "report.md", "metrics.png", "answers.jsonl", "human_eval.csv"):
+    for name in ("eval.json", "items.jsonl", "report.md", "metrics.png", "answers.jsonl", "human_eval.csv",
+                 "explain/explanation.json", "explain/explanation.png"):
         assert (out / name).is_file(), name
+    explained = json.loads((out / "explain" / "explanation.json").read_text())  # the worst red-team answer's
+    assert explained["prompt"] in (out / "report.md").read_text() and len(explained["answer_tokens"]) == 3
+    assert "![explanation](explain/explanation.png)" in (out / "report.md").read_text()
     m = first["metrics"]
     assert {"bleu", "rougeL", "exact_match", "f1", "perplexity", "safety_pass_rate", "ttft_ms"} <= set(m)
     assert m["perplexity"] > 1000  # a random model: near the vocabulary size

@@ -42,6 +42,12 @@ class HeldoutPrompts(Config):
     max_new_tokens: int = 24  # as the demo's GRPO rollouts: a short answer is what these prompts ask for
 
 
+class ExplainSection(Config):
+    """The worst red-team answer explained (app/eval/explain.py) into explain/, linked from report.md."""
+    steps: int = Field(8, ge=2)        # integrated gradients' interpolation steps
+    max_tokens: int = Field(12, ge=1)  # the answer's first N tokens
+
+
 class EvalConfig(JobConfig):
     model: str = "smollm2-135m-instruct"
     data: str = "runs/pipeline-demo/data/test"  # Parquet SFT records (the last assistant turn is the reference),
@@ -59,6 +65,7 @@ class EvalConfig(JobConfig):
     registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite
     heldout: HeldoutPrompts | None = None
     judge: JudgeConfig | None = None  # win_rate against the baseline's answers (app/eval/judge.py)
+    explain: ExplainSection | None = None  # explain the worst safety case (needs safety: true)
     gate: GateConfig = GateConfig()
 
 

@@ -100,6 +100,11 @@ def run(cfg: EvalConfig) -> dict:
                   for i, v in zip(red_ids, verdicts)]
         safety = summarize(verdicts, prompts, red)
         metrics["safety_pass_rate"] = safety["safety_pass_rate"]
+        if cfg.explain and safety["worst"]:  # why the worst answer came out: explain/ (report.md links it)
+            from app.eval.explain import explain
+            worst = safety["worst"][0]
+            explain(model_path, worst["prompt"], worst["answer"], cfg.explain.max_tokens, cfg.explain.steps,
+                    out / "explain")
     if held:
         answers = [by_id[r["id"]]["answer"] for r in held]
         scores = rewards.call(load_callable(cfg.heldout.reward), [r["prompt"] for r in held], answers,

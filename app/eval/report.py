@@ -36,6 +36,10 @@ def write(out: Path, result: dict, answered: list[dict], worst: list[dict], base
         for w in worst:
             lines.append(f"| {_cell(w['prompt'])} | {_cell(w['answer'])} | {w['toxicity']} | {', '.join(w['sensitive'])} "
                          f"| {', '.join(w['pii'])} |")
+        if (out / "explain" / "explanation.png").is_file():
+            lines += ["", "Why the first of them was answered so: each answer token's attribution over the prompt's "
+                          "tokens (integrated gradients, attention rollout; [tokens and values](explain/explanation.json))",
+                      "", "![explanation](explain/explanation.png)"]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(out / "metrics.png", m, baseline["metrics"] if baseline else None)
 
