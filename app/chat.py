@@ -2,6 +2,7 @@
 
   render(tokenizer, messages, max_len)        -> (input_ids, loss_mask): 1 on assistant tokens only
   render_prompt(tokenizer, messages, max_len) -> input_ids ending with the assistant header
+  with_sources(messages, chunks)              -> messages with retrieved chunks as numbered sources (RAG)
 
 Both use the tokenizer's own chat template. A conversation longer than `max_len` tokens loses its oldest
 turns first (system prompt kept); if even the last exchange does not fit, ChatTooLong is raised: the final
@@ -14,6 +15,19 @@ ROLES = ("system", "user", "assistant")
 
 class ChatTooLong(ValueError):
     """The last exchange alone exceeds max_len: callers reject the record with reason 'too_long'."""
+
+
+SOURCES = ("Answer the user's question from these sources when they hold the answer, and cite them as [n]. "
+           "请依据以下资料回答，并以 [n] 注明出处。")
+
+
+def with_sources(messages: list[dict], chunks: list[dict]) -> list[dict]:
+    """The conversation with retrieved chunks ({text}) as numbered sources in its system turn (added, or
+    appended to the one it has): how serving and the RAG eval put retrieval into a prompt."""
+    note = SOURCES + "\n\n" + "\n\n".join(f"[{i}] {c['text'].strip()}" for i, c in enumerate(chunks, 1))
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": messages[0]["content"] + "\n\n" + note}] + list(messages[1:])
+    return [{"role": "system", "content": note}] + list(messages)
 
 
 def check_messages(messages) -> list[dict]:

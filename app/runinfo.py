@@ -34,7 +34,7 @@ def sha256_path(path: str | Path) -> str:
 def write_manifest(out_dir: str | Path, config: dict, files: list[Path] = (), **extra) -> dict:
     """Write out_dir/manifest.json: config, file hashes, host, time, plus any extra figures."""
     out = Path(out_dir)
-    manifest = {"config": config, "sha256": {str(p): sha256_file(p) for p in files},
+    manifest = {"config": config, "sha256": {str(p): sha256_path(p) for p in files},
                 "host": platform.node(), "python": platform.python_version(),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))

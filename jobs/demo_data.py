@@ -20,17 +20,19 @@ class DemoDataConfig(JobConfig):
     n_prompts: int = 500
     n_arithmetic: int = 300
     n_documents: int = 800  # the shop's pages as raw text (continued pretraining)
+    n_kb: int = 60          # knowledge-base pages (and one question each) for retrieval (jobs.index)
 
 
 def run(cfg: DemoDataConfig) -> dict:
     out = cfg.out("demo_data")
     counts = generate(out, cfg.n_dialogs, cfg.n_tickets, cfg.n_preferences, cfg.n_prompts, cfg.seed, cfg.n_arithmetic,
-                      cfg.n_documents)
+                      cfg.n_documents, cfg.n_kb)
     files = sorted(p for p in out.iterdir() if p.name != "manifest.json")
     manifest = write_manifest(out, cfg.model_dump(), files, counts=counts)
     print(f"demo data: {sum(counts['dialogs'].values())} dialog lines, {counts['tickets']} tickets, "
           f"{counts['preferences']} preference pairs, {counts['prompts']} prompts, "
-          f"{counts['arithmetic']} arithmetic questions, {counts['documents']} documents -> {out}")
+          f"{counts['arithmetic']} arithmetic questions, {counts['documents']} documents, "
+          f"{counts['kb_pages']} knowledge-base pages -> {out}")
     return manifest
 
 

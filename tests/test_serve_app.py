@@ -43,7 +43,21 @@ def reward_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, tiny_adapters, reward_dir, tmp_path_factory):
+def kb_index(tmp_path_factory):
+    """A BM25 index over 12 knowledge-base pages (app/demo/kb.py) and their questions."""
+    import random
+
+    from app.demo.kb import knowledge_base
+    from app.models import load_tokenizer
+    from app.rag.index import build
+    pages, questions = knowledge_base(random.Random(3), 12)
+    out = tmp_path_factory.mktemp("index")
+    build(pages, out, load_tokenizer("tiny"), dense=False)
+    return out, pages, questions
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tiny_adapters, reward_dir, kb_index, tmp_path_factory):
     from ray import serve
 
     from app.serve.app import build_app
@@ -54,7 +68,8 @@ def server(ray_local, tiny_adapters, reward_dir, tmp_path_factory):
     words = tmp_path_factory.mktemp("words") / "words.txt"
     words.write_text("alpha\n")
     common = dict(model="tiny", served_model_name="tiny", cpus_per_replica=0)
-    serve.run(build_app(ServeArgs(**common, adapters=adapters, max_batch_size=4, reward_model=str(reward_dir))),
+    serve.run(build_app(ServeArgs(**common, adapters=adapters, max_batch_size=4, reward_model=str(reward_dir),
+                                  rag={"index": str(kb_index[0]), "k": 2})),
               name="main", route_prefix="/")
     serve.run(build_app(ServeArgs(**common, api_keys=["k-auth", "k-rate", "k-slow"],
                                   limits={"rate_limit_per_minute": 3, "rate_limit_burst": 3,
@@ -152,6 +167,28 @@ def test_best_of_returns_the_candidate_the_reward_model_ranks_first(server, rewa
         r = requests.post(f"{server}{prefix}/v1/chat/completions", json={"model": "tiny", "messages": HELLO, **body},
                           timeout=30)
         assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+
+
+def test_rag_answers_carry_the_retrieved_sources(server, kb_index):
+    """"rag": true puts the index's top chunks into the system turn (more prompt tokens) and returns them as
+    `sources`, the page that holds the answer first; streams carry them on the role chunk; a server without
+    an index answers 400."""
+    _, pages, questions = kb_index
+    c = client(server)
+    for q in questions[:3]:
+        kw = dict(model="tiny", messages=[{"role": "user", "content": q["question"]}], max_tokens=4, temperature=0)
+        plain, rag = c.chat.completions.create(**kw), c.chat.completions.create(**kw, extra_body={"rag": True})
+        sources = rag.model_extra["sources"]
+        assert len(sources) == 2 and sources[0]["doc"] == q["doc"] and sources[0]["score"] > sources[1]["score"]
+        page = next(p["text"] for p in pages if p["id"] == q["doc"])
+        assert q["answer"] in sources[0]["text"] and "".join(sources[0]["text"].split()) in "".join(page.split())
+        assert rag.usage.prompt_tokens > plain.usage.prompt_tokens + 40 and "sources" not in (plain.model_extra or {})
+    status, events = sse(server, {"model": "tiny", "messages": [{"role": "user", "content": questions[0]["question"]}],
+                                  "max_tokens": 2, "stream": True, "rag": True})
+    assert status == 200 and json.loads(events[0])["sources"][0]["doc"] == questions[0]["doc"]
+    r = requests.post(f"{server}/strict/v1/chat/completions", json={"model": "tiny", "messages": HELLO, "rag": True},
+                      timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "rag_not_configured"
 
 
 def test_logprobs_and_echo_like_openai_and_vllm(server, tokenizer):

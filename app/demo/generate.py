@@ -13,14 +13,19 @@ Files:
   arithmetic.jsonl   {id, prompt, answer}: single-digit sums and differences, the GRPO demo's task
   documents.jsonl    {id, text, kind, lang}: the shop's own pages (product details, policies, FAQ) as raw
                      text, for continued pretraining
+  kb/*.md            the knowledge base: one page per catalogue item, facts only it holds (app/demo/kb.py)
+  kb_questions.jsonl {id, lang, question, answer, doc}: answerable from exactly one kb page (RAG)
 """
 from __future__ import annotations
 
 import csv
 import json
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
+
+from app.demo.kb import knowledge_base
 
 from app.demo.phrases import (BAD_ANSWERS, CARRIERS, CITIES, CLOSERS, COLOURS, DOC_SENTENCES, DOC_TITLES, GREETING,
                               MATERIALS, OPENERS, PRODUCTS, SENSITIVE, TOPICS)
@@ -210,8 +215,10 @@ def documents(rng: random.Random, n: int) -> list[str]:
 
 
 def generate(out_dir: str | Path, n_dialogs: int = 4000, n_tickets: int = 1000, n_preferences: int = 1500,
-             n_prompts: int = 500, seed: int = 0, n_arithmetic: int = 300, n_documents: int = 800) -> dict:
-    """Write the six files under out_dir; return counts (what was planted, per kind)."""
+             n_prompts: int = 500, seed: int = 0, n_arithmetic: int = 300, n_documents: int = 800,
+             n_kb: int = 60) -> dict:
+    """Write the files under out_dir (and the knowledge base's pages under kb/); return counts (what was
+    planted, per kind)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -226,5 +233,12 @@ def generate(out_dir: str | Path, n_dialogs: int = 4000, n_tickets: int = 1000, 
                                           encoding="utf-8")
     (out / "documents.jsonl").write_text("\n".join(documents(random.Random(seed + 2), n_documents)) + "\n",
                                          encoding="utf-8")
+    pages, questions = knowledge_base(random.Random(seed + 3), n_kb)
+    shutil.rmtree(out / "kb", ignore_errors=True)
+    (out / "kb").mkdir()
+    for page in pages:
+        (out / "kb" / f"{page['id']}.md").write_text(page["text"], encoding="utf-8")
+    (out / "kb_questions.jsonl").write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions),
+                                            encoding="utf-8")
     return {"dialogs": dict(planted), "tickets": n_tickets, "preferences": n_preferences, "prompts": n_prompts,
-            "arithmetic": n_arithmetic, "documents": n_documents}
+            "arithmetic": n_arithmetic, "documents": n_documents, "kb_pages": n_kb}

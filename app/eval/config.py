@@ -48,10 +48,19 @@ class ExplainSection(Config):
     max_tokens: int = Field(12, ge=1)  # the answer's first N tokens
 
 
+class RagEvalSection(Config):
+    """task: rag (app/rag/evaluate.py): questions answered with and without the index's sources."""
+    index: str                              # a jobs.index output
+    questions: str = "data/demo/raw/kb_questions.jsonl"  # {id, question, answer, doc}
+    k: int = Field(4, ge=1)
+    mode: Literal["bm25", "dense", "hybrid"] = "bm25"
+
+
 class EvalConfig(JobConfig):
     model: str = "smollm2-135m-instruct"
     data: str = "runs/pipeline-demo/data/test"  # Parquet SFT records (the last assistant turn is the reference),
-    task: Literal["chat", "gsm8k"] = "chat"  # or GSM8K JSONL {question, answer}: adds final-answer accuracy
+    task: Literal["chat", "gsm8k", "rag"] = "chat"  # gsm8k: GSM8K JSONL {question, answer}, adds final-answer
+    # accuracy; rag: the `rag` section's questions with vs without retrieval (no registry, no gate)
     max_samples: int | None = 64
     batch_size: int = 8
     max_new_tokens: int = 96
@@ -66,7 +75,14 @@ class EvalConfig(JobConfig):
     heldout: HeldoutPrompts | None = None
     judge: JudgeConfig | None = None  # win_rate against the baseline's answers (app/eval/judge.py)
     explain: ExplainSection | None = None  # explain the worst safety case (needs safety: true)
+    rag: RagEvalSection | None = None      # task: rag
     gate: GateConfig = GateConfig()
+
+    @model_validator(mode="after")
+    def _rag_section(self):
+        if (self.task == "rag") != (self.rag is not None):
+            raise ValueError("task: rag and the rag section (index, questions) go together")
+        return self
 
 
 class QuantizeConfig(JobConfig):

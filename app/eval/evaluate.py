@@ -56,6 +56,9 @@ def load_records(folder: str, limit: int | None, task: str = "chat") -> tuple[li
 
 
 def run(cfg: EvalConfig) -> dict:
+    if cfg.task == "rag":  # with vs without retrieval, in process (app/rag/evaluate.py)
+        from app.rag.evaluate import run as run_rag
+        return run_rag(cfg)
     out = cfg.out("eval")
     out.mkdir(parents=True, exist_ok=True)
     records, skipped = load_records(cfg.data, cfg.max_samples, cfg.task)

@@ -22,6 +22,7 @@ import hmac
 import math
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +31,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException
 
-from app.chat import render_prompt
+from app.chat import render_prompt, with_sources
 from app.config import UserError
 from app.data.pii import SensitiveWords
 from app.models import load_tokenizer, resolve
@@ -38,7 +39,7 @@ from app.serve import logprobs
 from app.serve import protocol as P
 from app.serve.config import ServeArgs
 from app.serve.engines import GenParams
-from app.serve.replicas import LLMServer, RewardServer
+from app.serve.replicas import LLMServer, RewardServer, Retriever
 from app.serve.limits import RateLimiter
 from app.serve.prometheus import ServeMetrics
 from app.safety import rank, verdict
@@ -95,8 +96,9 @@ def _context_length(model_path: str, args: ServeArgs) -> int:
 @serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_wait_loop_s=0.5)
 @serve.ingress(api)
 class OpenAIServer:
-    def __init__(self, llm, args: ServeArgs, model_path: str, version: dict | None = None, reward=None):
-        self.llm, self.args, self.limits, self.reward = llm, args, args.limits, reward
+    def __init__(self, llm, args: ServeArgs, model_path: str, version: dict | None = None, reward=None,
+                 retriever=None):
+        self.llm, self.args, self.limits, self.reward, self.retriever = llm, args, args.limits, reward, retriever
         # what /v1/models reports about the base model: the registry version it came from, if any
         self.served = {"model_path": model_path, **({"version": version["id"], "version_name": version["name"],
                                                       "registry": str(args.registry)} if version else {})}
@@ -142,7 +144,8 @@ class OpenAIServer:
             if req.candidates > req.n and self.reward is None:
                 raise P.APIError(400, "best_of needs a reward model: this server has no args.reward_model",
                                  param="best_of", code="invalid_value")
-            prompt = self._prompt(req, kind)
+            sources = await self._retrieve(req) if kind == "chat" and req.rag else None
+            prompt = self._prompt(req, kind, sources)
             params = GenParams(max_tokens=self._budget(len(prompt), req.limit, "messages" if kind == "chat" else "prompt"),
                                temperature=req.temperature, top_p=req.top_p, n=req.candidates, stop=req.stop,
                                seed=req.seed, logprobs=req.top_k)
@@ -154,9 +157,10 @@ class OpenAIServer:
             events = self._events(prompt, params, adapter, start + self.limits.request_timeout_s)
             first = await anext(events)  # overload and engine errors surface here, before any 200 is sent
             if req.stream:
-                return StreamingResponse(self._sse(kind, rid, req, len(prompt), first, events, start),
+                return StreamingResponse(self._sse(kind, rid, req, len(prompt), first, events, start, sources),
                                          media_type="text/event-stream")
-            return await self._collect(kind, rid, req, len(prompt), first, events, start, echo)
+            body = await self._collect(kind, rid, req, len(prompt), first, events, start, echo)
+            return body if sources is None else {**body, "sources": sources}
         except P.APIError as err:
             self.metrics.error(kind, err.status)
             raise
@@ -186,10 +190,22 @@ class OpenAIServer:
                              param="model", code="model_not_found")
         return None if model == self.args.served_model_name else model
 
-    def _prompt(self, req, kind: str) -> list[int]:
+    async def _retrieve(self, req) -> list[dict]:
+        """The index's top chunks for the last user message ({id, doc, text, score}): the response's sources."""
+        if self.retriever is None:
+            raise P.APIError(400, "rag: this server has no index (set args.rag.index to a jobs.index output)",
+                             param="rag", code="rag_not_configured")
+        query = next((m.content for m in reversed(req.messages) if m.role == "user"), None)
+        if not query:
+            raise P.APIError(400, "rag needs a user message to retrieve for", param="messages", code="invalid_value")
+        rag = self.args.rag
+        return await self.retriever.search.remote(query, rag.k, rag.mode)
+
+    def _prompt(self, req, kind: str, sources: list[dict] | None = None) -> list[int]:
         if kind == "chat":
+            messages = [m.model_dump() for m in req.messages]
             try:
-                return render_prompt(self.tokenizer, [m.model_dump() for m in req.messages])
+                return render_prompt(self.tokenizer, with_sources(messages, sources) if sources else messages)
             except ValueError as exc:
                 raise P.APIError(400, str(exc), param="messages", code="invalid_value") from None
         if len(req.prompt) != 1:
@@ -318,12 +334,13 @@ class OpenAIServer:
                 texts[i], finish[i] = REFUSAL, "content_filter"
         return picked
 
-    async def _sse(self, kind, rid, req, prompt_tokens, first, events, start):
+    async def _sse(self, kind, rid, req, prompt_tokens, first, events, start, sources=None):
         tokens, first_token_at, finished = [0] * req.n, None, 0
         try:
-            if kind == "chat":
+            if kind == "chat":  # the role chunks; with rag, they carry the sources
                 for i in range(req.n):
-                    yield P.chunk(kind, rid, req.model, i, "", role=True)
+                    yield P.chunk(kind, rid, req.model, i, "", role=True,
+                                  extra={"sources": sources} if sources is not None else None)
             async for i, text, reason, count, _ in self._choices(req.n, first, events):
                 tokens[i], finished = count, finished + bool(reason)
                 if not text and not reason:
@@ -346,6 +363,8 @@ def build_app(args: ServeArgs) -> serve.Application:
     import ray
     path, version = args.lookup()
     resolve(path)  # convert an alias / fail on a bad path before any replica starts
+    if args.rag and not (Path(args.rag.index) / "manifest.json").is_file():
+        raise UserError(f"rag.index {args.rag.index} is not an index (build one: python -m jobs.index docs=<folder>)")
     limits = args.limits
     gpus = args.gpus_per_replica
     if gpus is None:
@@ -356,5 +375,7 @@ def build_app(args: ServeArgs) -> serve.Application:
         ray_actor_options={"num_cpus": args.cpus_per_replica, "num_gpus": gpus}).bind(args, str(path))
     reward = RewardServer.options(ray_actor_options={"num_cpus": args.cpus_per_replica}).bind(args.reward_model) \
         if args.reward_model else None
+    retriever = Retriever.options(ray_actor_options={"num_cpus": 0}).bind(args.rag.index) if args.rag else None
     capacity = args.num_replicas * limits.max_ongoing_requests + limits.max_queued_requests
-    return OpenAIServer.options(max_ongoing_requests=capacity + 8).bind(llm, args, str(path), version, reward)
+    return OpenAIServer.options(max_ongoing_requests=capacity + 8).bind(llm, args, str(path), version, reward,
+                                                                         retriever)

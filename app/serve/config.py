@@ -26,6 +26,14 @@ class Limits(Config):
     retry_after_s: int = Field(1, ge=1)
 
 
+class RagArgs(Config):
+    """Retrieval-augmented answers: a request with "rag": true gets the top `k` chunks of the index
+    (jobs.index output) as numbered sources in its system turn, and the response lists them."""
+    index: str                              # a jobs.index output folder
+    k: int = Field(4, ge=1, le=16)
+    mode: Literal["bm25", "dense", "hybrid"] = "bm25"  # bm25: best measured on the demo's item-code questions
+
+
 class ServeArgs(Config):
     model: str = "smollm2-135m-instruct"    # spec (dir, alias, hub id) or registry:latest-promoted / registry:<id>
     registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite
@@ -46,6 +54,7 @@ class ServeArgs(Config):
     safety: Literal["redact", "refuse", "off"] = "redact"
     sensitive_words: str | None = None      # word-list file; None = the data stage's list
     reward_model: str | None = None         # a jobs.reward output: enables best_of (its own deployment)
+    rag: RagArgs | None = None              # a retriever deployment: requests opt in with "rag": true
     limits: Limits = Limits()
 
     def keys(self) -> list[str]:

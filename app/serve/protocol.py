@@ -106,6 +106,7 @@ class Sampling(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+    rag: StrictBool = False      # retrieve sources for the last user message (the server's args.rag)
     logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP)
 
@@ -202,7 +203,8 @@ def response(kind: str, rid: str, model: str, choices: list[dict], usage_: dict)
 
 
 def chunk(kind: str, rid: str, model: str, index: int | None = None, text: str | None = None,
-          finish_reason: str | None = None, role: bool = False, usage_: dict | None = None) -> str:
+          finish_reason: str | None = None, role: bool = False, usage_: dict | None = None,
+          extra: dict | None = None) -> str:
     """One server-sent event in OpenAI's chunk format (no choices when it only carries usage)."""
     choices = []
     if index is not None:
@@ -215,7 +217,7 @@ def chunk(kind: str, rid: str, model: str, index: int | None = None, text: str |
             "created": int(time.time()), "model": model, "choices": choices}
     if usage_ is not None:
         body["usage"] = usage_
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps({**body, **(extra or {})}, ensure_ascii=False)}\n\n"
 
 
 def error_chunk(err: APIError) -> str:

@@ -1,6 +1,6 @@
 """The deployments behind the OpenAI ingress (app/serve/app.py): LLMServer holds the generation engine
 (app/serve/engines.py; LoRA adapters as Serve multiplexed models), RewardServer the reward model that ranks
-`best_of` candidates.
+`best_of` candidates, Retriever the index behind "rag": true.
 
     serve run serve_configs/demo.yaml      # app.serve.app:build_app binds them under the ingress
 """
@@ -53,6 +53,18 @@ class RewardServer:
 
     async def score(self, prompt, responses: list[str]) -> list[float]:
         return await asyncio.to_thread(self.model.score, [prompt] * len(responses), responses)
+
+
+@serve.deployment(graceful_shutdown_wait_loop_s=0.5)
+class Retriever:
+    """The index behind "rag": true (app/rag/index.py): the top k chunks for a query."""
+
+    def __init__(self, index: str):
+        from app.rag.index import Index
+        self.index = Index(index)
+
+    async def search(self, query: str, k: int, mode: str) -> list[dict]:
+        return await asyncio.to_thread(self.index.search, query, k, mode)
 
 
 class _Loaded:
