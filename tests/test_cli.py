@@ -74,4 +74,5 @@ def test_demo_data_job_writes_manifest(tmp_path):
     assert str(tmp_path) in result.stdout
     import json
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["config"]["n_dialogs"] == 50 and len(manifest["sha256"]) == 6  # incl. arithmetic.jsonl, documents.jsonl
+    assert manifest["config"]["n_dialogs"] == 50 and len(manifest["sha256"]) == 8  # incl. documents.jsonl, kb/
+    assert str(tmp_path / "kb") in manifest["sha256"] and manifest["counts"]["kb_pages"] == 60
