@@ -29,6 +29,7 @@ from filelock import FileLock
 import transformers  # lazy: model classes load on first use (a tokenizer-only process skips ~3 s)
 
 from app import CACHE_DIR, int8
+from app.onnx_export import OnnxCausalLM, is_onnx_export
 from app.config import UserError
 from app.precision import bf16_body, fast_bf16
 from app.registry import Registry
@@ -195,12 +196,14 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 def load_policy(spec: str, dtype: str = "float32", trust_remote_code: bool = False):
     """(causal LM in eval mode, tokenizer) for a spec; weights from safetensors only. dtype "auto": the
     body in bf16 where this machine multiplies bf16 fast (app/precision.py), else float32; an INT8 model
-    keeps its int8 layers either way."""
+    keeps its int8 layers either way, and an ONNX export (app/onnx_export.py) its float32 graph."""
     if dtype not in (*DTYPES, "auto"):
         raise ModelError(f"unknown dtype {dtype!r} (allowed: {', '.join(DTYPES)}, auto)")
     path = resolve(spec)
     if (path / int8.MARKER).exists():  # written by jobs.quantize
         return int8.load_int8(path, DTYPES.get(dtype, torch.float32)), load_tokenizer(str(path), trust_remote_code)
+    if is_onnx_export(path):  # written by jobs.export: runs on ONNX Runtime with as many threads as torch has
+        return OnnxCausalLM(path, torch.get_num_threads()), load_tokenizer(str(path), trust_remote_code)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES.get(dtype, torch.float32),
                                                               use_safetensors=True, trust_remote_code=trust_remote_code)
     if dtype == "auto" and fast_bf16():

@@ -67,6 +67,12 @@ def pick(logits: torch.Tensor, temperature: list[float], top_p: list[float],
     return tokens, torch.stack(logprobs)
 
 
+def device_of(model) -> torch.device:
+    """Where a model runs: its `device` (transformers, peft, app.onnx_export.OnnxCausalLM), else its weights'."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
+
+
 def sample(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int] | set[int], n: int = 1,
            temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, pad_id: int = 0) -> dict:
     """`n` responses per prompt (rows in prompt order, a prompt's n together). Returns a dict of tensors:
@@ -81,7 +87,7 @@ def sample(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[i
 def _decode(model, prompts: list[list[int]], max_new_tokens: int, eos: set[int], n: int, temperature: float,
             top_p: float, seed: int, pad_id: int) -> tuple[list[list[int]], list[list[float]]]:
     """(response ids, their log-probs) per row: the decode loop."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     width, rows = max(map(len, prompts)), len(prompts) * n
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)

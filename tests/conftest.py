@@ -8,7 +8,7 @@ import pytest
 import torch
 
 
-SLOW_FIXTURES = {"ray_local", "cluster", "tiny_adapters"}
+SLOW_FIXTURES = {"ray_local", "cluster", "tiny_adapters", "tiny_onnx"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -43,6 +43,24 @@ def tiny():
 @pytest.fixture(scope="session")
 def tokenizer(tiny):
     return tiny[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory):
+    """(folder, comparison) of jobs.export on the tiny model: its ONNX graph in folder/model. ~15 s."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from app.eval.config import ExportConfig
+    from app.onnx_export import run
+    root = tmp_path_factory.mktemp("onnx")
+    (root / "test").mkdir()
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"order LH{i:08d} 请问在哪里？" * (i + 1)},
+                                         {"role": "assistant", "content": "It ships tomorrow."}]} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), root / "test" / "part-0.parquet")
+    result = run(ExportConfig(model="tiny", data=str(root / "test"), max_new_tokens=12, decode_tokens=4,
+                              output_dir=str(root / "out")))
+    return root / "out", result
 
 
 ADAPTER_TEXTS = {

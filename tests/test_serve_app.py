@@ -57,7 +57,7 @@ def kb_index(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, tiny_adapters, reward_dir, kb_index, tmp_path_factory):
+def server(ray_local, tiny_adapters, reward_dir, kb_index, tiny_onnx, tmp_path_factory):
     from ray import serve
 
     from app.serve.app import build_app
@@ -79,6 +79,8 @@ def server(ray_local, tiny_adapters, reward_dir, kb_index, tmp_path_factory):
                                   max_batch_size=1, limits={"max_ongoing_requests": 1, "max_queued_requests": 1,
                                                             "max_prompt_tokens": 256})),
               name="strict", route_prefix="/strict")
+    serve.run(build_app(ServeArgs(model=str(tiny_onnx[0] / "model"), served_model_name="tiny", cpus_per_replica=0)),
+              name="onnx", route_prefix="/onnx")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -248,6 +250,28 @@ doc_to_target: "{{choices[answer]}}"
 generation_kwargs: {until: ["\\n\\n"], max_gen_toks: 8, do_sample: false, temperature: 0}
 metric_list: [{metric: exact_match}]
 """}
+
+
+def test_onnx_export_serves_the_same_answers_and_logprobs(server, tokenizer):
+    """The tiny model's ONNX export (jobs.export) behind its own application: the same greedy answers,
+    concurrent (batched) and streamed, and the same echo log-probs as the PyTorch model it came from."""
+    from concurrent.futures import ThreadPoolExecutor
+    questions = ["hello", "你好，我的订单在哪里？", "Where is order LH00000042?"]
+
+    def answers(prefix):
+        def one(q):
+            return client(server, prefix).chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": q}], max_tokens=8, temperature=0)
+        with ThreadPoolExecutor(3) as pool:
+            return [r.choices[0].message.content for r in pool.map(one, questions)]
+    assert answers("/onnx") == answers("")
+    stream = client(server, "/onnx").chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0, stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream) == answers("")[0]
+    echo = [client(server, p).completions.create(model="tiny", prompt="Where is my parcel?", max_tokens=0, echo=True,
+                                                 logprobs=2).choices[0].logprobs for p in ("", "/onnx")]
+    assert echo[1].tokens == echo[0].tokens
+    assert echo[1].token_logprobs[1:] == pytest.approx(echo[0].token_logprobs[1:], abs=1e-4)
 
 
 def test_lm_eval_harness_scores_through_the_endpoint_as_in_process(server, tiny_adapters, tmp_path):

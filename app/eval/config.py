@@ -1,10 +1,11 @@
 """The release side's configs: the eval job's (the model, the test data and task, the red-team and held-out
-prompt sets, the judge, the release gate: app/eval/gate.py's GateConfig) and the quantize job's (the INT8
-copy the gate then checks for non-inferiority). Light on purpose (no torch): a job checks its config before
+prompt sets, the judge, the release gate: app/eval/gate.py's GateConfig), the quantize job's (the INT8
+copy the gate then checks for non-inferiority) and the export job's (ONNX). Light on purpose (no torch): a job checks its config before
 any model code loads.
 
     python -m jobs.eval jobs/configs/eval_demo.yaml [key=value ...]
     python -m jobs.quantize model=runs/pipeline-demo/sft/final
+    python -m jobs.export format=onnx model=runs/pipeline-demo/sft/final
 """
 from __future__ import annotations
 
@@ -97,3 +98,18 @@ class QuantizeConfig(JobConfig):
     # greedy ties and the end-of-answer token (measured on the demo's GRPO model: 7 of 64 held-out answers
     # changed, 5 ran past their end); tied to the embedding, it costs no extra bytes.
     skip: list[str] = ["lm_head"]
+
+
+class ExportConfig(JobConfig):
+    """jobs.export: the ONNX graph (app/onnx_export.py), then greedy equality with PyTorch on the eval
+    prompts and decode speed and size against PyTorch fp32 and our INT8 model."""
+    model: str = "smollm2-135m-instruct"
+    format: Literal["onnx"] = "onnx"
+    name: str = "onnx"
+    data: str = "runs/pipeline-demo/data/test"   # eval prompts for the greedy check (the data stage's test split)
+    prompts: int = Field(16, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
+    decode_tokens: int = Field(64, ge=1)        # tokens per speed run (no stop at the end token)
+    threads: int | None = None                  # torch and ONNX Runtime threads (None: their defaults)
+    fusions: Literal["none", "cpu"] = "none"    # cpu: fuse into ONNX Runtime's CPU ops (runs only on ORT)
+    int8_skip: list[str] = ["lm_head"]          # as jobs.quantize's skip: the INT8 model it is compared with

@@ -1,5 +1,5 @@
-"""The RL jobs' configs: what PPO, GRPO and on-policy distillation share (RLConfig: policy, prompts, rewards, roles, sampling, learners
-with SFT's optim.* and scaling.* names) and each algorithm's part. Light on purpose (pydantic, no torch): a
+"""The RL jobs' configs: what PPO, GRPO and on-policy distillation share (RLConfig: policy, prompts,
+rewards, roles, sampling, learners with SFT's optim.* and scaling.* names) and each algorithm's part. Light on purpose (pydantic, no torch): a
 job checks its config before any model code loads.
 
     python -m jobs.ppo jobs/configs/ppo_demo.yaml [key=value ...]

@@ -4,13 +4,15 @@
     curl -N localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \
          -d '{"model": "raypost", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}'
 
-Two deployments. `OpenAIServer` (the FastAPI ingress, no CPU reserved) checks API keys, rate limits,
-body size and request fields, renders the chat with the model's own template, checks the prompt and
-max_tokens against the context, streams server-sent events and runs the output safety filter.
-`LLMServer` (app/serve/replicas.py) holds the engine (HF continuous batching on CPU, vLLM on GPU); LoRA
-adapters are Serve multiplexed models selected by the request's `model`. Log-probs (`logprobs`, `echo`,
-`top_logprobs`) as OpenAI and vLLM return them: app/serve/logprobs.py. Its `max_queued_requests` bounds the queue: a full
-queue answers 503 with Retry-After, a spent rate limit 429. Every error has OpenAI's error body.
+Deployments (app/serve/replicas.py): `OpenAIServer`, the FastAPI ingress here (no CPU reserved), checks
+API keys, rate limits, body size and request fields, renders the chat with the model's own template,
+checks the prompt and max_tokens against the context, streams server-sent events and runs the output
+safety filter. `LLMServer` holds the engine (HF continuous batching on CPU, over a transformers model, our
+INT8 one or an ONNX export; vLLM on GPU); LoRA adapters are Serve multiplexed models selected by the
+request's `model`. `RewardServer` ranks `best_of` candidates; `Retriever` serves "rag": true. Log-probs
+(`logprobs`, `echo`, `top_logprobs`) as OpenAI and vLLM return them: app/serve/logprobs.py. The engine's
+`max_queued_requests` bounds the queue: a full queue answers 503 with Retry-After, a spent rate limit 429.
+Every error has OpenAI's error body.
 
 No `from __future__ import annotations` here: Serve ships the ingress class by value, and FastAPI must
 see real annotation objects (Request) on its routes.
@@ -35,6 +37,7 @@ from app.chat import render_prompt, with_sources
 from app.config import UserError
 from app.data.pii import SensitiveWords
 from app.models import load_tokenizer, resolve
+from app.onnx_export import is_onnx_export
 from app.serve import logprobs
 from app.serve import protocol as P
 from app.serve.config import ServeArgs
@@ -362,8 +365,10 @@ def build_app(args: ServeArgs) -> serve.Application:
     """The typed application builder named by serve_configs/*.yaml (import_path: app.serve.app:build_app)."""
     import ray
     path, version = args.lookup()
-    resolve(path)  # convert an alias / fail on a bad path before any replica starts
-    if args.rag and not (Path(args.rag.index) / "manifest.json").is_file():
+    if is_onnx_export(resolve(path)) and (args.adapters or args.engine == "vllm"):  # resolve: fail on a bad path
+        raise UserError(f"model {path} is an ONNX export: it serves on the hf engine, without LoRA adapters")
+    index = Path(args.rag.index).resolve() if args.rag else None  # replicas may run in another folder
+    if index and not (index / "manifest.json").is_file():
         raise UserError(f"rag.index {args.rag.index} is not an index (build one: python -m jobs.index docs=<folder>)")
     limits = args.limits
     gpus = args.gpus_per_replica
@@ -375,7 +380,7 @@ def build_app(args: ServeArgs) -> serve.Application:
         ray_actor_options={"num_cpus": args.cpus_per_replica, "num_gpus": gpus}).bind(args, str(path))
     reward = RewardServer.options(ray_actor_options={"num_cpus": args.cpus_per_replica}).bind(args.reward_model) \
         if args.reward_model else None
-    retriever = Retriever.options(ray_actor_options={"num_cpus": 0}).bind(args.rag.index) if args.rag else None
+    retriever = Retriever.options(ray_actor_options={"num_cpus": 0}).bind(str(index)) if index else None
     capacity = args.num_replicas * limits.max_ongoing_requests + limits.max_queued_requests
     return OpenAIServer.options(max_ongoing_requests=capacity + 8).bind(llm, args, str(path), version, reward,
                                                                          retriever)

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-from app.sampler import GREEDY_BELOW, pick, positions
+from app.sampler import GREEDY_BELOW, device_of, pick, positions
 from app.serve.logprobs import entries
 from app.serve.textstream import TextStream
 
@@ -67,7 +67,7 @@ class Batcher:
     def __init__(self, model, eos_ids: set[int], max_batch_size: int = 8, prefill_tokens: int = 256):
         self.model, self.eos_ids, self.max_batch_size = model, eos_ids, max_batch_size
         self.prefill_tokens = prefill_tokens       # prompt tokens one iteration may prefill (the chunk size)
-        self.device = next(model.parameters()).device
+        self.device = device_of(model)
         self.inbox: queue.Queue[Sequence] = queue.Queue()
         self.waiting: deque[Sequence] = deque()    # admitted, prompt not (fully) prefilled yet
         self.running: list[Sequence] = []

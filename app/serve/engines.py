@@ -7,8 +7,9 @@
     engine.load_adapter(name, path) / engine.unload_adapter(name)
     engine.tokenizer, engine.context
 
-HFEngine: transformers + the continuous batcher (CPU, or a GPU without vLLM); LoRA adapters are loaded
-into one peft model and mixed within a batch. VLLMEngine: vLLM's AsyncLLM (GPU), LoRA via LoRARequest.
+HFEngine: the continuous batcher (CPU, or a GPU without vLLM) over what app.models.load_policy loads (a
+transformers model, our INT8 one, an ONNX export on ONNX Runtime); LoRA adapters are loaded into one peft
+model and mixed within a batch. VLLMEngine: vLLM's AsyncLLM (GPU), LoRA via LoRARequest.
 No ray import: the Serve deployment in app.serve.app wraps these.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import AsyncIterator
 import torch
 
 from app.models import load_policy, load_tokenizer, resolve
+from app.onnx_export import is_onnx_export
 from app.serve.batching import Batcher, Sequence
 from app.serve.logprobs import first, prompt_entries
 from app.serve.textstream import TextStream
@@ -171,7 +173,7 @@ def _vllm_entries(token_ids, logprobs, k: int) -> list[dict]:
 
 def make_engine(kind: str, model: str, dtype: str, max_batch_size: int, trust_remote_code: bool,
                 max_loras: int, vllm_args: dict, threads: int = 0, prefill_tokens: int = 256):
-    if pick(kind) == "vllm":
+    if pick(kind) == "vllm" and not is_onnx_export(resolve(model)):  # an ONNX export runs on ONNX Runtime
         return VLLMEngine(model, "auto" if dtype == "float32" else dtype, max_batch_size, trust_remote_code,
                           max_loras, vllm_args, prefill_tokens)
     return HFEngine(model, dtype, max_batch_size, trust_remote_code, threads, prefill_tokens)
