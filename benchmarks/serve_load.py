@@ -3,6 +3,7 @@ on the same model, prompts and token budget, measured in the same run. Prints on
 
     .venv/bin/python benchmarks/serve_load.py                         # SmolLM2-135M-Instruct, 1/8/32 clients
     .venv/bin/python benchmarks/serve_load.py --model runs/quantize-int8/model --concurrency 8
+    .venv/bin/python benchmarks/serve_load.py --model runs/export-onnx/model --concurrency 1 8
 
 Per level: requests/s, output tokens/s, TTFT and per-token latency p50/p90/p99 (streamed, official openai
 client), failures. Baseline: HF `generate` one request after another (batch 1, greedy) in this process with
@@ -50,13 +51,17 @@ def baseline(model_spec: str, n: int, max_tokens: int, threads: int) -> dict:
 
     from app.chat import render_prompt
     from app.models import load_policy
+    from app.onnx_export import greedy
     torch.set_num_threads(threads)
     model, tok = load_policy(model_spec)
     tokens, start = 0, time.perf_counter()
     for p in (PROMPTS * 8)[:n]:
         ids = torch.tensor([render_prompt(tok, [{"role": "user", "content": p}])])
-        out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
-        tokens += out.shape[1] - ids.shape[1]
+        if hasattr(model, "generate"):
+            out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
+            tokens += out.shape[1] - ids.shape[1]
+        else:  # an ONNX export (app/onnx_export.py): the same greedy loop, one request after another
+            tokens += len(greedy(model, ids[0].tolist(), max_tokens, {tok.eos_token_id}))
     seconds = time.perf_counter() - start
     return {"requests": n, "tokens_per_s": round(tokens / seconds, 1), "requests_per_s": round(n / seconds, 3)}
 

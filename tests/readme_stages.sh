@@ -55,6 +55,8 @@ step serve      serve_check serve_configs/demo.yaml
 step serve_demo python -m jobs.serve_demo
 step quantize   python -m jobs.quantize model=registry:latest-promoted
 step serve_int8 serve_check serve_configs/int8.yaml
+step export     python -m jobs.export format=onnx model=registry:latest-promoted
+step serve_onnx serve_check serve_configs/onnx.yaml
 step sweep      python -m jobs.sweep jobs/configs/sweep_demo.yaml
 step reward     python -m jobs.reward jobs/configs/reward_demo.yaml
 step ppo        python -m jobs.ppo jobs/configs/ppo_demo.yaml

@@ -59,7 +59,10 @@ def test_shipped_dags_are_valid_and_an_upstream_output_can_be_a_config():
     assert order_.index("sweep") < order_.index("sft_best") and order_.index("dpo") < order_.index("eval_dpo")
     best = alt.stages["sft_best"]
     assert stage_key(best, {"sweep": "k1"}) != stage_key(best, {"sweep": "k2"})  # a new sweep, a new best.yaml
-    for dag in (demo, alt):  # every stage's config as its process will load it (best.yaml: when it exists)
+    loop = load_config(PipelineConfig, "jobs/configs/pipeline_loop.yaml")
+    assert check(loop) == ["harvest", "data", "data_prefs", "sft", "dpo", "eval", "serve"]
+    assert edges(loop.stages)["dpo"] == ["sft", "data_prefs"] and edges(loop.stages)["serve"] == ["eval"]
+    for dag in (demo, alt, loop):  # every stage's config as its process will load it (best.yaml: when it exists)
         dirs = {"output_dir": "/p", **{n: f"/p/{n}" for n in dag.stages}}
         for name, stage in dag.stages.items():
             check_stage(name, stage, dirs)

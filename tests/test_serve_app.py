@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import socket
+from pathlib import Path
 
 import openai
 import pytest
@@ -57,7 +58,7 @@ def kb_index(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, tiny_adapters, reward_dir, kb_index, tiny_onnx, tmp_path_factory):
+def served(ray_local, tiny_adapters, reward_dir, kb_index, tiny_onnx, tmp_path_factory):
     from ray import serve
 
     from app.serve.app import build_app
@@ -68,8 +69,10 @@ def server(ray_local, tiny_adapters, reward_dir, kb_index, tiny_onnx, tmp_path_f
     words = tmp_path_factory.mktemp("words") / "words.txt"
     words.write_text("alpha\n")
     common = dict(model="tiny", served_model_name="tiny", cpus_per_replica=0)
+    log = tmp_path_factory.mktemp("request-log")
     serve.run(build_app(ServeArgs(**common, adapters=adapters, max_batch_size=4, reward_model=str(reward_dir),
-                                  rag={"index": str(kb_index[0]), "k": 2})),
+                                  rag={"index": str(kb_index[0]), "k": 2},
+                                  logging={"requests": True, "path": str(log)})),
               name="main", route_prefix="/")
     serve.run(build_app(ServeArgs(**common, api_keys=["k-auth", "k-rate", "k-slow"],
                                   limits={"rate_limit_per_minute": 3, "rate_limit_burst": 3,
@@ -81,8 +84,16 @@ def server(ray_local, tiny_adapters, reward_dir, kb_index, tiny_onnx, tmp_path_f
               name="strict", route_prefix="/strict")
     serve.run(build_app(ServeArgs(model=str(tiny_onnx[0] / "model"), served_model_name="tiny", cpus_per_replica=0)),
               name="onnx", route_prefix="/onnx")
-    yield f"http://127.0.0.1:{port}"
+    loop_log = tmp_path_factory.mktemp("loop-log")  # the loop test's own served model and log
+    serve.run(build_app(ServeArgs(**common, logging={"requests": True, "path": str(loop_log)})),
+              name="loop", route_prefix="/loop")
+    yield f"http://127.0.0.1:{port}", log, loop_log
     serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 def client(url, prefix="", key="unused"):
@@ -250,6 +261,39 @@ doc_to_target: "{{choices[answer]}}"
 generation_kwargs: {until: ["\\n\\n"], max_gen_toks: 8, do_sample: false, temperature: 0}
 metric_list: [{metric: exact_match}]
 """}
+
+
+def test_requests_are_logged_redacted_and_take_feedback(served):
+    """logging.requests: each answered request is a redacted JSON line (streamed or not); POST /v1/feedback
+    rates a logged id (404 for an unknown one or on a server that logs nothing, 400 for a bad rating)."""
+    from app.serve.requestlog import read_jsonl
+    url, log, _ = served
+    leak = [{"role": "user", "content": "I am jane.doe@example.com, call 13812345678. Where is my order?"}]
+    whole = client(url).chat.completions.create(model="leak", messages=leak, max_tokens=16, temperature=0)
+    stream = list(client(url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=4, stream=True))
+    rows = {r["id"]: r for r in read_jsonl(log, "requests-*.jsonl")}
+    logged = rows[whole.id]
+    assert "jane.doe" not in json.dumps(logged, ensure_ascii=False) and "13812345678" not in json.dumps(logged)
+    assert "[EMAIL]" in logged["messages"][0]["content"] and "[PHONE]" in logged["messages"][0]["content"]
+    assert logged["adapter"] == "leak" and logged["completion_tokens"] == whole.usage.completion_tokens
+    assert logged["answers"][0]["finish_reason"] == whole.choices[0].finish_reason
+    assert logged["latency_ms"] > 0 and logged["route"] == "chat"
+    streamed = rows[stream[0].id]
+    assert streamed["answers"][0]["text"] == "".join(c.choices[0].delta.content or "" for c in stream)
+    assert streamed["adapter"] is None and streamed["completion_tokens"] == 4
+
+    def post(body, prefix=""):
+        return requests.post(f"{url}{prefix}/v1/feedback", json=body, timeout=30)
+    ok = post({"id": whole.id, "rating": 2, "scale": "stars", "preferred_answer": "Mail me at jane.doe@example.com"})
+    assert ok.status_code == 200 and ok.json()["score"] == -0.5 and "[EMAIL]" in ok.json()["preferred_answer"]
+    [fb] = [f for f in read_jsonl(log, "feedback-*.jsonl") if f["id"] == whole.id]
+    assert "jane.doe" not in json.dumps(fb)
+    for body, prefix, status in (({"id": "chatcmpl-nope", "rating": 1}, "", 404),
+                                 ({"id": whole.id, "rating": 7}, "", 400),
+                                 ({"id": whole.id, "rating": 1, "extra": 1}, "", 400),
+                                 ({"id": whole.id, "rating": 1}, "/strict", 404)):
+        r = post(body, prefix)
+        assert r.status_code == status and r.json()["error"]["message"], (body, r.text)
 
 
 def test_onnx_export_serves_the_same_answers_and_logprobs(server, tokenizer):
@@ -454,7 +498,7 @@ def test_overload_answers_503_while_accepted_requests_complete(server):
 
 def test_non_loopback_without_keys_is_refused():
     from app.config import UserError
-    from app.serve.app import require_keys
+    from app.serve.config import require_keys
     with pytest.raises(UserError, match="api_keys"):
         require_keys("0.0.0.0", [])
     require_keys("0.0.0.0", ["k"])
@@ -496,3 +540,101 @@ def test_vllm_engine_streams_events():
     generated, prompt = asyncio.run(scored())
     assert len(generated) == 4 and all(e["top"][0][0] == e["id"] and e["logprob"] <= 0 for e in generated)
     assert prompt[0]["logprob"] is None and [e["id"] for e in prompt] == ids
+
+
+LOOP_QUESTIONS = ["Where is my order LH10000001?", "How do I return a broken lamp?", "Can I change my address?",
+                  "我的发票什么时候开？", "Do you ship to Canada?", "退货多久到账？"]
+LOOP_BETTER = ["Your order LH10000001 left our warehouse yesterday and arrives within three days.",
+               "Send us a photo of the broken lamp and we will ship a replacement at no cost.",
+               "Yes, you can change the delivery address on the order page until the parcel ships.",
+               "发票会在订单完成后的七个工作日内通过邮件发送给您，请注意查收。"]
+
+
+def test_the_loop_log_feedback_harvest_retrain_gate(served, sft_data, tmp_path):
+    """Seed 004's monitor -> collect -> retrain loop on the tiny model (jobs/configs/pipeline_loop.yaml's
+    stages in process): served answers logged; users correct four and rate two; jobs.harvest turns that into
+    records; the data stage cleans them; LoRA SFT from the promoted version; its eval is gated against it."""
+    from app.config import load_config
+    from app.data.config import DataConfig
+    from app.data.stage import run as clean
+    from app.harvest import HarvestConfig, run as harvest
+    from app.registry import Registry
+    from app.train.config import SFTConfig
+    from app.train.sft import run as sft
+    from tests.test_eval_job import evaluate
+    url, _, log = served
+    url += "/loop"
+    ids = [client(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": q}],
+                                               max_tokens=6, temperature=0).id for q in LOOP_QUESTIONS]
+    for rid, better in zip(ids, LOOP_BETTER):
+        assert requests.post(f"{url}/v1/feedback", json={"id": rid, "rating": -1, "preferred_answer": better},
+                             timeout=30).status_code == 200
+    for rid in ids[4:]:
+        assert requests.post(f"{url}/v1/feedback", json={"id": rid, "rating": 5, "scale": "stars"},
+                             timeout=30).status_code == 200
+    got = harvest(HarvestConfig(logs=str(log), output_dir=str(tmp_path / "harvest")))
+    assert got["dialogs"] == 6 and got["pairs"] == 4  # 4 corrected (each also a pair), 2 rated well
+    lineage = json.loads((tmp_path / "harvest" / "manifest.json").read_text())["lineage"]
+    assert {v["request"] for v in lineage.values()} == set(ids)
+
+    data = clean(load_config(DataConfig, "jobs/configs/data_harvest.yaml", [
+        f"input.path={tmp_path}/harvest/dialogs.jsonl", f"output_dir={tmp_path}/data",
+        f"split.contamination_reference=[{sft_data}/val]"]))
+    # the corrected answers are kept; the tiny model's own well-rated answers are noise the filters drop, and
+    # the stage says so
+    counts = data["counts"]
+    assert counts["input"] == 6 and sum(counts["splits"].values()) == 4 and sum(counts["dropped"].values()) == 2, counts
+
+    reg = Registry(tmp_path / "reg.sqlite")
+    base = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e0", "name=base", "gate.baseline=none")
+    model = reg.get("latest-promoted")["model"]
+    trained = sft(load_config(SFTConfig, "jobs/configs/sft_tiny.yaml", [
+        f"model={model}", f"data.path={tmp_path}/data", f"output_dir={tmp_path}/sft", "train.max_steps=4",
+        "train.micro_batch_size=1", "scaling.num_workers=1", "eval.every=2", "checkpoint.every=4"]))
+    assert trained["steps"] == 4
+    new = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e1", "name=loop", f"model={tmp_path}/sft/final",
+                   "gate.mode=no_regression", "gate.enforce=false")
+    assert new["baseline"] == base["version"] and reg.get(new["version"])["parent"] == base["version"]
+    assert {r["metric"] for r in new["gate"]} >= {"rougeL", "perplexity"} and new["verdict"]["why"]
+
+
+def test_dashboards_query_metrics_a_live_scrape_has(server):
+    """Every metric the Grafana dashboards (monitoring/grafana/dashboards/*.json) query is on Ray's /metrics
+    once the tests above (answers, errors, refusals, feedback) ran, and the Prometheus config finds that
+    port through the service-discovery file Ray writes. Neither Prometheus nor Grafana is needed."""
+    import re
+    import threading
+    import time
+
+    import ray
+    import yaml
+
+    from app import PROJECT_ROOT
+    names = set()
+    for path in (PROJECT_ROOT / "monitoring" / "grafana" / "dashboards").glob("*.json"):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                names |= set(re.findall(r"\bray_[a-z_]+\b", target["expr"]))
+    port = ray.nodes()[0]["MetricsExportPort"]
+    stop = threading.Event()
+
+    def traffic():  # live traffic while polling: Ray exports a gauge only while it is being set
+        while not stop.is_set():
+            client(server).chat.completions.create(model="tiny", messages=HELLO, max_tokens=24)
+    with cf.ThreadPoolExecutor(2) as pool:
+        for _ in range(2):
+            pool.submit(traffic)
+        deadline = time.monotonic() + 90
+        while True:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            scraped = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+            if not (missing := names - scraped) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        stop.set()
+    assert len(names) >= 12 and not missing, missing
+    scrape = yaml.safe_load((PROJECT_ROOT / "monitoring" / "prometheus.yml").read_text())["scrape_configs"][0]
+    [discovery] = scrape["file_sd_configs"][0]["files"]  # /tmp/ray/... for `ray start` and `serve run`
+    from app.cluster import _temp_dir
+    written = Path(_temp_dir() or "/tmp/ray") / Path(discovery).name  # our local instances keep theirs in .cache
+    assert any(t.endswith(f":{port}") for group in json.loads(written.read_text()) for t in group["targets"])

@@ -40,15 +40,15 @@ from app.models import load_tokenizer, resolve
 from app.onnx_export import is_onnx_export
 from app.serve import logprobs
 from app.serve import protocol as P
-from app.serve.config import ServeArgs
+from app.serve.config import ServeArgs, http_host, require_keys
 from app.serve.engines import GenParams
 from app.serve.replicas import LLMServer, RewardServer, Retriever
 from app.serve.limits import RateLimiter
 from app.serve.prometheus import ServeMetrics
+from app.serve.requestlog import FeedbackRequest, RequestLog
 from app.safety import rank, verdict
 from app.serve.safety import REFUSAL, OutputFilter
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 api = FastAPI(title="raypost", docs_url=None, redoc_url=None)
 
 
@@ -74,28 +74,6 @@ async def _server_error(request: Request, exc: Exception):
                                    code="internal_error").body(), status_code=500)
 
 
-def require_keys(host: str | None, keys: list[str]) -> None:
-    """Serving beyond loopback without API keys is refused at start."""
-    if host is not None and host not in LOOPBACK and not keys:
-        raise UserError(f"http_options.host is {host}: set api_keys (or the RAYPOST_API_KEYS env var) before "
-                        f"exposing the endpoint beyond 127.0.0.1")
-
-
-def _http_host() -> str | None:
-    try:
-        from ray.serve.context import _get_global_client
-        return _get_global_client().http_config.host
-    except Exception:  # not inside a running Serve instance (unit use)
-        return None
-
-
-def _context_length(model_path: str, args: ServeArgs) -> int:
-    from transformers import AutoConfig
-    config = AutoConfig.from_pretrained(resolve(model_path), trust_remote_code=args.trust_remote_code)
-    context = getattr(config, "max_position_embeddings", 2048)
-    return min(context, args.vllm_args.get("max_model_len") or context)
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_wait_loop_s=0.5)
 @serve.ingress(api)
 class OpenAIServer:
@@ -106,13 +84,15 @@ class OpenAIServer:
         self.served = {"model_path": model_path, **({"version": version["id"], "version_name": version["name"],
                                                       "registry": str(args.registry)} if version else {})}
         self.keys = args.keys()
-        require_keys(_http_host(), self.keys)
+        require_keys(http_host(), self.keys)
         self.tokenizer = load_tokenizer(model_path, args.trust_remote_code)
-        self.context = _context_length(model_path, args)
+        self.context = args.context_length(model_path)
         self.models = [args.served_model_name, *args.adapters]
         self.limiter = RateLimiter(self.limits.rate_limit_per_minute, self.limits.rate_limit_burst)
         self.words = SensitiveWords.from_file(args.sensitive_words)
-        self.metrics = ServeMetrics()
+        self.metrics = ServeMetrics(version)
+        self.version, logging = version, args.logging
+        self.log = RequestLog(logging.path, logging.sample_rate) if logging.requests else None
 
     @api.get("/health")
     async def health(self):
@@ -132,6 +112,17 @@ class OpenAIServer:
     @api.post("/v1/completions")
     async def completions(self, request: Request):
         return await self._complete(request, "text")
+
+    @api.post("/v1/feedback")
+    async def feedback(self, request: Request):
+        """A rating (and optionally a better answer) for a logged response: app/serve/requestlog.py."""
+        self._authorize(request)
+        fb = P.parse(FeedbackRequest, await self._body(request))
+        if self.log is None or not self.log.known(fb.id):
+            why = "" if self.log else " (this server logs no requests: set args.logging.requests)"
+            raise P.APIError(404, f"no logged response has id {fb.id!r}{why}", param="id", code="not_found")
+        self.metrics.feedback(fb.score())
+        return {"object": "feedback", **self.log.feedback(fb)}
 
     # -- request handling ---------------------------------------------------------------------------------
     async def _complete(self, request: Request, kind: str):
@@ -280,7 +271,7 @@ class OpenAIServer:
                 if gen is not None:
                     gen.cancel()
 
-    async def _choices(self, n: int, first: dict, events):
+    async def _choices(self, kind: str, n: int, first: dict, events):
         """(index, text, finish_reason, tokens so far, log-prob entries) per event after the safety filter; a
         refused choice ends at once."""
         filters = [OutputFilter(self.args.safety, self.words) for _ in range(n)]
@@ -302,6 +293,8 @@ class OpenAIServer:
             elif finish:
                 text += f.finish()
             done[i] = bool(finish)
+            if finish and (f.refused or f.redacted):
+                self.metrics.filtered(kind, "refused" if f.refused else "redacted")
             yield i, text, finish, event.get("completion_tokens", 0), event.get("logprobs", [])
             if all(done):
                 return
@@ -311,7 +304,7 @@ class OpenAIServer:
         texts, finish, tokens, scored = [echo[0] if echo else ""] * n, [None] * n, [0] * n, [[] for _ in range(n)]
         if echo and echo[1]:
             scored[0] = list(echo[1])
-        async for i, text, reason, count, entries in self._choices(n, first, events):
+        async for i, text, reason, count, entries in self._choices(kind, n, first, events):
             texts[i] += text
             finish[i], tokens[i] = reason or finish[i], count
             scored[i] += entries
@@ -322,6 +315,7 @@ class OpenAIServer:
         choices = [{"index": j, "text": texts[i], "finish_reason": finish[i],
                     **self._logprobs(kind, req, scored[i] if finish[i] != "content_filter" else None)}
                    for j, i in enumerate(picked)]
+        self._log(kind, rid, req, prompt_tokens, choices, sum(tokens), start)
         return P.response(kind, rid, req.model, choices, P.usage(prompt_tokens, sum(tokens)))
 
     async def _best(self, req, kind: str, texts: list[str], finish: list) -> list[int]:
@@ -337,15 +331,23 @@ class OpenAIServer:
                 texts[i], finish[i] = REFUSAL, "content_filter"
         return picked
 
+    def _log(self, kind, rid, req, prompt_tokens: int, answers: list[dict], tokens: int, start: float) -> None:
+        if self.log is not None:
+            self.log.record(rid, kind, req, self._adapter(req.model), self.version, answers, prompt_tokens, tokens,
+                            time.monotonic() - start)
+
     async def _sse(self, kind, rid, req, prompt_tokens, first, events, start, sources=None):
         tokens, first_token_at, finished = [0] * req.n, None, 0
+        answers = [{"text": "", "finish_reason": None} for _ in range(req.n)]
         try:
             if kind == "chat":  # the role chunks; with rag, they carry the sources
                 for i in range(req.n):
                     yield P.chunk(kind, rid, req.model, i, "", role=True,
                                   extra={"sources": sources} if sources is not None else None)
-            async for i, text, reason, count, _ in self._choices(req.n, first, events):
+            async for i, text, reason, count, _ in self._choices(kind, req.n, first, events):
                 tokens[i], finished = count, finished + bool(reason)
+                answers[i]["text"] += text
+                answers[i]["finish_reason"] = reason or answers[i]["finish_reason"]
                 if not text and not reason:
                     continue  # held back by the safety filter: nothing to send yet
                 first_token_at = first_token_at or time.monotonic()
@@ -355,6 +357,7 @@ class OpenAIServer:
             if req.include_usage:
                 yield P.chunk(kind, rid, req.model, usage_=P.usage(prompt_tokens, sum(tokens)))
             self.metrics.done(kind, start, first_token_at, sum(tokens))
+            self._log(kind, rid, req, prompt_tokens, answers, sum(tokens), start)
         except P.APIError as err:  # after the 200 went out: an error chunk, then the stream ends
             self.metrics.error(kind, err.status)
             yield P.error_chunk(err)

@@ -14,6 +14,25 @@ from app.config import Config, UserError
 from app.registry import Registry, default_path
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def require_keys(host: str | None, keys: list[str]) -> None:
+    """Serving beyond loopback without API keys is refused at start."""
+    if host is not None and host not in LOOPBACK and not keys:
+        raise UserError(f"http_options.host is {host}: set api_keys (or the RAYPOST_API_KEYS env var) before "
+                        f"exposing the endpoint beyond 127.0.0.1")
+
+
+def http_host() -> str | None:
+    """The host the running Serve instance listens on (None outside one)."""
+    try:
+        from ray.serve.context import _get_global_client
+        return _get_global_client().http_config.host
+    except Exception:  # not inside a running Serve instance (unit use)
+        return None
+
+
 class Limits(Config):
     max_ongoing_requests: int = Field(16, ge=1)   # per engine replica: the rows it batches plus its own queue
     max_queued_requests: int = Field(32, ge=0)    # waiting at each caller beyond that -> 503 + Retry-After
@@ -32,6 +51,13 @@ class RagArgs(Config):
     index: str                              # a jobs.index output folder
     k: int = Field(4, ge=1, le=16)
     mode: Literal["bm25", "dense", "hybrid"] = "bm25"  # bm25: best measured on the demo's item-code questions
+
+
+class RequestLogging(Config):
+    """The opt-in request log (app/serve/requestlog.py): PII-redacted request/answer pairs and feedback."""
+    requests: bool = False
+    path: str = "runs/request-log"
+    sample_rate: float = Field(1.0, ge=0, le=1)
 
 
 class ServeArgs(Config):
@@ -55,10 +81,19 @@ class ServeArgs(Config):
     sensitive_words: str | None = None      # word-list file; None = the data stage's list
     reward_model: str | None = None         # a jobs.reward output: enables best_of (its own deployment)
     rag: RagArgs | None = None              # a retriever deployment: requests opt in with "rag": true
+    logging: RequestLogging = RequestLogging()  # off by default; POST /v1/feedback needs it on
     limits: Limits = Limits()
 
     def keys(self) -> list[str]:
         return self.api_keys + [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
+
+    def context_length(self, model_path: str) -> int:
+        from transformers import AutoConfig
+
+        from app.models import resolve
+        config = AutoConfig.from_pretrained(resolve(model_path), trust_remote_code=self.trust_remote_code)
+        context = getattr(config, "max_position_embeddings", 2048)
+        return min(context, self.vllm_args.get("max_model_len") or context)
 
     def lookup(self) -> tuple[str, dict | None]:
         """(model spec, registry version or None): registry references resolved to the registered model path."""

@@ -23,6 +23,7 @@ class OutputFilter:
         self.hold = max((len(w) - 1 for w in words.words if not w.isascii()), default=0)
         self.buffer = ""
         self.refused = False
+        self.redacted = False   # some text was masked or redacted (the metrics count it)
 
     def feed(self, delta: str) -> str:
         """Add generated text; returns the checked text that may be sent now ('' once refused)."""
@@ -50,7 +51,9 @@ class OutputFilter:
         return self._clean(ready)
 
     def _clean(self, text: str) -> str:
-        return self.words.mask(redact(text)[0])
+        clean = self.words.mask(redact(text)[0])
+        self.redacted |= clean != text
+        return clean
 
 
 def filter_text(mode: str, words: SensitiveWords, text: str) -> tuple[str, bool]:
