@@ -5,7 +5,9 @@ SQLite file, runs/registry.sqlite, which evaluation, the pipeline, serving and j
     python -m jobs.registry list | show <id> | promote <id> | rollback
 
 `latest-promoted` is what serving uses (`model: registry:latest-promoted`); rollback demotes it, so the
-previous promoted version takes its place. The release gate itself is app/eval/gate.py.
+previous promoted version takes its place. Every promotion and rollback is also an event (time, version,
+the version now current, why): the history `jobs.registry report` draws. The release gate itself is
+app/eval/gate.py.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ class Registry:
         have = {r["name"] for r in self.db.execute("PRAGMA table_info(versions)")}
         for name in COLUMNS.keys() - have:  # a registry written before a column existed
             self.db.execute(f"ALTER TABLE versions ADD COLUMN {name} {COLUMNS[name]}")
+        self.db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, "
+                        "kind TEXT, version INTEGER, current INTEGER, reason TEXT)")
         self.db.commit()
 
     def register(self, name: str, model: str, metrics: dict, config: dict | None = None,
@@ -68,20 +72,29 @@ class Registry:
     def list(self) -> list[dict]:
         return [_row(r) for r in self.db.execute("SELECT * FROM versions ORDER BY id")]
 
-    def promote(self, version: int) -> None:
+    def promote(self, version: int, reason: str = "") -> None:
         if self.get(version) is None:
             raise KeyError(f"no version {version}")
         self.db.execute("UPDATE versions SET promoted = 1, promoted_at = ? WHERE id = ?", (time.time(), version))
-        self.db.commit()
+        self._event("promote", version, version, reason)
 
-    def rollback(self) -> dict | None:
+    def rollback(self, reason: str = "") -> dict | None:
         """Demote the current promoted version; returns the one now current (or None)."""
         current = self.get("latest-promoted")
         if current is None:
             raise KeyError("no promoted version to roll back")
         self.db.execute("UPDATE versions SET promoted = 0 WHERE id = ?", (current["id"],))
+        now = self.get("latest-promoted")
+        self._event("rollback", current["id"], now and now["id"], reason)
+        return now
+
+    def events(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM events ORDER BY id")]
+
+    def _event(self, kind: str, version: int, current: int | None, reason: str) -> None:
+        self.db.execute("INSERT INTO events (time, kind, version, current, reason) VALUES (?, ?, ?, ?, ?)",
+                        (time.time(), kind, version, current, reason))
         self.db.commit()
-        return self.get("latest-promoted")
 
 
 def _row(row: sqlite3.Row) -> dict:

@@ -42,13 +42,13 @@ def main(argv: list[str]) -> None:
         if not rest:
             raise UserError("promote needs a version id")
         try:
-            reg.promote(int(rest[0]))
+            reg.promote(int(rest[0]), "by hand (jobs.registry promote)")
         except (KeyError, ValueError):
             raise UserError(f"no version {rest[0]}") from None
         print(f"version {rest[0]} promoted")
     else:
         try:
-            now = reg.rollback()
+            now = reg.rollback("by hand (jobs.registry rollback)")
         except KeyError as exc:
             raise UserError(str(exc.args[0])) from None
         print(f"rolled back; current: {now['id'] if now else 'none'}")

@@ -633,8 +633,59 @@ def test_dashboards_query_metrics_a_live_scrape_has(server):
             time.sleep(2)
         stop.set()
     assert len(names) >= 12 and not missing, missing
+    from app.monitor import counts, scrape  # the watcher reads the same scrape, per application
+    main = counts(scrape(f"http://127.0.0.1:{port}/metrics"), "main")
+    assert main["answered"] >= 8 and main["requests"] > main["answered"] and main["filtered"] >= 1
     scrape = yaml.safe_load((PROJECT_ROOT / "monitoring" / "prometheus.yml").read_text())["scrape_configs"][0]
     [discovery] = scrape["file_sd_configs"][0]["files"]  # /tmp/ray/... for `ray start` and `serve run`
     from app.cluster import _temp_dir
     written = Path(_temp_dir() or "/tmp/ray") / Path(discovery).name  # our local instances keep theirs in .cache
     assert any(t.endswith(f":{port}") for group in json.loads(written.read_text()) for t in group["targets"])
+
+
+def test_monitor_rolls_back_a_planted_bad_version(served, tmp_path):
+    """jobs.monitor on an application serving registry:latest-promoted: a planted version that users rate
+    1 star is rolled back within one check, the previous version is redeployed, the registry records why."""
+    import yaml
+    from ray import serve
+
+    from app.models import resolve
+    from app.monitor import MonitorConfig, application, breaches, deploy, run as monitor, window
+    from app.registry import Registry
+    url = served[0]
+    reg = Registry(tmp_path / "reg.sqlite")
+    good = reg.register("good", str(resolve("tiny")), {})
+    reg.promote(good, "test")
+    bad = reg.register("planted", str(resolve("tiny")), {})
+    reg.promote(bad, "test: the planted bad version")
+    config = tmp_path / "watched.yaml"
+    config.write_text(yaml.safe_dump({"applications": [{
+        "name": "watched", "route_prefix": "/watched", "import_path": "app.serve.app:build_app",
+        "args": {"model": "registry:latest-promoted", "registry": str(tmp_path / "reg.sqlite"),
+                 "served_model_name": "tiny", "cpus_per_replica": 0,
+                 "logging": {"requests": True, "path": str(tmp_path / "log")}}}]}))
+    app = application(str(config))
+    deploy(app)
+
+    def served_version():
+        return requests.get(f"{url}/watched/v1/models", timeout=30).json()["data"][0]["raypost"]["version"]
+    assert served_version() == bad
+    for q in LOOP_QUESTIONS[:5]:
+        rid = client(url, "/watched").chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": q}], max_tokens=4).id
+        assert requests.post(f"{url}/watched/v1/feedback", json={"id": rid, "rating": 1, "scale": "stars"},
+                             timeout=30).status_code == 200
+    [event] = monitor(MonitorConfig(serve_config=str(config), output_dir=str(tmp_path / "mon"), interval_s=1,
+                                    max_checks=1))
+    assert event["from_version"] == bad and event["to_version"] == good and event["redeploy_s"] > 0
+    assert event["reasons"] == ["mean feedback -1.00 < -0.2 over 5 ratings"] and event["signals"]["feedback_n"] == 5
+    assert served_version() == good
+    assert reg.events()[-1]["kind"] == "rollback" and reg.events()[-1]["reason"].startswith("monitor: mean feedback")
+    assert json.loads((tmp_path / "mon" / "events.jsonl").read_text())["to_version"] == good
+    serve.delete("watched")
+    # the other two signals, on counts as counts() reads them from a scrape
+    rates = window({"requests": 10, "errors": 0, "answered": 10, "filtered": 0},
+                   {"requests": 40, "errors": 3, "answered": 27, "filtered": 9})
+    assert rates == {"requests": 30, "error_rate": 0.1, "safety_rate": 9 / 17}
+    assert breaches({**rates, "feedback": None, "feedback_n": 0}, MonitorConfig()) == [
+        "error rate 0.100 > 0.05 over 30 requests", "safety-filter rate 0.529 > 0.2"]

@@ -165,7 +165,7 @@ def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered:
                                 eval_dir=str(out.resolve()), parent=decision["baseline"],
                                 verdict={k: decision[k] for k in ("baseline", "mode", "keys", "passed", "why")})
     if decision["passed"]:
-        registry.promote(version)
+        registry.promote(version, f"gate passed ({decision['mode']})")
     result = {"version": version, "model": model_path, "compute": compute, "n": len(answered), "skipped": skipped or {},
               "safety": safety.get("counts"),
               **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout")}, "metrics": metrics,
