@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup demo test test-fast clean-cache
+.PHONY: setup browser demo test test-fast clean-cache
 
 $(STAMP): pyproject.toml Makefile jobs/prepare.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,11 +26,17 @@ $(STAMP): pyproject.toml Makefile jobs/prepare.py
 
 setup: $(STAMP)
 
+browser:
+	@# Debian's Chromium for the test that opens jobs.registry report's page (about 20 s, once)
+	@command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
+		echo "chromium could not be installed: the registry report test will fail (apt-get install chromium)"
+
 demo: setup
 	@# The whole pipeline on the embedded default (see jobs/configs/demo.yaml); a re-run skips finished stages.
 	$(PY) -m jobs.pipeline jobs/configs/demo.yaml
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 test-fast: setup

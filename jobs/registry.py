@@ -4,6 +4,7 @@
     python -m jobs.registry show 3
     python -m jobs.registry promote 3
     python -m jobs.registry rollback
+    python -m jobs.registry report [out=runs/registry-report]     # HTML + PNG: app/eval/drift.py
     python -m jobs.registry list registry=/path/to/registry.sqlite
 """
 from __future__ import annotations
@@ -14,13 +15,13 @@ import sys
 from app.config import UserError
 from app.registry import Registry
 
-ACTIONS = ("list", "show", "promote", "rollback")
+ACTIONS = ("list", "show", "promote", "rollback", "report")
 
 
 def main(argv: list[str]) -> None:
     args = [a for a in argv if "=" not in a]
     opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown = set(opts) - {"registry"}
+    unknown = set(opts) - {"registry", "out"}
     if not args or args[0] not in ACTIONS or unknown:
         raise UserError(f"usage: python -m jobs.registry {'|'.join(ACTIONS)} [version] [registry=path]"
                         + (f" (unknown key: {sorted(unknown)[0]})" if unknown else ""))
@@ -46,6 +47,11 @@ def main(argv: list[str]) -> None:
         except (KeyError, ValueError):
             raise UserError(f"no version {rest[0]}") from None
         print(f"version {rest[0]} promoted")
+    elif action == "report":
+        from pathlib import Path
+
+        from app.eval.drift import write
+        print(f"registry report -> {write(reg, Path(opts.get('out', 'runs/registry-report')))}")
     else:
         try:
             now = reg.rollback("by hand (jobs.registry rollback)")

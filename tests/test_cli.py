@@ -50,7 +50,8 @@ print("heavy modules:", heavy)
 def test_every_job_refuses_a_bad_key_before_loading_torch():
     """The config is checked before the stage's module (and torch) is imported: a typo costs a fraction of a
     second, not the 6-8 s of importing torch and transformers."""
-    stages = ["sft", "dpo", "reward", "ppo", "grpo", "eval", "generate", "data", "rejection_sample", "export"]
+    stages = ["sft", "dpo", "reward", "ppo", "grpo", "eval", "generate", "data", "rejection_sample", "export",
+              "harvest", "monitor"]
     result = subprocess.run([sys.executable, "-c", CHECK_ONLY, *stages], cwd=PROJECT_ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

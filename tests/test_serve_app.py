@@ -580,10 +580,10 @@ def test_the_loop_log_feedback_harvest_retrain_gate(served, sft_data, tmp_path):
     data = clean(load_config(DataConfig, "jobs/configs/data_harvest.yaml", [
         f"input.path={tmp_path}/harvest/dialogs.jsonl", f"output_dir={tmp_path}/data",
         f"split.contamination_reference=[{sft_data}/val]"]))
-    # the corrected answers are kept; the tiny model's own well-rated answers are noise the filters drop, and
-    # the stage says so
+    # the corrected answers are kept; the tiny model's own well-rated answers are empty once cleaned, and the
+    # stage says so
     counts = data["counts"]
-    assert counts["input"] == 6 and sum(counts["splits"].values()) == 4 and sum(counts["dropped"].values()) == 2, counts
+    assert counts["input"] == 6 and sum(counts["splits"].values()) == 4 and counts["dropped"] == {"empty": 2}, counts
 
     reg = Registry(tmp_path / "reg.sqlite")
     base = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e0", "name=base", "gate.baseline=none")
@@ -596,6 +596,34 @@ def test_the_loop_log_feedback_harvest_retrain_gate(served, sft_data, tmp_path):
                    "gate.mode=no_regression", "gate.enforce=false")
     assert new["baseline"] == base["version"] and reg.get(new["version"])["parent"] == base["version"]
     assert {r["metric"] for r in new["gate"]} >= {"rougeL", "perplexity"} and new["verdict"]["why"]
+    reg.rollback("test: a rollback for the report to mark")
+    check_report_renders(reg, tmp_path, [base["version"], new["version"]])
+
+
+def check_report_renders(reg, tmp_path, versions: list[int]) -> None:
+    """jobs.registry report's page, opened in headless Chromium: the DOM has every version and event, and the
+    screenshot shows the figure (a page whose image failed to load is white below the tables)."""
+    import shutil
+    import subprocess
+
+    import matplotlib.pyplot as plt
+
+    from app.eval.drift import write
+    page = write(reg, tmp_path / "report")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed (make setup installs it: apt-get install chromium)"
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert all(f"<td>v{v}</td>" in dom for v in versions) and "rollback" in dom and "promote" in dom
+    assert dom.count("<small>[") >= 2 * len(versions)  # CIs of the metrics, per version
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri()], capture_output=True,
+                   timeout=120, check=True)
+    pixels = plt.imread(shot)[..., :3]
+    figure = pixels[300:]  # below the heading: the figure (green, gray and red marks on white)
+    assert pixels.shape[:2] == (1400, 1200) and (figure.min(-1) < 0.9).mean() > 0.02
+    green = (figure[..., 1] > 0.45) & (figure[..., 0] < 0.3) & (figure[..., 2] < 0.3)
+    assert green.sum() > 50  # promoted points and promotion lines
 
 
 def test_dashboards_query_metrics_a_live_scrape_has(server):
