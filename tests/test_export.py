@@ -39,7 +39,8 @@ def test_onnx_model_matches_pytorch_on_a_left_padded_batch_and_a_chunked_prefill
         # a prompt in two chunks (the batcher's chunked prefill), then a one-token decode step
         pos = positions(mask)
         ref, got = both(input_ids=ids[:, :4], attention_mask=mask[:, :4], position_ids=pos[:, :4])
-        assert torch.allclose(ref, got, atol=1e-4)
+        real = mask[:, :4].bool()  # a padding position's logits mean nothing (and differ by attention kernel)
+        assert torch.allclose(ref[real], got[real], atol=1e-4)
         ref, got = both(input_ids=ids[:, 4:], attention_mask=mask, position_ids=pos[:, 4:])
         assert torch.allclose(ref, got, atol=1e-4)
         step_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)

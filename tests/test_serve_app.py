@@ -589,9 +589,9 @@ def test_the_loop_log_feedback_harvest_retrain_gate(served, sft_data, tmp_path):
     base = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e0", "name=base", "gate.baseline=none")
     model = reg.get("latest-promoted")["model"]
     trained = sft(load_config(SFTConfig, "jobs/configs/sft_tiny.yaml", [
-        f"model={model}", f"data.path={tmp_path}/data", f"output_dir={tmp_path}/sft", "train.max_steps=4",
-        "train.micro_batch_size=1", "scaling.num_workers=1", "eval.every=2", "checkpoint.every=4"]))
-    assert trained["steps"] == 4
+        f"model={model}", f"data.path={tmp_path}/data", f"output_dir={tmp_path}/sft", "train.max_steps=2",
+        "train.micro_batch_size=1", "scaling.num_workers=1", "eval.every=2", "checkpoint.every=2"]))
+    assert trained["steps"] == 2
     new = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e1", "name=loop", f"model={tmp_path}/sft/final",
                    "gate.mode=no_regression", "gate.enforce=false")
     assert new["baseline"] == base["version"] and reg.get(new["version"])["parent"] == base["version"]
@@ -648,7 +648,7 @@ def test_dashboards_query_metrics_a_live_scrape_has(server):
 
     def traffic():  # live traffic while polling: Ray exports a gauge only while it is being set
         while not stop.is_set():
-            client(server).chat.completions.create(model="tiny", messages=HELLO, max_tokens=24)
+            client(server).chat.completions.create(model="tiny", messages=HELLO, max_tokens=8)
     with cf.ThreadPoolExecutor(2) as pool:
         for _ in range(2):
             pool.submit(traffic)
