@@ -83,7 +83,7 @@ def _plot(path: Path, versions: list[dict], events: list[dict], keys: list[str])
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.suptitle("registry versions (filled: promoted now; bars: 95% CI; green dotted: promotion, red dashed: "
+    fig.suptitle("registry versions (filled: promoted; bars: 95% CI; green dotted: promotion, red dashed: "
                  "rollback)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
