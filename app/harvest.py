@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from pydantic import Field
 
 from app.config import JobConfig, UserError
+from app.runinfo import write_manifest
 from app.serve.requestlog import read_jsonl
 
 
@@ -42,7 +43,6 @@ def run(cfg: HarvestConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("dialogs.jsonl", dialogs), ("preferences.jsonl", pairs)):
         (out / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    from app.runinfo import write_manifest
     lineage = {r["id"]: {"request": r["request_id"], "version": r["version"]} for r in dialogs + pairs}
     summary = {"requests": len(requests), "feedback": len(feedback), "dialogs": len(dialogs), "pairs": len(pairs),
                "skipped": dict(skipped)}

@@ -92,7 +92,7 @@ class OpenAIServer:
         self.words = SensitiveWords.from_file(args.sensitive_words)
         self.metrics = ServeMetrics(version)
         self.version, logging = version, args.logging
-        self.log = RequestLog(logging.path, logging.sample_rate) if logging.requests else None
+        self.log = RequestLog(logging.path, logging.sample_rate, self.words) if logging.requests else None
 
     @api.get("/health")
     async def health(self):

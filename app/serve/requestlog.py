@@ -27,7 +27,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.data.pii import redact
+from app.data.pii import SensitiveWords, redact
+from app.safety import verdict
 
 
 class FeedbackRequest(BaseModel):
@@ -60,12 +61,12 @@ def _clean_messages(messages: list[dict]) -> list[dict]:
 class RequestLog:
     """Appends redacted request records and feedback; one file pair per ingress replica (its pid)."""
 
-    def __init__(self, path: str, sample_rate: float, seed: int | None = None):
+    def __init__(self, path: str, sample_rate: float, words: SensitiveWords, seed: int | None = None):
         self.dir = Path(path).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.requests = self.dir / f"requests-{os.getpid()}.jsonl"
         self.feedback_file = self.dir / f"feedback-{os.getpid()}.jsonl"
-        self.sample_rate, self.rng = sample_rate, random.Random(seed)
+        self.sample_rate, self.rng, self.words = sample_rate, random.Random(seed), words  # the server's list
         self.ids: set[str] = set()  # logged by this replica (others' are found in their files)
         self.lock = threading.Lock()
 
@@ -77,7 +78,6 @@ class RequestLog:
             return False
         conversation = {"messages": _clean_messages([m.model_dump() for m in req.messages])} if route == "chat" \
             else {"prompt": clean(req.prompt[0]) if isinstance(req.prompt[0], str) else req.prompt[0]}
-        from app.safety import verdict
         row = {"id": rid, "time": time.time(), "route": route, "model": req.model, "adapter": adapter,
                "version": version and {k: version[k] for k in ("id", "name") if k in version},
                **conversation,
@@ -85,7 +85,7 @@ class RequestLog:
                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                "latency_ms": round(latency_s * 1000, 1),
                "safety": {"filtered": sum(a["finish_reason"] == "content_filter" for a in answers),
-                          "unsafe": sum(not verdict(a["text"])["safe"] for a in answers)}}
+                          "unsafe": sum(not verdict(a["text"], self.words)["safe"] for a in answers)}}
         self._append(self.requests, row)
         self.ids.add(rid)
         return True
