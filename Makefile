@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,cpu
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: setup browser demo test test-fast clean-cache

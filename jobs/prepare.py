@@ -13,7 +13,7 @@ from app.models import materialize
 
 def main() -> None:
     start = time.time()
-    for alias in ("smollm2-135m-instruct", "tiny", "all-minilm-l6-v2"):
+    for alias in ("smollm2-135m-instruct", "tiny", "tiny-vllm", "tiny-vllm-untied", "all-minilm-l6-v2"):
         print(f"prepare: model {alias} -> {materialize(alias)}", flush=True)
     print(f"prepare: done in {time.time() - start:.0f} s", flush=True)
 

@@ -19,7 +19,7 @@ import torch
 
 from app.rl import losses, rewards
 from app.rl.experience import Experience
-from app.rl.rollout import merge_lora, response_logprobs, to_device, token_values, weights_checksum
+from app.rl.rollout import merge_lora, probe_logprobs, response_logprobs, to_device, token_values, weights_checksum
 from app.rl.sync import StaleWeights
 from app.config import load_callable
 from app.data.pii import SensitiveWords
@@ -28,8 +28,7 @@ from app.int8 import assign_weights, quantize_model
 from app.models import load_policy
 from app.models import load_tokenizer
 from app.sampler import sample
-from app.rl.rollout import sample_vllm
-from app.rl.rollout import vllm_engine
+from app import vllm_engine
 from app.train.checkpoints import rng_state
 from app.train.checkpoints import set_rng_state
 from app.train.deepspeed import build_ds_config, import_deepspeed
@@ -67,17 +66,24 @@ def policy_weights(model, lora: bool) -> dict[str, torch.Tensor]:
 
 @ray.remote
 class RolloutActor:
-    """Samples with app.sampler on a plain copy of the policy (a LoRA adapter merged in at each sync), or on
-    an INT8 weight-only copy of it (`precision="int8"`, re-quantized at each sync; held-out measurements
-    still use the full-precision copy), or with a vLLM engine (`engine="vllm"`, GPU)."""
+    """Samples with app.sampler on a plain copy of the policy, or on an INT8 weight-only copy of it
+    (`precision="int8"`, re-quantized at each sync; held-out measurements still use the full-precision copy),
+    or with a vLLM engine (`engine="vllm"`, CPU or GPU; `precision` float32 or bfloat16). A LoRA policy's
+    adapter is merged into the base at each sync (vLLM reloads the whole merged model: its in-place reload
+    re-processes whole layers, and a layer given only some of its weights is not what the learner holds).
+    After each load the actor reports the log-probs of a probe sequence, which app.rl.sync compares with the
+    learner's."""
 
     def __init__(self, model_path: str, seed: int = 0, lora: dict | None = None, engine: str = "hf",
-                 precision: str = "float32", threads: int = 1):
+                 precision: str = "float32", threads: int = 1, vllm: dict | None = None):
         torch.set_num_threads(threads)
         self.llm, self.fast, self.base = None, None, None
         self.scaling = lora["alpha"] / lora["r"] if lora else None
         if engine == "vllm":
-            self.llm, self.tokenizer = vllm_engine(model_path, seed), load_tokenizer(model_path)
+            self.llm = vllm_engine.start_llm(model_path, seed, dtype=precision, **(vllm or {}))
+            self.tokenizer = load_tokenizer(model_path)
+            if lora:  # every base weight: the merged model is reloaded whole
+                self.base = {k: v.clone() for k, v in load_policy(model_path)[0].state_dict().items()}
         else:
             self.model, self.tokenizer = _load_policy(model_path, seed)
             if lora:  # the targets' base weights, to merge each synced adapter into
@@ -88,24 +94,31 @@ class RolloutActor:
         self.checksum, self.version = "initial", 0
         self.eos = sorted({self.tokenizer.eos_token_id})
 
-    def load_weights(self, version: int, state: dict, checksum: str) -> dict:
+    def load_weights(self, version: int, state: dict, checksum: str, probe: list[int] | None = None) -> dict:
+        """Load a published version; returns its version, checksum and (with `probe` token ids) the log-probs
+        this actor now gives them."""
         got = weights_checksum(state)
         if got != checksum:
             raise RuntimeError(f"policy v{version}: checksum mismatch ({got[:12]} != {checksum[:12]})")
+        weights = state if self.base is None else merge_lora(self.base, state, self.scaling)
         if self.llm is not None:
-            self.llm.collective_rpc("load_policy_state", args=(state,))
+            self.llm.collective_rpc("reload_policy", args=({**(self.base or {}), **weights},))
             self.llm.reset_prefix_cache()  # cached KV of the old weights must not be reused
         else:
             if self.base is None:
-                weights = state
                 self.model.load_state_dict(state, strict=True)
             else:
-                weights = merge_lora(self.base, state, self.scaling)
                 assign_weights(self.model, weights)
             if self.fast is not None:
                 assign_weights(self.fast, weights)
         self.version, self.checksum = version, got
-        return self.status()
+        return {**self.status(), **({"probe": self.probe(probe)} if probe else {})}
+
+    def probe(self, ids: list[int]) -> list[float]:
+        """Log-probs of `ids` from the weights this actor samples with."""
+        if self.llm is not None:
+            return vllm_engine.prompt_logprobs(self.llm, ids)
+        return probe_logprobs(self.fast if self.fast is not None else self.model, ids)
 
     def status(self) -> dict:
         return {"version": self.version, "checksum": self.checksum}
@@ -113,12 +126,12 @@ class RolloutActor:
     def generate(self, prompts: list[list[int]], expected_version: int, max_new_tokens: int, temperature: float,
                  top_p: float, seed: int, n: int = 1, full_precision: bool = False) -> dict:
         """`n` samples of each prompt (a prompt's rows together); `full_precision` samples with the
-        full-precision copy even where rollouts are INT8 (held-out measurements)."""
+        full-precision copy even where hf rollouts are INT8 (held-out measurements)."""
         if self.version != expected_version:
             raise StaleWeights(f"holds policy v{self.version}, asked to sample v{expected_version}")
         pad = self.tokenizer.pad_token_id
         if self.llm is not None:
-            batch = sample_vllm(self.llm, prompts, pad, self.eos, max_new_tokens, n, temperature, top_p, seed)
+            batch = vllm_engine.sample(self.llm, prompts, pad, self.eos, max_new_tokens, n, temperature, top_p, seed)
         else:
             model = self.model if full_precision or self.fast is None else self.fast
             batch = to_device(sample(model, prompts, max_new_tokens, self.eos, n, temperature, top_p, seed, pad),
@@ -263,9 +276,10 @@ class LearnerActor:
             stats["kl_k1"], stats["kl"] = losses.sequence_kl(old, b["ref"], mask)
         return stats
 
-    def weights(self) -> tuple[dict, str]:
+    def weights(self, probe: list[int] | None = None) -> tuple[dict, str, list[float] | None]:
+        """(what a sync carries, its checksum, the policy's log-probs of the `probe` ids)."""
         state = policy_weights(self.engine.module, self.lora)
-        return state, weights_checksum(state)
+        return state, weights_checksum(state), probe_logprobs(self.engine.module, probe) if probe else None
 
     def merged_state(self) -> dict:
         """The full policy's weights (a LoRA adapter merged into a copy of the base), for final/."""

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from app.config import Config, JobConfig
+from app.config import Config, JobConfig, VLLMSection
 from app.rl.sync import SamplingPlan
 from app.train.config import LoraSection
 
@@ -75,11 +75,16 @@ class RLConfig(JobConfig):
     resume: bool = True
     wandb: bool = True                   # offline unless WANDB_MODE says otherwise
     tensorboard: bool = False
-    rollout_engine: Literal["auto", "hf", "vllm"] = "auto"  # auto: vLLM when rollout actors have a GPU
-    # int8: the hf rollout actors sample from an INT8 weight-only copy of the policy, re-quantized at each sync,
-    # and the learners correct for it with truncated importance sampling (tis_cap)
-    rollout_precision: Literal["float32", "int8"] = "float32"
-    tis_cap: float | None = Field(None, gt=1)  # default: 2 with int8 rollouts, off (ratio 1) with float32
+    rollout_engine: Literal["auto", "hf", "vllm"] = "auto"  # auto: vLLM wherever it is installed (CPU too)
+    vllm: VLLMSection = VLLMSection()    # the rollout engines' KV cache and context
+    # int8 (hf engine): sample from an INT8 weight-only copy of the policy, re-quantized at each sync;
+    # bfloat16 (vllm engine): the engine computes in bf16. Both: the learners correct for the cheaper sampler
+    # with truncated importance sampling (tis_cap)
+    rollout_precision: Literal["float32", "bfloat16", "int8"] = "float32"
+    tis_cap: float | None = Field(None, gt=1)  # default: 2 with int8/bf16 rollouts, off (ratio 1) with float32
+    # the largest mean |log-prob gap| per token between a rollout engine and the learner on the probe after a
+    # sync; past it the sync did not take effect and the step fails. Default: 1e-3 float32, 0.05 bf16/int8
+    sync_check_tolerance: float | None = Field(None, gt=0)
     gpus: dict[Literal["rollout", "reference", "reward", "critic", "learner"], float] = {}  # per actor
     threads: dict[Literal["rollout", "reference", "reward", "critic", "learner"], int] = {}  # torch threads; 1
     cpus_per_actor: float = 0.3
@@ -92,11 +97,11 @@ class RLConfig(JobConfig):
             raise ValueError(f"prompts_per_actor ({self.prompts_per_actor}) must be >= scaling.learners "
                              f"({self.scaling.learners}): every learner rank trains on rows of each batch")
         if self.engine() == "vllm" and self.rollout_precision == "int8":
-            raise ValueError("rollout_precision int8 is for the hf rollout engine (CPU); vLLM has its own "
-                             "quantization: use rollout_precision: float32 with rollout_engine vllm")
-        if self.engine() == "vllm" and self.lora:
-            raise ValueError("rollout_engine vllm with a LoRA policy is not supported yet: use lora: null or "
-                             "rollout_engine: hf")
+            raise ValueError("rollout_precision int8 is for the hf rollout engine; with rollout_engine vllm use "
+                             "float32 or bfloat16")
+        if self.engine() == "hf" and self.rollout_precision == "bfloat16":
+            raise ValueError("rollout_precision bfloat16 is for the vllm rollout engine (rollout_engine: vllm; "
+                             "it is not installed here, or rollout_engine says hf)")
         return self
 
     def reference(self) -> str:
@@ -109,7 +114,12 @@ class RLConfig(JobConfig):
 
     def tis(self) -> float | None:
         """The truncated importance sampling cap the learners apply, or None (no correction)."""
-        return self.tis_cap if self.tis_cap is not None else 2.0 if self.rollout_precision == "int8" else None
+        return self.tis_cap if self.tis_cap is not None else None if self.rollout_precision == "float32" else 2.0
+
+    def sync_tolerance(self) -> float:
+        if self.sync_check_tolerance is not None:
+            return self.sync_check_tolerance
+        return 1e-3 if self.rollout_precision == "float32" else 0.05
 
     def reward_functions(self) -> dict[str, float]:
         f = self.reward_function
@@ -118,7 +128,7 @@ class RLConfig(JobConfig):
     def engine(self) -> str:
         if self.rollout_engine != "auto":
             return self.rollout_engine
-        return "vllm" if self.gpus.get("rollout", 0) >= 1 and importlib.util.find_spec("vllm") else "hf"
+        return "vllm" if importlib.util.find_spec("vllm") else "hf"
 
 
 class PPOConfig(RLConfig):

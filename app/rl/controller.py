@@ -88,8 +88,9 @@ def _actors(cfg: RLConfig, policy: str):
                            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
                            **(options or {})).remote(*args, **kwargs)
     roles = Roles(
-        rollouts=[place(RolloutActor, j, policy, cfg.seed, lora, cfg.engine(), cfg.rollout_precision, options=dict(
-            name=f"{cfg.algorithm}-{cfg.name}-rollout-{j}", max_restarts=cfg.max_restarts)) for j in range(k)],
+        rollouts=[place(RolloutActor, j, policy, cfg.seed, lora, cfg.engine(), cfg.rollout_precision,
+                        vllm=cfg.vllm.model_dump(), options=dict(name=f"{cfg.algorithm}-{cfg.name}-rollout-{j}",
+                                                                 max_restarts=cfg.max_restarts)) for j in range(k)],
         reference=place(ReferenceActor, k, str(resolve(cfg.reference())), cfg.temperature),
         reward=place(RewardActor, k + 1, cfg.reward_model, cfg.reward_functions(), cfg.safety_penalty,
                      cfg.toxicity_threshold),
@@ -225,7 +226,8 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: 
         if resumed and (out / "heldout.jsonl").is_file() else []
     logger = MetricsLogger(str(out), cfg.name, cfg.model_dump(mode="json"), cfg.wandb, cfg.tensorboard,
                            cfg.algorithm)
-    pub = publish(roles.learners[0], version, cfg.sync_timeout_s)
+    probe = data[0][2]  # the first training prompt: every sync is checked on the learner's log-probs of it
+    pub = publish(roles.learners[0], version, cfg.sync_timeout_s, probe, cfg.sync_tolerance())
     sync(roles.rollouts, pub, cfg.sync_timeout_s, cfg.max_restarts)  # everyone samples the same version
     sampler = Sampler(cfg.sampling_plan(), roles.rollouts, data)
 
@@ -250,9 +252,9 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: 
         rows = [data[i] for i in ids for _ in range(cfg.group_size)]  # the order of the batches' rows
         figures = step_fn(cfg, roles, batches, [r[1] for r in rows], [r[3] for r in rows], tokenizer, kl_ctl)
         t1 = time.perf_counter()
-        pub = publish(roles.learners[0], pub.version + 1, cfg.sync_timeout_s)
-        sync(roles.rollouts, pub, cfg.sync_timeout_s, cfg.max_restarts)
-        figures.update(step=step + 1, policy_version=pub.version, checksum=pub.checksum[:12],
+        pub = publish(roles.learners[0], pub.version + 1, cfg.sync_timeout_s, probe, cfg.sync_tolerance())
+        probe_gap = sync(roles.rollouts, pub, cfg.sync_timeout_s, cfg.max_restarts)
+        figures.update(step=step + 1, policy_version=pub.version, checksum=pub.checksum[:12], sync_probe_gap=probe_gap,
                        sampled_versions=sorted({b["version"] for b in batches}), generate_s=t_gen,
                        sync_s=time.perf_counter() - t1, sync_mb=pub.megabytes, rollout_restarts=sampler.restarts,
                        prompt_ids=[data[i][0] for i in ids])

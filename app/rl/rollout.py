@@ -1,6 +1,5 @@
 """Scoring sampled tokens with HF models: the log-prob / value passes every PPO role shares, the weight
-checksum of a sync, and the vLLM engine of GPU rollout actors (on CPU they sample with app.sampler). No ray
-import.
+checksum of a sync and its log-prob probe. No ray import (vLLM rollouts: app/vllm_engine.py).
 
 A batch is a dict of tensors: sequences [B, P+R] (prompts left-padded to P, responses right-padded to R),
 attention_mask, response_mask [B, R] (1 up to and including the first end-of-turn token), the prompt
@@ -79,33 +78,15 @@ def token_values(value_model, batch: dict) -> torch.Tensor:
     return values * batch["response_mask"]
 
 
-class VLLMWeightLoader:
-    """vLLM worker extension (`worker_extension_cls`): loads published weights into the running engine."""
-
-    def load_policy_state(self, state: dict) -> None:
-        self.model_runner.model.load_weights(weights=list(state.items()))
-
-
-def vllm_engine(model_path: str, seed: int, gpu_memory_utilization: float = 0.85):
-    """A vLLM engine whose returned log-probs are those of the processed (temperature/top-p) distribution,
-    like `sample`'s, and whose weights `load_policy_state` can replace."""
-    from vllm import LLM
-    return LLM(model_path, seed=seed, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=True,
-               logprobs_mode="processed_logprobs", worker_extension_cls="app.rl.rollout.VLLMWeightLoader")
-
-
-def sample_vllm(llm, prompts: list[list[int]], pad_id: int, eos_ids: list[int], max_new_tokens: int, n: int = 1,
-                temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> dict:
-    """app.sampler.sample on a vLLM engine: the same batch layout (n rows per prompt, together), the
-    sampler's log-probs from vLLM."""
-    from vllm import SamplingParams, TokensPrompt
-    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
-                            logprobs=0, stop_token_ids=list(eos_ids))
-    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-    completions = [c for o in outs for c in o.outputs]
-    responses = [list(c.token_ids) for c in completions]
-    logprobs = [[lp[t].logprob for lp, t in zip(c.logprobs, tokens)] for c, tokens in zip(completions, responses)]
-    return batch_of(prompts, n, responses, logprobs, pad_id)
+def probe_logprobs(model, ids: list[int]) -> list[float]:
+    """log p(ids[i] | ids[:i]) for i >= 1 at temperature 1: what a rollout engine reports for the same ids after
+    a weight sync (app.rl.sync checks the gap)."""
+    device, training = next(model.parameters()).device, model.training
+    model.eval()  # no dropout in the probe
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, :-1].float()
+    model.train(training)
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:], device=device)[:, None]).squeeze(-1).tolist()
 
 
 def to_device(batch: dict, device) -> dict:

@@ -14,6 +14,12 @@ class StaleWeights(RuntimeError):
     """A rollout actor was asked to sample for a policy version it does not hold."""
 
 
+class SyncNotApplied(RuntimeError):
+    """A rollout actor reports the published version, but its log-probs of the probe are not the learner's:
+    the weights did not take effect (the stale-weights bug class: a load that silently did nothing or only
+    part of its job)."""
+
+
 @dataclass(frozen=True)
 class SamplingPlan:
     """How a step's prompts are spread and sampled (RLConfig.sampling_plan() builds it)."""
@@ -37,31 +43,58 @@ def ray_get(refs, timeout: float, what: str):
 
 @dataclass
 class Published:
-    """A policy version as the learner published it: the weights in the object store and their sha256."""
+    """A policy version as the learner published it: the weights in the object store, their sha256, and the
+    learner's log-probs of the probe ids, which every rollout actor must reproduce within `tolerance`
+    (mean absolute difference per token) once it has loaded them."""
     version: int
     ref: object
     checksum: str
     megabytes: float
+    probe_ids: list[int] | None = None
+    probe: list[float] | None = None
+    tolerance: float = 1e-3
 
 
-def publish(learner, version: int, timeout: float) -> Published:
-    state, checksum = ray_get(learner.weights.remote(), timeout, "learner weights")
-    return Published(version, ray.put(state), checksum, sum(v.nbytes for v in state.values()) / 1e6)
+def publish(learner, version: int, timeout: float, probe_ids: list[int] | None = None,
+            tolerance: float = 1e-3) -> Published:
+    state, checksum, probe = ray_get(learner.weights.remote(probe_ids), timeout, "learner weights")
+    return Published(version, ray.put(state), checksum, sum(v.nbytes for v in state.values()) / 1e6, probe_ids,
+                     probe, tolerance)
 
 
-def _check(status: dict, pub: Published) -> None:
-    if status != {"version": pub.version, "checksum": pub.checksum}:
-        raise RuntimeError(f"rollout actor reports {status}, expected v{pub.version} {pub.checksum[:12]}")
+def probe_gap(engine: list[float], learner: list[float]) -> float:
+    """Mean absolute difference of two log-prob lists of the same tokens."""
+    return sum(abs(a - b) for a, b in zip(engine, learner, strict=True)) / max(1, len(learner))
 
 
-def load_into(actor, pub: Published, timeout: float, tries: int) -> None:
+def _check(status: dict, pub: Published) -> float:
+    """The version and checksum the actor reports must be the published ones, and the log-probs it now gives
+    the probe the learner's; returns that gap."""
+    if (status["version"], status["checksum"]) != (pub.version, pub.checksum):
+        raise RuntimeError(f"rollout actor reports v{status['version']} {status['checksum'][:12]}, expected "
+                           f"v{pub.version} {pub.checksum[:12]}")
+    if pub.probe is None:
+        return 0.0
+    gap = probe_gap(status["probe"], pub.probe)
+    if gap > pub.tolerance:
+        raise SyncNotApplied(f"policy v{pub.version} loaded but not in effect: the rollout engine's log-probs of "
+                             f"the probe differ from the learner's by {gap:.3g} per token (tolerance "
+                             f"{pub.tolerance:g}, sync_check_tolerance)")
+    return gap
+
+
+def _load(actor, pub: Published):
+    return actor.load_weights.remote(pub.version, pub.ref, pub.checksum, pub.probe_ids)
+
+
+def load_into(actor, pub: Published, timeout: float, tries: int) -> float:
     """Load a published version into one rollout actor, waiting out a restart; the actor must report it.
     An actor that is restarting (ActorUnavailableError) is waited for up to `timeout` seconds, however long
     its model takes to load; an actor that dies (any other RayActorError) is retried `tries` times."""
     deadline, deaths = time.monotonic() + timeout, 0
     while True:
         try:
-            status = ray_get(actor.load_weights.remote(pub.version, pub.ref, pub.checksum), timeout, "weight sync")
+            status = ray_get(_load(actor, pub), timeout, "weight sync")
             break
         except ray.exceptions.ActorUnavailableError:
             if time.monotonic() > deadline:
@@ -72,19 +105,22 @@ def load_into(actor, pub: Published, timeout: float, tries: int) -> None:
             if deaths > tries:
                 raise
             time.sleep(1)
-    _check(status, pub)
+    return _check(status, pub)
 
 
-def sync(rollouts: list, pub: Published, timeout: float, tries: int) -> None:
-    """Every rollout actor loads `pub` (in parallel) and reports its version and checksum."""
-    refs = [a.load_weights.remote(pub.version, pub.ref, pub.checksum) for a in rollouts]
+def sync(rollouts: list, pub: Published, timeout: float, tries: int) -> float:
+    """Every rollout actor loads `pub` (in parallel) and reports its version, checksum and probe log-probs;
+    returns the largest probe gap (SyncNotApplied past the tolerance)."""
+    refs = [_load(a, pub) for a in rollouts]
+    gaps = []
     for actor, ref in zip(rollouts, refs):
         try:
             status = ray_get(ref, timeout, "weight sync")
         except ray.exceptions.RayActorError:  # died meanwhile: wait for the restart and load again
-            load_into(actor, pub, timeout, tries)
+            gaps.append(load_into(actor, pub, timeout, tries))
             continue
-        _check(status, pub)
+        gaps.append(_check(status, pub))
+    return max(gaps)
 
 
 class Sampler:
