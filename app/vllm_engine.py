@@ -17,8 +17,10 @@ not use offset"), and per-row seeds make a row's sample independent of how rows 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
+from pathlib import Path
 
 import torch
 
@@ -64,12 +66,32 @@ class EngineStartError(RuntimeError):
     """vLLM could not start: one line with the cause and the knob that changes it."""
 
 
+CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 256)  # vLLM 0.32's CPU attention kernels
+
+
+def _head_dim_refused(head_dim: int, knob: str) -> str:
+    return (f"vLLM's CPU attention cannot run this model (head_dim {head_dim}; it runs "
+            f"{', '.join(map(str, CPU_HEAD_DIMS))}): set {knob}: hf")
+
+
+def check_runs(path: str, knob: str) -> None:
+    """Refuse before starting what vLLM would refuse at its first step: vLLM installed, and on CPU a head size
+    its attention kernels have (checked here from config.json, before any engine process is spawned)."""
+    if not available():
+        raise EngineStartError(f"vLLM is not installed here (make setup installs it): set {knob}: hf")
+    config = json.loads((Path(path) / "config.json").read_text()) if (Path(path) / "config.json").exists() else {}
+    config = config.get("text_config", config)
+    heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (config.get("hidden_size", 0) // heads if heads else None)
+    if head_dim and not on_gpu() and head_dim not in CPU_HEAD_DIMS:
+        raise EngineStartError(_head_dim_refused(head_dim, knob))
+
+
 def explain(exc: Exception, knob: str) -> str:
     """vLLM's start-up failures as one line: the cause and what to set."""
     text = str(exc)
     if m := re.search(r"Unsupported CPU attention configuration: head_dim=(\d+)", text):
-        return (f"vLLM's CPU attention cannot run this model (head_dim {m.group(1)}; it runs 32, 64, 80, 96, 112, "
-                f"128, 256): set {knob}: hf")
+        return _head_dim_refused(int(m.group(1)), knob)
     if re.search(r"architectures? .*(not supported|are not supported)|Cannot find model module", text, re.I):
         return f"vLLM has no implementation of this model's architecture: set {knob}: hf"
     if re.search(r"KV cache|kv_cache|out of memory|insufficient memory", text, re.I):
@@ -80,6 +102,7 @@ def explain(exc: Exception, knob: str) -> str:
 
 def start_llm(path: str, seed: int, knob: str = "rollout_engine", **kwargs):
     """An offline engine for rollout actors and evaluation; its failures to start raise EngineStartError."""
+    check_runs(path, knob)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process
     from vllm import LLM, SamplingParams, TokensPrompt
     try:

@@ -71,19 +71,17 @@ ADAPTER_TEXTS = {
 ADAPTER_PROMPTS = ["hello", "hi", "What is the answer?", "你好"]
 
 
-@pytest.fixture(scope="session")
-def tiny_adapters(tmp_path_factory):
-    """LoRA adapters of the tiny model that each answer one fixed sentence (ADAPTER_TEXTS), so tests can
-    tell which adapter answered and what the safety filter did to it. ~5 s each on CPU."""
+def train_adapters(base: str, out) -> dict:
+    """LoRA adapters of `base` that each answer one fixed sentence (ADAPTER_TEXTS), so tests can tell which
+    adapter answered and what the safety filter did to it. ~5 s each on CPU."""
     from peft import LoraConfig, get_peft_model
 
     from app.chat import render
     from app.models import load_policy
-    out = tmp_path_factory.mktemp("adapters")
     paths = {}
     for name, text in ADAPTER_TEXTS.items():
         torch.manual_seed(0)
-        model, tok = load_policy("tiny")
+        model, tok = load_policy(base)
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
         rows = [render(tok, [{"role": "user", "content": p}, {"role": "assistant", "content": text}])
                 for p in ADAPTER_PROMPTS]
@@ -101,6 +99,11 @@ def tiny_adapters(tmp_path_factory):
         model.save_pretrained(out / name)
         paths[name] = out / name
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tmp_path_factory):
+    return train_adapters("tiny", tmp_path_factory.mktemp("adapters"))
 
 
 @pytest.fixture(scope="session")

@@ -322,6 +322,10 @@ def test_lm_eval_harness_scores_through_the_endpoint_as_in_process(server, tiny_
     """lm-evaluation-harness against our server: `local-completions` loglikelihood (echo + logprobs) of a
     multiple-choice task and `local-chat-completions` generation give the same per-item log-likelihoods,
     accuracy and answers as lm-eval's own in-process `hf` model on the same weights."""
+    lm_eval_matches_in_process(server, "tiny", tiny_adapters["alpha"], tmp_path)
+
+
+def lm_eval_matches_in_process(server: str, base: str, alpha, tmp_path, tolerance: float = 1e-3) -> None:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -330,7 +334,7 @@ def test_lm_eval_harness_scores_through_the_endpoint_as_in_process(server, tiny_
                                                + "\n" for q, c, a in MC))
     for name, text in TASKS.items():
         (tmp_path / f"{name}.yaml").write_text(text % {"dir": tmp_path})
-    tasks, path = TaskManager(include_path=str(tmp_path), include_defaults=False), str(resolve("tiny"))
+    tasks, path = TaskManager(include_path=str(tmp_path), include_defaults=False), str(resolve(base))
 
     def evaluate(model, args, task, **kw):
         out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=[task], task_manager=tasks,
@@ -341,13 +345,13 @@ def test_lm_eval_harness_scores_through_the_endpoint_as_in_process(server, tiny_
     local, local_items = evaluate("hf", {"pretrained": path, "dtype": "float32", "device": "cpu"}, "raypost_mc")
     assert ours["acc,none"] == local["acc,none"] and len(ours_items) == len(MC)
     scores = lambda items: [r[0][0] for s in items for r in s["resps"]]  # noqa: E731  per choice, per item
-    assert scores(ours_items) == pytest.approx(scores(local_items), abs=1e-3)
+    assert scores(ours_items) == pytest.approx(scores(local_items), abs=tolerance)
     assert len(set(round(x, 3) for x in scores(ours_items))) > len(MC)  # real log-likelihoods, not one constant
     # generation through the `alpha` adapter (its greedy answers are not empty, unlike the bare tiny model's)
     chat = {**{k: v for k, v in api.items() if k not in ("tokenizer_backend", "tokenizer")}, "model": "alpha"}
     _, ours_gen = evaluate("local-chat-completions", {**chat, "base_url": f"{server}/v1/chat/completions"},
                            "raypost_gen", apply_chat_template=True)
-    _, local_gen = evaluate("hf", {"pretrained": path, "peft": str(tiny_adapters["alpha"]), "dtype": "float32",
+    _, local_gen = evaluate("hf", {"pretrained": path, "peft": str(alpha), "dtype": "float32",
                                    "device": "cpu"}, "raypost_gen", apply_chat_template=True)
     answers = lambda items: [s["filtered_resps"][0] for s in sorted(items, key=lambda s: s["doc_id"])]  # noqa: E731
     assert answers(ours_gen) == answers(local_gen) and all(a.startswith("The alpha") for a in answers(ours_gen))
@@ -443,9 +447,13 @@ def fuzz_body(rng) -> bytes:
 def test_seeded_fuzz_from_8_clients_gets_no_5xx_and_no_hang(server):
     """240 seeded requests (valid, at the edges, malformed, cut short) from 8 clients at once: each is a 200 or
     a 4xx with the OpenAI envelope within 60 s, and the server answers normally afterwards."""
+    fuzz(server, 240)
+
+
+def fuzz(server: str, n: int) -> None:
     import random
     rng = random.Random(0)
-    bodies = [fuzz_body(rng) for _ in range(240)]
+    bodies = [fuzz_body(rng) for _ in range(n)]
 
     def send(body: bytes) -> int:
         r = requests.post(f"{server}/v1/chat/completions", data=body, timeout=60,
@@ -460,7 +468,7 @@ def test_seeded_fuzz_from_8_clients_gets_no_5xx_and_no_hang(server):
     counts = {code: statuses.count(code) for code in set(statuses)}
     print("fuzz statuses", counts)
     assert all(code == 200 or 400 <= code < 500 for code in counts), counts
-    assert counts.get(200, 0) >= 20 and sum(v for k, v in counts.items() if k != 200) >= 100, counts
+    assert counts.get(200, 0) >= n // 12 and sum(v for k, v in counts.items() if k != 200) >= n // 2.4, counts
     r = client(server).chat.completions.create(model="tiny", messages=HELLO, max_tokens=2)
     assert r.usage.completion_tokens == 2
 
@@ -514,32 +522,6 @@ def test_timeout_mid_stream_is_an_error_chunk(server):
     r = requests.post(f"{server}/keyed/v1/chat/completions", json={**body, "stream": False},
                       headers={"Authorization": "Bearer k-slow"}, timeout=30)
     assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
-
-
-@pytest.mark.gpu
-def test_vllm_engine_streams_events():
-    import asyncio
-
-    from app.chat import render_prompt
-    from app.serve.engines import GenParams, VLLMEngine
-    engine = VLLMEngine("smollm2-135m-instruct", max_batch_size=8, max_loras=0,
-                        extra={"gpu_memory_utilization": 0.3, "max_model_len": 2048})
-    ids = render_prompt(engine.tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
-
-    async def answer():
-        return [e async for e in engine.generate(ids, GenParams(max_tokens=16, temperature=0, n=2))]
-    events = asyncio.run(answer())
-    finals = [e for e in events if e["finish_reason"]]
-    assert sorted(e["index"] for e in finals) == [0, 1]
-    text = "".join(e["text"] for e in events if e["index"] == 0)
-    assert "Paris" in text
-
-    async def scored():  # log-probs: each generated token's (greedy: its own top-1) and echo's prompt entries
-        events = [e async for e in engine.generate(ids, GenParams(max_tokens=4, temperature=0, logprobs=2))]
-        return [x for e in events for x in e["logprobs"]], await engine.prompt_logprobs(ids, 2)
-    generated, prompt = asyncio.run(scored())
-    assert len(generated) == 4 and all(e["top"][0][0] == e["id"] and e["logprob"] <= 0 for e in generated)
-    assert prompt[0]["logprob"] is None and [e["id"] for e in prompt] == ids
 
 
 LOOP_QUESTIONS = ["Where is my order LH10000001?", "How do I return a broken lamp?", "Can I change my address?",

@@ -91,9 +91,12 @@ class ServeArgs(Config):
         from transformers import AutoConfig
 
         from app.models import resolve
+        from app.serve.engines import pick
         config = AutoConfig.from_pretrained(resolve(model_path), trust_remote_code=self.trust_remote_code)
         context = getattr(config, "max_position_embeddings", 2048)
-        return min(context, self.vllm_args.get("max_model_len") or context)
+        if pick(self.engine) == "vllm":  # app.vllm_engine.engine_kwargs' max_model_len unless vllm_args sets one
+            return min(context, self.vllm_args.get("max_model_len") or 2048)
+        return context
 
     def lookup(self) -> tuple[str, dict | None]:
         """(model spec, registry version or None): registry references resolved to the registered model path."""

@@ -21,7 +21,7 @@ class LLMServer:
     def __init__(self, args: ServeArgs, model_path: str):
         self.args = args
         self.engine = make_engine(args.engine, model_path, args.dtype, args.max_batch_size,
-                                  args.trust_remote_code, args.max_loaded_adapters if args.adapters else 0,
+                                  args.trust_remote_code, args.adapters, args.max_loaded_adapters,
                                   args.vllm_args, int(args.cpus_per_replica), args.prefill_tokens)
 
         async def load(name: str):  # a plain function: Serve's LRU cache of loaded adapters wraps it
