@@ -87,6 +87,24 @@ def check_runs(path: str, knob: str) -> None:
         raise EngineStartError(_head_dim_refused(head_dim, knob))
 
 
+def choose(engine: str, path: str, knob: str) -> str:
+    """"hf" or "vllm" for an `engine: auto|hf|vllm` key: auto takes vLLM where it is installed and runs this
+    model (a plain safetensors model whose head size its kernels have: not our INT8 or ONNX exports), else hf;
+    vllm insists (and fails at start, naming `knob`, where it cannot run)."""
+    if engine == "vllm":
+        check_runs(path, knob)
+    if engine != "auto":
+        return engine
+    if (Path(path) / "raypost_quant.json").exists() or any(Path(path).glob("*.onnx")) or not available():
+        return "hf"
+    try:
+        check_runs(path, knob)
+        return "vllm"
+    except EngineStartError as why:
+        print(f"{knob} auto: hf ({why})", flush=True)
+        return "hf"
+
+
 def explain(exc: Exception, knob: str) -> str:
     """vLLM's start-up failures as one line: the cause and what to set."""
     text = str(exc)

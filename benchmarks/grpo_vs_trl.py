@@ -6,14 +6,16 @@ number of steps, in one run. Prints one JSON line.
     .venv/bin/python benchmarks/grpo_vs_trl.py --steps 3 --model tiny
 
 Per system: seconds per step (steps 2.. ; the first step warms up), completions/s, the reward curve and the
-mean of its last 4 steps (95% bootstrap CI over those steps); ours with float32 rollouts and with INT8
-rollouts (rollout_precision=int8, truncated importance sampling), with our step's phases (generate, score,
-train, sync). TRL runs first, in a process no Ray has started in yet. Target: ours >= 1.5x TRL's
-completions/s.
+mean of its last 4 steps (95% bootstrap CI over those steps); ours on our sampler with float32 rollouts and
+with INT8 rollouts (rollout_precision=int8), and on vLLM with bfloat16 rollouts where vLLM is installed (both
+cheaper samplers corrected by truncated importance sampling), with our step's phases (generate, score,
+train, sync). TRL runs first, in a process no Ray has started in yet; its vLLM colocate mode is tried too
+(`trl_vllm`: its figures, or why it does not run here). Target: ours >= 2x TRL's completions/s.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -41,15 +43,15 @@ def curve(rewards: list[float], k: int) -> dict:
             "ci": [round(low, 4), round(high, 4)]}
 
 
-def ours(model: str, prompts: Path, a, precision: str = "float32") -> dict:
+def ours(model: str, prompts: Path, a, engine: str = "hf", precision: str = "float32") -> dict:
     from app.config import load_config
     from app.rl.grpo import GRPOConfig, run
-    out = prompts.parent / f"ours-{precision}"
+    out = prompts.parent / f"ours-{engine}-{precision}"
     cfg = load_config(GRPOConfig, "jobs/configs/grpo_demo.yaml", [
         f"policy={model}", f"prompts={prompts}", f"output_dir={out}", f"steps={a.steps}", f"group_size={a.group}",
         "rollout_actors=2", f"prompts_per_actor={a.prompts // 2}", f"max_new_tokens={a.tokens}", "temperature=1.0", f"optim.lr={a.lr}",
         f"kl={{init: {a.beta}}}", "checkpoint_every=0", "wandb=false", "heldout=null", "threads={learner: 2, reference: 2}",
-        f"rollout_precision={precision}"])
+        f"rollout_engine={engine}", f"rollout_precision={precision}"])
     run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     mean = lambda key: round(sum(r[key] for r in rows[1:]) / len(rows[1:]), 2)  # noqa: E731
@@ -60,7 +62,7 @@ def ours(model: str, prompts: Path, a, precision: str = "float32") -> dict:
             **curve([r["reward_mean"] for r in rows], a.last)}
 
 
-def trl(model: str, records: list[dict], a) -> dict:
+def trl(model: str, records: list[dict], a, vllm: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -80,7 +82,8 @@ def trl(model: str, records: list[dict], a) -> dict:
         args = GRPOConfig(output_dir=tmp, use_cpu=True, per_device_train_batch_size=a.prompts * a.group,
                           num_generations=a.group, max_completion_length=a.tokens, max_steps=a.steps,
                           learning_rate=a.lr, beta=a.beta, temperature=1.0, logging_steps=1, save_strategy="no",
-                          report_to="none", seed=0, disable_tqdm=True, lr_scheduler_type="constant")
+                          report_to="none", seed=0, disable_tqdm=True, lr_scheduler_type="constant",
+                          **({"use_vllm": True, "vllm_mode": "colocate"} if vllm else {}))
         trainer = GRPOTrainer(model=policy, processing_class=tokenizer, reward_funcs=[reward], args=args,
                               train_dataset=data, peft_config=LoraConfig(
                                   r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
@@ -112,10 +115,18 @@ def main() -> None:
         prompts.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
         result = {"benchmark": "grpo_vs_trl", "model": a.model, "completions_per_step": a.prompts * a.group,
                   "trl": trl(a.model, records, a)}  # first, before Ray starts any process
+        try:
+            result["trl_vllm"] = trl(a.model, records, a, vllm=True)
+        except Exception as exc:  # reported, not hidden
+            result["trl_vllm"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         result["ours"] = ours(a.model, prompts, a)
-        result["ours_int8"] = ours(a.model, prompts, a, "int8")
-    for name in ("ours", "ours_int8"):
-        result[f"speedup_{name}"] = round(result[name]["completions_per_s"] / result["trl"]["completions_per_s"], 2)
+        result["ours_int8"] = ours(a.model, prompts, a, "hf", "int8")
+        if importlib.util.find_spec("vllm"):
+            result["ours_vllm"] = ours(a.model, prompts, a, "vllm", "bfloat16")
+    best_trl = max(v["completions_per_s"] for k, v in result.items() if k.startswith("trl") and "error" not in v)
+    for name in ("ours", "ours_int8", "ours_vllm"):
+        if name in result:
+            result[name.replace("ours", "speedup")] = round(result[name]["completions_per_s"] / best_trl, 2)
     print(json.dumps(result))
 
 

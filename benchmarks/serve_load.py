@@ -4,6 +4,7 @@ on the same model, prompts and token budget, measured in the same run. Prints on
     .venv/bin/python benchmarks/serve_load.py                         # SmolLM2-135M-Instruct, 1/8/32 clients
     .venv/bin/python benchmarks/serve_load.py --model runs/quantize-int8/model --concurrency 8
     .venv/bin/python benchmarks/serve_load.py --model runs/export-onnx/model --concurrency 1 8
+    .venv/bin/python benchmarks/serve_load.py --engine hf vllm --concurrency 1 8     # both engines, one run
 
 Per level: requests/s, output tokens/s, TTFT and per-token latency p50/p90/p99 (streamed, official openai
 client), failures. Baseline: HF `generate` one request after another (batch 1, greedy) in this process with
@@ -188,6 +189,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--engine", nargs="+", default=["hf"], choices=["hf", "vllm"], help="engines, one after another")
     ap.add_argument("--mixed", action="store_true", help="short requests beside 2,000-token prompts")
     ap.add_argument("--prefill-tokens", type=int, nargs="+", default=[64, 128, 256], help="--mixed: chunk sizes")
     args = ap.parse_args()
@@ -206,18 +208,23 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(ServeArgs(model=args.model, cpus_per_replica=args.threads, max_batch_size=args.batch,
-                                  limits={"max_ongoing_requests": max(args.concurrency) + 4})), route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    asyncio.run(load(url, 2, 2, 8))  # warm-up
-    levels = {}
-    for c in args.concurrency:
-        levels[str(c)] = asyncio.run(load(url, c, max(8, 2 * c), args.max_tokens))
-        levels[str(c)]["speedup_vs_baseline"] = round(levels[str(c)]["tokens_per_s"] / base["tokens_per_s"], 2)
+    engines = {}
+    for engine in args.engine:
+        serve.run(build_app(ServeArgs(model=args.model, engine=engine, cpus_per_replica=args.threads,
+                                      max_batch_size=args.batch,
+                                      limits={"max_ongoing_requests": max(args.concurrency) + 4})),
+                  name=engine, route_prefix=f"/{engine}")
+        url = f"http://127.0.0.1:{port}/{engine}"
+        asyncio.run(load(url, 2, 2, 8))  # warm-up
+        levels = engines[engine] = {}
+        for c in args.concurrency:
+            levels[str(c)] = asyncio.run(load(url, c, max(8, 2 * c), args.max_tokens))
+            levels[str(c)]["speedup_vs_baseline"] = round(levels[str(c)]["tokens_per_s"] / base["tokens_per_s"], 2)
+        serve.delete(engine)
     serve.shutdown()
     print(json.dumps({"benchmark": "serve_load", "model": args.model, "max_tokens": args.max_tokens,
                       "threads": args.threads, "max_batch_size": args.batch, "baseline_sequential_generate": base,
-                      "serve": levels}))
+                      **({"serve": engines["hf"]} if list(engines) == ["hf"] else {"serve": engines})}))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """jobs.eval end to end through a real local Ray (tiny model): metrics, report, registry, gate."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -8,6 +9,8 @@ import pytest
 from app import PROJECT_ROOT
 from app.config import ConfigError, UserError, load_config
 from app.eval.evaluate import EvalConfig, run
+from app.eval.runner import answer_all
+from app.models import resolve
 from app.tasks import final_number
 from app.registry import Registry
 
@@ -53,6 +56,14 @@ def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):
     # from ~vocabulary size to ~10 on every item.
     real = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e3", "name=smollm2", "model=smollm2-135m-instruct",
                     "gate.mode=improvement", "gate.keys=[rougeL,bleu,f1,perplexity,safety_pass_rate,heldout_reward]")
+    # engine auto: vLLM answers where it runs the model (SmolLM2), the sampler where it does not (tiny, head_dim
+    # 16; our INT8 and ONNX formats); vLLM's greedy answers are the transformers sampler's, item by item.
+    if importlib.util.find_spec("vllm"):
+        assert (first["engine"], real["engine"]) == ("hf", "vllm")
+        on_vllm = [json.loads(line) for line in (tmp_path / "e3" / "answers.jsonl").read_text().splitlines()]
+        on_hf = answer_all(on_vllm, str(resolve("smollm2-135m-instruct")), 4, 8, 1024, 1, engine="hf")
+        assert [r["answer"] for r in on_vllm] == [r["answer"] for r in on_hf]
+        assert len({r["answer"] for r in on_vllm}) > 8
     assert real["baseline"] == first["version"]
     assert {"metric", "baseline", "new", "diff", "ci_low", "ci_high", "p_value", "verdict"} <= set(real["gate"][0])
     ppl = next(r for r in real["gate"] if r["metric"] == "perplexity")
@@ -129,3 +140,4 @@ def test_int8_variant_is_non_inferior_to_its_source(ray_local, sft_data, tmp_pat
     assert int8["baseline"] == source["version"] and int8["promoted"], int8["verdict"]
     assert all(r["verdict"] not in ("REGRESSION", "inconclusive") for r in int8["gate"])
     assert Registry(tmp_path / "reg.sqlite").get(int8["version"])["parent"] == source["version"]
+

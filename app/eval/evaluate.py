@@ -33,6 +33,7 @@ from app.registry import Registry
 from app.rl import rewards
 from app.runinfo import sha256_file
 from app.tasks import final_number, load_prompts, skipped_line
+from app.vllm_engine import choose
 
 
 def load_records(folder: str, limit: int | None, task: str = "chat") -> tuple[list[dict], dict[str, int]]:
@@ -78,12 +79,14 @@ def run(cfg: EvalConfig) -> dict:
     if baseline:  # mismatched items or data fail here, before any model loads
         check_pairable(cfg.gate, baseline, baseline_items, {"test": [r["id"] for r in records], "redteam": red_ids,
                                                             "heldout": [r["id"] for r in held]}, data_sha)
+    engine = choose(cfg.engine, model_path, "engine")
     init_ray()
     # One pass of the actor pool answers the test records, the red-team and the held-out prompts (one model load).
     everything = answer_all(records + [{"id": i, "prompt": [{"role": "user", "content": p["prompt"]}]}
                                        for i, p in zip(red_ids, prompts)] + [{"id": r["id"], "prompt": r["prompt"],
                                          "max_new_tokens": cfg.heldout.max_new_tokens} for r in held],
-                            model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency, cfg.dtype)
+                            model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency, cfg.dtype,
+                            engine, cfg.vllm.model_dump())
     by_id = {r["id"]: r for r in everything}
     answered, red = [by_id[r["id"]] for r in records], [by_id[i]["answer"] for i in red_ids]
     preds, refs = [r["answer"] for r in answered], [r["reference"] for r in answered]
@@ -119,7 +122,7 @@ def run(cfg: EvalConfig) -> dict:
     if cfg.efficiency:
         metrics.update(efficiency(model_path, [r["prompt"] for r in answered], dtype=cfg.dtype))  # batch 1 and 8
     return finish(cfg, out, model_path, metrics, answered, items, safety, registry, baseline, baseline_items, data_sha,
-                  wins, skipped)
+                  wins, skipped, engine)
 
 
 def judge(cfg: EvalConfig, baseline: dict, answered: list[dict], items: list[dict], metrics: dict) -> list[float]:
@@ -148,7 +151,8 @@ def _compute_of(baseline: dict | None) -> str | None:
 
 def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered: list[dict], items: list[dict],
            safety: dict, registry: Registry, baseline: dict | None, baseline_items: list[dict] | None,
-           data_sha: str | None, wins: list[float] | None = None, skipped: dict | None = None) -> dict:
+           data_sha: str | None, wins: list[float] | None = None, skipped: dict | None = None,
+           engine: str = "hf") -> dict:
     """Write the answers and per-item results, gate against the baseline, register (and maybe promote)."""
     for name, rows in (("answers.jsonl", answered), (ITEMS_FILE, items)):
         with open(out / name, "w", encoding="utf-8") as f:
@@ -166,7 +170,7 @@ def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered:
                                 verdict={k: decision[k] for k in ("baseline", "mode", "keys", "passed", "why")})
     if decision["passed"]:
         registry.promote(version, f"gate passed ({decision['mode']})")
-    result = {"version": version, "model": model_path, "compute": compute, "n": len(answered), "skipped": skipped or {},
+    result = {"version": version, "model": model_path, "compute": compute, "engine": engine, "n": len(answered), "skipped": skipped or {},
               "safety": safety.get("counts"),
               **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout")}, "metrics": metrics,
               "promoted": decision["passed"], "baseline": decision["baseline"], "gate": decision["rows"],
