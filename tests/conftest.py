@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
 import torch
+
+# Ray Train's per-run side actors that no test asserts on (a preemption watcher at every worker-group start,
+# Train metrics), and usage stats: off for every Ray the tests start, the submitted jobs' clusters too.
+for _key in ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_METRICS_ENABLED", "RAY_USAGE_STATS_ENABLED"):
+    os.environ.setdefault(_key, "0")
 
 
 SLOW_FIXTURES = {"ray_local", "cluster", "tiny_adapters", "tiny_onnx"}

@@ -1,6 +1,7 @@
 """jobs.eval end to end through a real local Ray (tiny model): metrics, report, registry, gate."""
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -27,11 +28,24 @@ def evaluate(data, tmp_path, *overrides):
     return run(cfg)
 
 
-def test_eval_gates_against_the_promoted_version(ray_local, sft_data, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_first(ray_local, sft_data, tmp_path_factory):
+    """The tiny model's eval, the first version of a registry: (its folder, result). A test copies the
+    registry (reg.sqlite) into its own tmp_path and goes on from there."""
+    root = tmp_path_factory.mktemp("tiny-first")
+    return root, evaluate(sft_data, root, f"output_dir={root}/e1", "name=tiny", "efficiency=true",
+                          "explain.steps=2", "explain.max_tokens=3")
+
+
+def from_first(tiny_first, tmp_path) -> dict:
+    root, first = tiny_first
+    shutil.copy(root / "reg.sqlite", tmp_path / "reg.sqlite")
+    return first
+
+
+def test_eval_gates_against_the_promoted_version(tiny_first, sft_data, tmp_path):
+    first, out = from_first(tiny_first, tmp_path), tiny_first[0] / "e1"
     reg = Registry(tmp_path / "reg.sqlite")
-    first = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e1", "name=tiny", "efficiency=true",
-                     "explain.steps=2", "explain.max_tokens=3")
-    out = tmp_path / "e1"
     for name in ("eval.json", "items.jsonl", "report.md", "metrics.png", "answers.jsonl", "human_eval.csv",
                  "explain/explanation.json", "explain/explanation.png"):
         assert (out / name).is_file(), name
@@ -130,9 +144,9 @@ def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
     assert "####" in answers[0]["reference"] and "step by step" in answers[0]["prompt"][0]["content"]
 
 
-def test_int8_variant_is_non_inferior_to_its_source(ray_local, sft_data, tmp_path):
+def test_int8_variant_is_non_inferior_to_its_source(tiny_first, sft_data, tmp_path):
     from app.quantize import QuantizeConfig, run as quantize
-    source = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/src", "name=tiny")
+    source = from_first(tiny_first, tmp_path)
     quantize(QuantizeConfig(model="tiny", data=f"{sft_data}/val", max_texts=4, decode_tokens=8,
                             output_dir=str(tmp_path / "q")))
     int8 = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/int8", "name=tiny-int8", f"model={tmp_path}/q/model",

@@ -59,7 +59,8 @@ def test_student_moves_towards_the_teacher(ray_local, prompts_file, teacher, tmp
     from app.rl.distill import run
     out = tmp_path / "distill"
     summary = run(load_config(OnPolicyDistillConfig, "jobs/configs/distill_tiny.yaml",
-                              [f"teacher={teacher}", f"prompts={prompts_file}", f"output_dir={out}"]))
+                              [f"teacher={teacher}", f"prompts={prompts_file}", f"output_dir={out}",
+                               "checkpoint_every=0"]))
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["policy_version"] for s in steps] == list(range(1, 13))
     assert all(s["sampled_versions"] == [s["policy_version"] - 1] for s in steps)

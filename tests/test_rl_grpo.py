@@ -73,7 +73,7 @@ def test_grpo_raises_toy_reward_with_versioned_sync(ray_local, prompts_file, tmp
                                  for i, q in enumerate(HELD_OUT)) + "\n")
     summary = run(load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml",
                               [f"prompts={prompts_file}", f"output_dir={out}", f"heldout.prompts={heldout}",
-                               "heldout.every=4"]))
+                               "heldout.every=4", "checkpoint_every=0"]))
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["policy_version"] for s in steps] == list(range(1, 9)) and len({s["checksum"] for s in steps}) == 8
     assert all(s["sampled_versions"] == [s["policy_version"] - 1] for s in steps)

@@ -71,7 +71,8 @@ def toy_run(ray_local, prompts_file, tmp_path_factory):
     from app.config import load_config
     from app.rl.ppo import PPOConfig, run
     out = tmp_path_factory.mktemp("ppo")
-    cfg = load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", [f"prompts={prompts_file}", f"output_dir={out}"])
+    cfg = load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", [f"prompts={prompts_file}", f"output_dir={out}",
+                                                                "checkpoint_every=0"])  # (resume: its own test)
     return cfg, run(cfg), _steps(out)
 
 
@@ -113,6 +114,7 @@ def test_lora_learner_group_survives_a_killed_rollout_actor(ray_local, prompts_f
     out = tmp_path / "ppo"
     cfg = load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", [
         f"prompts={prompts_file}", f"output_dir={out}", "name=kill", "steps=3", "scaling.learners=2", "scaling.zero_stage=2",
+        "rollout_actors=1", "prompts_per_actor=8",  # one engine: the killed one comes back as the only sampler
         "lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}", "optim.lr=1e-3", "checkpoint_every=0",
         *VLLM_ROLLOUTS])
     result: list = []

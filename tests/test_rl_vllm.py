@@ -25,20 +25,31 @@ def _perturbed(model, scale: float, seed: int):
     return model
 
 
-@pytest.mark.parametrize("alias,lora", [("tiny-vllm", None), ("tiny-vllm-untied", None), ("tiny-vllm", LORA)],
-                         ids=["full-tied", "full-untied", "lora"])
-def test_vllm_rollouts_sample_the_synced_policy(ray_local, alias, lora):
+CASES = {"full-tied": ("tiny-vllm", None), "full-untied": ("tiny-vllm-untied", None), "lora": ("tiny-vllm", LORA)}
+
+
+@pytest.fixture(scope="module")
+def engines(ray_local):
+    """The three cases' rollout actors, started together (an engine start is mostly one core's work)."""
+    from app.models import resolve
+    from app.rl.actors import RolloutActor
+    return {case: RolloutActor.options(num_cpus=0).remote(str(resolve(alias)), 0, lora, "vllm", vllm=VLLM)
+            for case, (alias, lora) in CASES.items()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_vllm_rollouts_sample_the_synced_policy(engines, case):
     """After a sync the engine gives the learner's log-probs (probe and sampled tokens, to 1e-4 in float32),
     greedy answers are the learner's own, an end token closes its response; an engine still on the old
     version is refused by the probe check."""
     from app.models import resolve
-    from app.rl.actors import RolloutActor, _load_policy, policy_weights
+    from app.rl.actors import _load_policy, policy_weights
     from app.rl.rollout import probe_logprobs, response_logprobs, weights_checksum
     from app.rl.sync import Published, SyncNotApplied, _check
     from app.sampler import sample
-    path = str(resolve(alias))
-    policy, tok = _load_policy(path, 0, lora)
-    actor = RolloutActor.options(num_cpus=0).remote(path, 0, lora, "vllm", vllm=VLLM)
+    alias, lora = CASES[case]
+    policy, tok = _load_policy(str(resolve(alias)), 0, lora)
+    actor = engines[case]
     probe = tok.apply_chat_template([{"role": "user", "content": "Where is my parcel? 我的包裹在哪里？"}],
                                     add_generation_prompt=True, return_dict=True)["input_ids"]
     for version, seed in ((1, 1), (2, 2)):
@@ -82,7 +93,7 @@ def test_grpo_on_vllm_bf16_rollouts_learns_with_checked_syncs(ray_local, prompts
     cfg = load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml", [
         f"prompts={prompts_file}", f"output_dir={out}", "policy=tiny-vllm", "rollout_engine=vllm",
         "rollout_precision=bfloat16", "vllm.kv_cache_mb=64", "vllm.max_model_len=512", "checkpoint_every=0"])
-    assert cfg.tis() == 2.0 and cfg.sync_tolerance() == 0.05
+    assert cfg.tis() == 2.0 and cfg.sync_tolerance() == 0.25
     summary = run(cfg)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["policy_version"] for s in steps] == list(range(1, 9))

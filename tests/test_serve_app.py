@@ -70,23 +70,18 @@ def served(ray_local, tiny_adapters, reward_dir, kb_index, tiny_onnx, tmp_path_f
     words.write_text("alpha\n")
     common = dict(model="tiny", served_model_name="tiny", cpus_per_replica=0)
     log = tmp_path_factory.mktemp("request-log")
-    serve.run(build_app(ServeArgs(**common, adapters=adapters, max_batch_size=4, reward_model=str(reward_dir),
-                                  rag={"index": str(kb_index[0]), "k": 2},
-                                  logging={"requests": True, "path": str(log)})),
-              name="main", route_prefix="/")
-    serve.run(build_app(ServeArgs(**common, api_keys=["k-auth", "k-rate", "k-slow"],
-                                  limits={"rate_limit_per_minute": 3, "rate_limit_burst": 3,
-                                          "request_timeout_s": 1.5})),
-              name="keyed", route_prefix="/keyed")
-    serve.run(build_app(ServeArgs(**common, adapters=adapters, safety="refuse", sensitive_words=str(words),
-                                  max_batch_size=1, limits={"max_ongoing_requests": 1, "max_queued_requests": 1,
-                                                            "max_prompt_tokens": 256})),
-              name="strict", route_prefix="/strict")
-    serve.run(build_app(ServeArgs(model=str(tiny_onnx[0] / "model"), served_model_name="tiny", cpus_per_replica=0)),
-              name="onnx", route_prefix="/onnx")
     loop_log = tmp_path_factory.mktemp("loop-log")  # the loop test's own served model and log
-    serve.run(build_app(ServeArgs(**common, logging={"requests": True, "path": str(loop_log)})),
-              name="loop", route_prefix="/loop")
+    apps = {  # deployed together: their replicas start at once
+        "main": ServeArgs(**common, adapters=adapters, max_batch_size=4, reward_model=str(reward_dir),
+                          rag={"index": str(kb_index[0]), "k": 2}, logging={"requests": True, "path": str(log)}),
+        "keyed": ServeArgs(**common, api_keys=["k-auth", "k-rate", "k-slow"],
+                           limits={"rate_limit_per_minute": 3, "rate_limit_burst": 3, "request_timeout_s": 1.5}),
+        "strict": ServeArgs(**common, adapters=adapters, safety="refuse", sensitive_words=str(words), max_batch_size=1,
+                            limits={"max_ongoing_requests": 1, "max_queued_requests": 1, "max_prompt_tokens": 256}),
+        "onnx": ServeArgs(model=str(tiny_onnx[0] / "model"), served_model_name="tiny", cpus_per_replica=0),
+        "loop": ServeArgs(**common, logging={"requests": True, "path": str(loop_log)})}
+    serve.run_many([serve.RunTarget(build_app(a), name=name, route_prefix="/" if name == "main" else f"/{name}")
+                    for name, a in apps.items()])
     yield f"http://127.0.0.1:{port}", log, loop_log
     serve.shutdown()
 

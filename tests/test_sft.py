@@ -20,7 +20,8 @@ from app.train.sft import run
 
 
 def sft(data, out, *overrides):
-    cfg = load_config(SFTConfig, "jobs/configs/sft_tiny.yaml", [f"data.path={data}", f"output_dir={out}", *overrides])
+    cfg = load_config(SFTConfig, "jobs/configs/sft_tiny.yaml", [f"data.path={data}", f"output_dir={out}",
+                                                                "tensorboard=false", *overrides])
     return run(cfg)
 
 
@@ -36,7 +37,7 @@ def metrics(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def run_a(ray_local, sft_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "a"
-    return sft(sft_data, out, "eval.generate=3", "eval.max_new_tokens=8"), out
+    return sft(sft_data, out, "eval.generate=3", "eval.max_new_tokens=8", "tensorboard=true"), out
 
 
 def test_loss_goes_down_and_outputs_written(run_a):

@@ -32,9 +32,6 @@ from app import vllm_engine
 from app.train.checkpoints import rng_state
 from app.train.checkpoints import set_rng_state
 from app.train.deepspeed import build_ds_config, import_deepspeed
-from app.train.model import peft_config
-from app.train.reward import RewardModel
-from app.train.reward import freeze_below
 
 
 def _device() -> torch.device:
@@ -49,6 +46,8 @@ def _load_policy(path: str, seed: int, lora: dict | None = None):
     model.to(_device())
     if lora:
         from peft import get_peft_model
+
+        from app.train.model import peft_config  # here: peft costs every other actor process ~1.5 s to import
         model = get_peft_model(model, peft_config("lora", lora["r"], lora["alpha"], lora["dropout"],
                                                   lora["target_modules"], 0))
     return model, tokenizer
@@ -159,6 +158,7 @@ class RewardActor:
 
     def __init__(self, reward_model: str | None, functions: dict[str, float], penalty: float,
                  toxicity_threshold: float, threads: int = 1):
+        from app.train.reward import RewardModel  # (Ray Train, Ray Data, peft: only where a model scores)
         torch.set_num_threads(threads)
         self.model = RewardModel(reward_model, device=str(_device())) if reward_model else None
         self.functions = [(load_callable(name), weight) for name, weight in functions.items()]
@@ -178,6 +178,8 @@ class CriticActor:
     def __init__(self, init_path: str, lr: float, clip: float, top_layers: int | None = None,
                  max_grad_norm: float = 1.0, threads: int = 1):
         from transformers import AutoModelForSequenceClassification
+
+        from app.train.reward import freeze_below
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         self.model = AutoModelForSequenceClassification.from_pretrained(
