@@ -43,8 +43,9 @@ def test_registry_reference_resolves_to_the_promoted_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_run_serves_the_promoted_version_and_rollback_moves_it_back(tmp_path):
-    """`serve run <config>` in its own process (own Ray instance) on registry:latest-promoted: one streamed
+def test_serve_run_serves_the_promoted_version_and_rollback_moves_it_back(ray_local, monkeypatch, tmp_path):
+    """`serve run <config>` in its own process (joining the session's Ray, as on a cluster) on
+    registry:latest-promoted: one streamed
     answer, the version reported by /v1/models, a clean Ctrl-C exit; after `jobs.registry rollback` the same
     config resolves to the previous promoted version (what the next `serve run` loads: the lookup it calls)."""
     import json
@@ -55,6 +56,8 @@ def test_serve_run_serves_the_promoted_version_and_rollback_moves_it_back(tmp_pa
     from app.models import resolve
     from app.registry import Registry
     from jobs.serve_demo import ServeDemoConfig, run
+    import ray
+    monkeypatch.setenv("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

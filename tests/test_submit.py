@@ -78,7 +78,7 @@ def _wait(ready, what: str, timeout: float = 120) -> None:
                 return
         except (requests.RequestException, subprocess.CalledProcessError, json.JSONDecodeError):
             pass
-        time.sleep(1)
+        time.sleep(0.25)
     raise TimeoutError(f"{what} did not come up in {timeout}s")
 
 
@@ -102,7 +102,7 @@ def submit(cluster: dict, *entrypoint: str, env: dict | None = None) -> subproce
                                 timeout=900)
         if "No available agent" not in result.stderr:
             return result
-        time.sleep(2)
+        time.sleep(0.5)
     return result
 
 
