@@ -95,7 +95,9 @@ def choose(engine: str, path: str, knob: str) -> str:
         check_runs(path, knob)
     if engine != "auto":
         return engine
-    if (Path(path) / "raypost_quant.json").exists() or any(Path(path).glob("*.onnx")) or not available():
+    from app import int8
+    from app.onnx_export import is_onnx_export
+    if (Path(path) / int8.MARKER).exists() or is_onnx_export(path) or not available():
         return "hf"
     try:
         check_runs(path, knob)

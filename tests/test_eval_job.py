@@ -155,3 +155,15 @@ def test_int8_variant_is_non_inferior_to_its_source(tiny_first, sft_data, tmp_pa
     assert all(r["verdict"] not in ("REGRESSION", "inconclusive") for r in int8["gate"])
     assert Registry(tmp_path / "reg.sqlite").get(int8["version"])["parent"] == source["version"]
 
+
+
+def test_engine_auto_keeps_our_int8_and_onnx_formats_on_the_sampler(tmp_path):
+    from app import int8
+    from app.onnx_export import MARKER
+    from app.vllm_engine import choose
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / int8.MARKER).write_text("{}")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / MARKER).write_text(json.dumps({"export_format": "onnx"}))
+    assert choose("auto", str(tmp_path / "q"), "engine") == choose("auto", str(tmp_path / "o"), "engine") == "hf"
+    assert choose("hf", str(tmp_path / "q"), "engine") == "hf"
