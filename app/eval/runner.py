@@ -33,8 +33,8 @@ class AnswerActor:
         self.max_len = max_len
         self.llm = None
         if engine == "vllm":
-            vllm = {"max_model_len": getattr(self.model.config, "max_position_embeddings", 2048), **(vllm or {})}
-            vllm["max_model_len"] = min(vllm["max_model_len"] or 2048, self.model.config.max_position_embeddings)
+            limit = getattr(self.model.config, "max_position_embeddings", 2048)  # vllm.max_model_len None: this
+            vllm = {**(vllm or {}), "max_model_len": min((vllm or {}).get("max_model_len") or limit, limit)}
             self.llm = start_llm(model_path, 0, knob="engine", **vllm,
                                  dtype="bfloat16" if dtype == "auto" and fast_bf16() else "float32")
 
