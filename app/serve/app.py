@@ -21,6 +21,7 @@ see real annotation objects (Request) on its routes.
 import asyncio
 import contextlib
 import hmac
+import logging
 import math
 import time
 from dataclasses import asdict
@@ -70,6 +71,7 @@ async def _validation_error(request: Request, exc: RequestValidationError):
 
 @api.exception_handler(Exception)
 async def _server_error(request: Request, exc: Exception):
+    logging.getLogger("ray.serve").error("500 on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(P.APIError(500, f"internal error: {type(exc).__name__}", type="server_error",
                                    code="internal_error").body(), status_code=500)
 

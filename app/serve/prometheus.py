@@ -55,7 +55,8 @@ class ServeMetrics:
         self.requests.inc(tags={**tags, "code": "200"})
         self.served.set(1, tags=self.version_tags)
         self.latency.observe((now - start) * 1000, tags=tags)
-        self.tokens.inc(tokens, tags=tags)
+        if tokens > 0:  # Ray's counter refuses inc(0): an answer cut by a stop string at once has no tokens
+            self.tokens.inc(tokens, tags=tags)
         if first_token_at is not None:
             self.ttft.observe((first_token_at - start) * 1000, tags=tags)
             if tokens > 1 and now > first_token_at:
