@@ -8,7 +8,8 @@ number of steps, in one run. Prints one JSON line.
 Per system: seconds per step (steps 2.. ; the first step warms up), completions/s, the reward curve and the
 mean of its last 4 steps (95% bootstrap CI over those steps); ours on our sampler with float32 rollouts and
 with INT8 rollouts (rollout_precision=int8), and on vLLM with bfloat16 rollouts where vLLM is installed (both
-cheaper samplers corrected by truncated importance sampling), with our step's phases (generate, score,
+cheaper samplers corrected by truncated importance sampling), there also with `overlap: true` (step t+1
+sampled while the learners train on step t, one version behind), with our step's phases (generate, score,
 train, sync). TRL runs first, in a process no Ray has started in yet; its vLLM colocate mode is tried too
 (`trl_vllm`: its figures, or why it does not run here). Target: ours >= 2x TRL's completions/s.
 """
@@ -43,15 +44,15 @@ def curve(rewards: list[float], k: int) -> dict:
             "ci": [round(low, 4), round(high, 4)]}
 
 
-def ours(model: str, prompts: Path, a, engine: str = "hf", precision: str = "float32") -> dict:
+def ours(model: str, prompts: Path, a, engine: str = "hf", precision: str = "float32", overlap: bool = False) -> dict:
     from app.config import load_config
     from app.rl.grpo import GRPOConfig, run
-    out = prompts.parent / f"ours-{engine}-{precision}"
+    out = prompts.parent / f"ours-{engine}-{precision}-{overlap}"
     cfg = load_config(GRPOConfig, "jobs/configs/grpo_demo.yaml", [
         f"policy={model}", f"prompts={prompts}", f"output_dir={out}", f"steps={a.steps}", f"group_size={a.group}",
         "rollout_actors=2", f"prompts_per_actor={a.prompts // 2}", f"max_new_tokens={a.tokens}", "temperature=1.0", f"optim.lr={a.lr}",
         f"kl={{init: {a.beta}}}", "checkpoint_every=0", "wandb=false", "heldout=null", "threads={learner: 2, reference: 2}",
-        f"rollout_engine={engine}", f"rollout_precision={precision}"])
+        f"rollout_engine={engine}", f"rollout_precision={precision}", f"overlap={str(overlap).lower()}"])
     run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     mean = lambda key: round(sum(r[key] for r in rows[1:]) / len(rows[1:]), 2)  # noqa: E731
@@ -123,8 +124,9 @@ def main() -> None:
         result["ours_int8"] = ours(a.model, prompts, a, "hf", "int8")
         if importlib.util.find_spec("vllm"):
             result["ours_vllm"] = ours(a.model, prompts, a, "vllm", "bfloat16")
+            result["ours_vllm_overlap"] = ours(a.model, prompts, a, "vllm", "bfloat16", overlap=True)
     best_trl = max(v["completions_per_s"] for k, v in result.items() if k.startswith("trl") and "error" not in v)
-    for name in ("ours", "ours_int8", "ours_vllm"):
+    for name in ("ours", "ours_int8", "ours_vllm", "ours_vllm_overlap"):
         if name in result:
             result[name.replace("ours", "speedup")] = round(result[name]["completions_per_s"] / best_trl, 2)
     print(json.dumps(result))

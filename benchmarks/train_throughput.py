@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/train_throughput.py            # SmolLM2-135M-Instruct, demo data
     .venv/bin/python benchmarks/train_throughput.py --model tiny --steps 6
 
-1. Our Ray Train path (jobs.sft, 1 worker with all CPUs, ZeRO-0) against a bare PyTorch loop (same
+1. Our Ray Train path (jobs.sft, 1 worker with all CPUs, LoRA dropout 0) against a bare PyTorch loop (same
    model, LoRA r16/alpha32 on q,k,v,o, batches, AdamW, thread count) and against TRL's SFTTrainer (the same
    rows as chat messages, same LoRA, max_length, micro-batch and threads, no packing): tokens/s in steady
-   state (after the first step), the overhead against the bare loop and the ratio to TRL.
+   state (after the first step), the overhead against the bare loop and the ratio to TRL. Then the shipped
+   settings (sft_demo.yaml: LoRA dropout 0.1, ZeRO stage auto) and the same with ZeRO-2 (the old default)
+   against TRL with dropout 0.1.
 2. Packed against padded batches: effective (non-pad) tokens/s, on the demo's chats (67-285 tokens) and on a
    corpus with a wide length spread (the demo chats alternating with GSM8K solutions from ../shared/data,
    108-570 tokens) at --pack-max-len.
@@ -31,7 +33,7 @@ DATA = next((p for p in (ROOT / "runs/data-demo/train", ROOT / "runs/pipeline-de
 LORA = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-def trl_sft(model_name: str, steps: int, mb: int, max_len: int, threads: int) -> dict:
+def trl_sft(model_name: str, steps: int, mb: int, max_len: int, threads: int, dropout: float = 0.0) -> dict:
     """TRL's SFTTrainer on the same rows (their chat messages), LoRA r16/alpha32 on q,k,v,o, AdamW, no
     packing, CPU: non-pad tokens/s between the end of step 1 and the end of the last step."""
     import tempfile
@@ -53,7 +55,7 @@ def trl_sft(model_name: str, steps: int, mb: int, max_len: int, threads: int) ->
                          max_steps=steps + 1, learning_rate=1e-4, logging_steps=1, save_strategy="no",
                          report_to="none", seed=0, disable_tqdm=True, packing=False, dataloader_num_workers=0)
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                             peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA,
+                             peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules=LORA,
                                                     task_type="CAUSAL_LM"))
         trainer.add_callback(type("Clock", (TrainerCallback,), {"on_step_end": lambda self, *a, **k:
                                   stamps.append(time.perf_counter())})())
@@ -121,13 +123,16 @@ def in_subprocess(fn: str = "bare_loop", **kwargs) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def ray_path(model: str, steps: int, mb: int, max_len: int, cpus: int) -> dict:
+def ray_path(model: str, steps: int, mb: int, max_len: int, cpus: int, *settings: str) -> dict:
+    """jobs.sft with jobs/configs/sft_demo.yaml on one worker with every CPU, LoRA on TRL's q,k,v,o: the shipped
+    settings (ZeRO stage auto, LoRA dropout 0.1), or those with `settings` (key=value) on top."""
     out = ROOT / "runs" / "bench-sft"
     cmd = [sys.executable, "-m", "jobs.sft", "jobs/configs/sft_demo.yaml", f"model={model}", f"output_dir={out}",
            "name=bench", f"train.max_steps={steps + 1}", f"train.micro_batch_size={mb}", f"data.max_len={max_len}",
-           "train.log_every=1", f"lora.target_modules=[{','.join(LORA)}]", "scaling.num_workers=1", f"scaling.cpus_per_worker={cpus}", "scaling.zero_stage=0",
-           f"checkpoint.every={10 ** 6}", f"eval.every={10 ** 6}", "data.max_val_samples=0", "lora.dropout=0.0",
-           "wandb=false", "tensorboard=false", f"data.max_train_samples={mb * (steps + 1) * 3}"]
+           "train.log_every=1", f"lora.target_modules=[{','.join(LORA)}]", "scaling.num_workers=1",
+           f"scaling.cpus_per_worker={cpus}", f"checkpoint.every={10 ** 6}", f"eval.every={10 ** 6}",
+           "data.max_val_samples=0", "wandb=false", "tensorboard=false", f"data.max_train_samples={mb * (steps + 1) * 3}",
+           *settings]
     subprocess.run(["rm", "-rf", str(out)])
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -147,8 +152,11 @@ def main() -> None:
     cpus = os.cpu_count()
     common = dict(model_name=args.model, steps=args.steps, mb=args.micro_batch, max_len=args.max_len, threads=cpus)
     bare = in_subprocess(method="lora", packing=False, **common)
-    ours = ray_path(args.model, args.steps, args.micro_batch, args.max_len, cpus)
+    run = (args.model, args.steps, args.micro_batch, args.max_len, cpus)
+    ours = ray_path(*run, "lora.dropout=0.0")
+    shipped, zero2 = ray_path(*run), ray_path(*run, "scaling.zero_stage=2")
     trl = in_subprocess("trl_sft", **common)
+    trl_dropout = in_subprocess("trl_sft", dropout=0.1, **common)
     packed = in_subprocess(method="lora", packing=True, **common)
     full = in_subprocess(method="full", packing=False, **common)
     wide = {**common, "max_len": args.pack_max_len, "corpus": "wide"}
@@ -160,6 +168,12 @@ def main() -> None:
                               "overhead": round(1 - ours["tokens_per_s"] / bare["tokens_per_s"], 3)},
         "ray_train_vs_trl": {"ours_tokens_per_s": ours["tokens_per_s"], "trl_tokens_per_s": trl["tokens_per_s"],
                              "ratio": round(ours["tokens_per_s"] / trl["tokens_per_s"], 2)},
+        # the shipped settings (LoRA dropout 0.1, ZeRO auto = 0 here) and the old default ZeRO-2, against TRL
+        # with the same dropout
+        "shipped_vs_trl": {"ours_tokens_per_s": shipped["tokens_per_s"], "zero2_tokens_per_s": zero2["tokens_per_s"],
+                           "trl_tokens_per_s": trl_dropout["tokens_per_s"],
+                           "ratio": round(shipped["tokens_per_s"] / trl_dropout["tokens_per_s"], 2),
+                           "zero2_ratio": round(zero2["tokens_per_s"] / trl_dropout["tokens_per_s"], 2)},
         "packed_vs_padded": {"packed_tokens_per_s": packed["tokens_per_s"], "padded_tokens_per_s": bare["tokens_per_s"],
                              "speedup": round(packed["tokens_per_s"] / bare["tokens_per_s"], 2)},
         "packed_vs_padded_wide": {"max_len": args.pack_max_len, "packed_tokens_per_s": wide_packed["tokens_per_s"],

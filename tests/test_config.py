@@ -93,3 +93,14 @@ def test_sft_numeric_choice_from_command_line():
     assert load_config(SFTConfig, None, ["scaling.zero_stage=3"]).scaling.zero_stage == 3
     with pytest.raises(ConfigError, match="scaling.zero_stage"):
         load_config(SFTConfig, None, ["scaling.zero_stage=4"])
+
+
+@pytest.mark.parametrize("overrides, stage", [
+    ([], 0), (["method=full"], 2), (["method=full", "scaling.num_workers=1"], 0),
+    (["scaling.offload=true"], 2), (["method=ia3"], 0), (["scaling.zero_stage=1"], 1)])
+def test_zero_stage_auto_takes_stage_0_for_adapters_and_one_worker(overrides, stage):
+    """Resolved when the config loads, so the run's recorded config says which stage ran."""
+    from app.train.config import DPOConfig, RewardConfig, SFTConfig
+    assert load_config(SFTConfig, None, overrides).scaling.zero_stage == stage
+    assert load_config(RewardConfig, None, []).scaling.zero_stage == 2  # full fine-tuning on 2 workers
+    assert load_config(DPOConfig, None, ["method=lora"]).scaling.zero_stage == 0

@@ -42,7 +42,7 @@ def run_a(ray_local, sft_data, tmp_path_factory):
 
 def test_loss_goes_down_and_outputs_written(run_a):
     summary, out = run_a
-    # the seeded tiny run, pinned: 2 workers, ZeRO-2, LoRA, lr 1e-2, 12 steps (any change to data order,
+    # the seeded tiny run, pinned: 2 workers, ZeRO-0 (auto for LoRA), LoRA, lr 1e-2, 12 steps (any change to data order,
     # loss masking, the loop or the optimizer moves these)
     train = [(m["step"], m["train_loss"]) for m in metrics(out) if "train_loss" in m]
     val = [(m["step"], m["val_loss"]) for m in metrics(out) if "val_loss" in m]

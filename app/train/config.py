@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from app.config import Config, JobConfig
 
@@ -70,9 +70,20 @@ class ScalingSection(Config):
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: int = 1  # also the worker's torch thread count (Ray sets OMP_NUM_THREADS from it)
-    zero_stage: int = Field(2, ge=0, le=3)
+    # auto: 0 on one worker or for an adapter method (LoRA, IA3, prompt tuning: their optimizer states are a few
+    # MB, and ZeRO-2's partitioned gradient buckets cost SFT throughput on one CPU worker for nothing:
+    # benchmarks/train_throughput.py), 2 for full fine-tuning on several workers or with offload (which needs a
+    # stage). The run records the stage used.
+    zero_stage: int | Literal["auto"] = "auto"
     offload: bool = False  # ZeRO optimizer (and, at stage 3, parameter) offload to CPU
     max_failures: int = 2  # worker group restarts from the last checkpoint before the run fails
+
+    @field_validator("zero_stage")
+    @classmethod
+    def known_stage(cls, v):
+        if v not in (0, 1, 2, 3, "auto"):
+            raise ValueError("must be 0, 1, 2, 3 or auto")
+        return v
 
 
 class TrainerConfig(JobConfig):
@@ -86,6 +97,13 @@ class TrainerConfig(JobConfig):
     scaling: ScalingSection = ScalingSection()
     wandb: bool = True  # offline unless WANDB_MODE says otherwise
     tensorboard: bool = True
+
+    @model_validator(mode="after")
+    def choose_zero_stage(self):
+        if self.scaling.zero_stage == "auto":
+            full = getattr(self, "method", "full") == "full"
+            self.scaling.zero_stage = 2 if self.scaling.offload or (full and self.scaling.num_workers > 1) else 0
+        return self
 
 
 class DistillSection(Config):

@@ -101,6 +101,14 @@ def agree(value: float, op=dist.ReduceOp.MIN) -> float:
     return t.item()
 
 
+def grad_norm(module: torch.nn.Module) -> float | None:
+    """The total L2 norm of the gradients DeepSpeed is about to step on (already averaged over ranks at the
+    accumulation boundary): ZeRO-0 in float32 clips without keeping the norm. None under ZeRO-2/3, where the
+    module's .grad is empty and DeepSpeed's partitioned optimizer reports the norm itself."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
+
+
 def setup_engine(cfg, model, total_steps: int):
     from transformers import get_scheduler
     o = cfg.optim
@@ -228,6 +236,7 @@ def train(config: dict, session: Session) -> None:
                                                       pos["micro"]):
         result = objective.step(engine, batch)
         engine.backward(result.loss)
+        own_norm = grad_norm(engine.module) if engine.is_gradient_accumulation_boundary() else None
         engine.step()
         tokens += result.tokens
         seen.append(result.stats)
@@ -239,7 +248,8 @@ def train(config: dict, session: Session) -> None:
                    **{f"train_{k}": sum(s[k] for s in seen) / len(seen) for k in seen[0]},
                    "lr": scheduler.get_last_lr()[0], "tokens": tokens * world, "elapsed_s": elapsed,
                    "tokens_per_s": tokens * world / max(elapsed, 1e-9)}
-        norm = engine.get_global_grad_norm()  # before clipping; None where DeepSpeed does not compute it
+        norm = engine.get_global_grad_norm()  # before clipping; None where DeepSpeed does not keep it
+        norm = own_norm if norm is None else norm
         if norm is not None:
             metrics["grad_norm"] = float(norm)
         seen = []
