@@ -68,10 +68,10 @@ def test_tis_weights_truncate_the_rollout_ratio():
 
 
 def test_value_loss_takes_the_worse_of_clipped_and_unclipped():
-    # v = 1.0, old = 0.0 -> clipped 0.2; R = 1.0: max((0)^2, (0.8)^2) * 0.5 = 0.32
-    assert float(value_loss(T([[1.0]]), T([[0.0]]), T([[1.0]]), T([[1.0]]))) == pytest.approx(0.32)
-    # v = 0.1 (inside the clip), R = 0.5: 0.5 * 0.16 = 0.08
-    assert float(value_loss(T([[0.1]]), T([[0.0]]), T([[0.5]]), T([[1.0]]))) == pytest.approx(0.08)
+    # v = 1.0, old = 0.0 -> clipped 0.2; R = 1.0: max((0)^2, (0.8)^2) = 0.64 (the caller applies value_coef)
+    assert float(value_loss(T([[1.0]]), T([[0.0]]), T([[1.0]]), T([[1.0]]))) == pytest.approx(0.64)
+    # v = 0.1 (inside the clip), R = 0.5: 0.16
+    assert float(value_loss(T([[0.1]]), T([[0.0]]), T([[0.5]]), T([[1.0]]))) == pytest.approx(0.16)
 
 
 def test_whiten_entropy_logprobs():

@@ -176,7 +176,7 @@ class RewardActor:
 @ray.remote
 class CriticActor:
     def __init__(self, init_path: str, lr: float, clip: float, top_layers: int | None = None,
-                 max_grad_norm: float = 1.0, threads: int = 1):
+                 max_grad_norm: float = 1.0, threads: int = 1, value_coef: float = 0.5):
         from transformers import AutoModelForSequenceClassification
 
         from app.train.reward import freeze_below
@@ -187,7 +187,7 @@ class CriticActor:
         freeze_below(self.model, top_layers)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr)
-        self.clip, self.max_grad_norm = clip, max_grad_norm
+        self.clip, self.max_grad_norm, self.value_coef = clip, max_grad_norm, value_coef
 
     @torch.inference_mode()
     def values(self, batch: dict) -> torch.Tensor:
@@ -195,8 +195,8 @@ class CriticActor:
 
     def update(self, batch: dict, returns: torch.Tensor, old_values: torch.Tensor) -> float:
         b = to_device({**batch, "returns": returns, "old_values": old_values}, _device())
-        loss = losses.value_loss(token_values(self.model, b), b["old_values"], b["returns"], b["response_mask"],
-                                 self.clip)
+        loss = self.value_coef * losses.value_loss(token_values(self.model, b), b["old_values"], b["returns"],
+                                                   b["response_mask"], self.clip)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.opt.step()

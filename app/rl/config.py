@@ -141,6 +141,8 @@ class PPOConfig(RLConfig):
     critic_lr: float = 1e-5
     critic_top_layers: int | None = None  # train only the critic's last N layers + head (None: all)
     value_clip: float = 0.2
+    value_coef: float = Field(0.5, gt=0)  # the critic's loss weight (seed 000: c1 = 0.5); the critic has its own
+                                          # optimizer, so with Adam it acts mainly through critic grad clipping
     gamma: float = 1.0
     lam: float = 0.95
 

@@ -95,7 +95,7 @@ def _actors(cfg: RLConfig, policy: str):
         reward=place(RewardActor, k + 1, cfg.reward_model, cfg.reward_functions(), cfg.safety_penalty,
                      cfg.toxicity_threshold),
         critic=place(CriticActor, k + 2, cfg.critic_init or cfg.reward_model or policy, cfg.critic_lr,
-                     cfg.value_clip, cfg.critic_top_layers) if cfg.uses_critic else None,
+                     cfg.value_clip, cfg.critic_top_layers, value_coef=cfg.value_coef) if cfg.uses_critic else None,
         learners=[place(LearnerActor, len(order) - n + r, policy, r, n, cfg.optim.lr, cfg.clip, cfg.entropy_coef,
                         cfg.temperature, cfg.scaling.zero_stage, lora, cfg.optim.grad_clip, seed=cfg.seed,
                         tis_cap=cfg.tis())

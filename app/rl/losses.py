@@ -82,9 +82,10 @@ def tis_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                clip: float = 0.2) -> torch.Tensor:
-    """0.5 * max((v - R)^2, (v_clipped - R)^2), v_clipped within `clip` of the rollout's value."""
+    """max((v - R)^2, (v_clipped - R)^2), v_clipped within `clip` of the rollout's value; the caller weighs it
+    by the value coefficient (PPO's `value_coef`, seed 000's c1 = 0.5)."""
     clipped = old_values + (values - old_values).clamp(-clip, clip)
-    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    return masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
 def entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
