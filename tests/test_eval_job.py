@@ -156,7 +156,6 @@ def test_int8_variant_is_non_inferior_to_its_source(tiny_first, sft_data, tmp_pa
     assert Registry(tmp_path / "reg.sqlite").get(int8["version"])["parent"] == source["version"]
 
 
-
 def test_engine_auto_keeps_our_int8_and_onnx_formats_on_the_sampler(tmp_path):
     from app import int8
     from app.onnx_export import MARKER

@@ -103,8 +103,8 @@ def agree(value: float, op=dist.ReduceOp.MIN) -> float:
 
 def grad_norm(module: torch.nn.Module) -> float | None:
     """The total L2 norm of the gradients DeepSpeed is about to step on (already averaged over ranks at the
-    accumulation boundary): ZeRO-0 in float32 clips without keeping the norm. None under ZeRO-2/3, where the
-    module's .grad is empty and DeepSpeed's partitioned optimizer reports the norm itself."""
+    accumulation boundary), for ZeRO-0, whose float32 path clips without keeping the norm (ZeRO-1/2/3 report
+    it through engine.get_global_grad_norm)."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     return float(torch.nn.utils.get_total_norm(grads)) if grads else None
 
@@ -236,7 +236,8 @@ def train(config: dict, session: Session) -> None:
                                                       pos["micro"]):
         result = objective.step(engine, batch)
         engine.backward(result.loss)
-        own_norm = grad_norm(engine.module) if engine.is_gradient_accumulation_boundary() else None
+        own_norm = grad_norm(engine.module) \
+            if cfg.scaling.zero_stage == 0 and engine.is_gradient_accumulation_boundary() else None
         engine.step()
         tokens += result.tokens
         seen.append(result.stats)
