@@ -156,13 +156,23 @@ def test_int8_variant_is_non_inferior_to_its_source(tiny_first, sft_data, tmp_pa
     assert Registry(tmp_path / "reg.sqlite").get(int8["version"])["parent"] == source["version"]
 
 
-def test_engine_auto_keeps_our_int8_and_onnx_formats_on_the_sampler(tmp_path):
+def test_engine_auto_takes_vllm_where_it_runs_the_model(tmp_path):
     from app import int8
     from app.onnx_export import MARKER
-    from app.vllm_engine import choose
+    from app.vllm_engine import EngineStartError, choose
     (tmp_path / "q").mkdir()
     (tmp_path / "q" / int8.MARKER).write_text("{}")
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / MARKER).write_text(json.dumps({"export_format": "onnx"}))
     assert choose("auto", str(tmp_path / "q"), "engine") == choose("auto", str(tmp_path / "o"), "engine") == "hf"
     assert choose("hf", str(tmp_path / "q"), "engine") == "hf"
+    with pytest.raises(EngineStartError, match="INT8 or ONNX exports.*set engine: hf"):
+        choose("vllm", str(tmp_path / "q"), "engine")
+    # the one rule behind RL rollouts, evaluation and serving (which keeps its own engine on CPU under auto)
+    import torch
+
+    from app.rl.config import GRPOConfig
+    from app.serve.engines import pick
+    assert choose("auto", "tiny-vllm", "engine") == GRPOConfig(policy="tiny-vllm").engine() == "vllm"
+    on_cpu = "vllm" if torch.cuda.is_available() else "hf"
+    assert GRPOConfig(policy="tiny").engine() == pick("auto", "tiny-vllm") == on_cpu  # tiny: head_dim 16

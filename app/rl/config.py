@@ -8,7 +8,6 @@ job checks its config before any model code loads.
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -129,9 +128,8 @@ class RLConfig(JobConfig):
         return {} if f is None else {f: 1.0} if isinstance(f, str) else dict(f)
 
     def engine(self) -> str:
-        if self.rollout_engine != "auto":
-            return self.rollout_engine
-        return "vllm" if importlib.util.find_spec("vllm") else "hf"
+        from app.vllm_engine import choose
+        return choose(self.rollout_engine, self.policy, "rollout_engine")
 
 
 class PPOConfig(RLConfig):

@@ -27,7 +27,6 @@ from typing import AsyncIterator
 import torch
 
 from app.models import load_policy, load_tokenizer, resolve
-from app.onnx_export import is_onnx_export
 from app.serve.batching import Batcher, Sequence
 from app.serve.logprobs import first, prompt_entries
 from app.serve.textstream import TextStream
@@ -44,15 +43,10 @@ class GenParams:
     logprobs: int | None = None   # top-k log-probs with each generated token (app/serve/logprobs.py)
 
 
-def pick(engine: str) -> str:
-    """'auto' -> vllm when CUDA and vllm are both present, else hf."""
-    if engine != "auto":
-        return engine
-    try:
-        import vllm  # noqa: F401
-        return "vllm" if torch.cuda.is_available() else "hf"
-    except ImportError:
-        return "hf"
+def pick(engine: str, model: str) -> str:
+    """'hf' or 'vllm' for ServeArgs.engine (app.vllm_engine.choose; auto takes vLLM on a GPU)."""
+    from app.vllm_engine import choose
+    return choose(engine, str(resolve(model)), "engine", auto_on_cpu=False)
 
 
 class HFEngine:
@@ -230,7 +224,7 @@ def lora_rank(adapter_dir: str) -> int:
 def make_engine(kind: str, model: str, dtype: str, max_batch_size: int, trust_remote_code: bool,
                 adapters: dict[str, str], max_loras: int, vllm_args: dict, threads: int = 0,
                 prefill_tokens: int = 256):
-    if pick(kind) == "vllm" and not is_onnx_export(resolve(model)):  # an ONNX export runs on ONNX Runtime
+    if pick(kind, model) == "vllm":
         return VLLMEngine(model, dtype, max_batch_size, trust_remote_code, max_loras if adapters else 0,
                           vllm_args, prefill_tokens, adapters, threads)
     return HFEngine(model, dtype, max_batch_size, trust_remote_code, threads, prefill_tokens)
