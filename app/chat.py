@@ -3,12 +3,16 @@
   render(tokenizer, messages, max_len)        -> (input_ids, loss_mask): 1 on assistant tokens only
   render_prompt(tokenizer, messages, max_len) -> input_ids ending with the assistant header
   with_sources(messages, chunks)              -> messages with retrieved chunks as numbered sources (RAG)
+  with_system_prompt(template, prompt)        -> a chat template that opens every conversation with `prompt`
 
 Both use the tokenizer's own chat template. A conversation longer than `max_len` tokens loses its oldest
 turns first (system prompt kept); if even the last exchange does not fit, ChatTooLong is raised: the final
 answer is never cut silently. Pure: no ray import.
 """
 from __future__ import annotations
+
+import json
+import re
 
 ROLES = ("system", "user", "assistant")
 
@@ -28,6 +32,22 @@ def with_sources(messages: list[dict], chunks: list[dict]) -> list[dict]:
     if messages and messages[0]["role"] == "system":
         return [{"role": "system", "content": messages[0]["content"] + "\n\n" + note}] + list(messages[1:])
     return [{"role": "system", "content": note}] + list(messages)
+
+
+_SYSTEM_PROMPT = re.compile(r"\{#- raypost system_prompt -#\}.*?\{#- /raypost system_prompt -#\}", re.S)
+
+
+def with_system_prompt(template: str, prompt: str | None) -> str:
+    """The chat template with `prompt` as the system turn of every conversation that brings none (None: the
+    template's own default again). How SFT's `system_prompt` reaches RL, evaluation and serving: the SFT
+    export saves the tokenizer with this template, and every later stage renders with the model's tokenizer.
+    A prompt set by an earlier SFT (two-stage training) is replaced, not stacked."""
+    template = _SYSTEM_PROMPT.sub("", template)
+    if prompt is None:
+        return template
+    system = json.dumps({"role": "system", "content": prompt})  # a Jinja dict literal, quotes escaped
+    return ("{#- raypost system_prompt -#}{%- if not messages or messages[0]['role'] != 'system' %}"
+            f"{{%- set messages = [{system}] + messages %}}{{%- endif %}}{{#- /raypost system_prompt -#}}" + template)
 
 
 def check_messages(messages) -> list[dict]:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 METRICS = {"rougeL": "rougeL", "bleu": "BLEU", "f1": "F1", "perplexity": "PPL", "safety_pass_rate": "safety",
-           "heldout_reward": "held-out", "accuracy": "accuracy", "ttft_ms": "TTFT ms", "tokens_per_s_batch8": "tok/s b8"}
+           "heldout_reward": "held-out", "identity_rate": "identity", "accuracy": "accuracy", "ttft_ms": "TTFT ms", "tokens_per_s_batch8": "tok/s b8"}
 
 
 class Record(dict):

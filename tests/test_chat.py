@@ -41,6 +41,26 @@ def test_default_system_prompt_is_never_trained(tokenizer):
     assert tokenizer.decode([i for i, m in zip(ids, mask) if m]) == "Hello! How can I help?<|im_end|>"
 
 
+def test_system_prompt_opens_conversations_without_one_and_is_never_trained(tokenizer):
+    """SFT's system_prompt (app.train.data.tokenize_batch), CJK and quotes intact; a conversation's own system
+    turn wins; a second SFT's prompt replaces the first; None restores the template."""
+    import json
+
+    from app.chat import with_system_prompt
+    from app.train.data import tokenize_batch
+    prompt = 'You are Lumi of "Lumen Home" (鹿鸣家居的客服助手小鹿).'
+    out = tokenize_batch({"id": ["a", "b"], "messages": [json.dumps(CHAT[1:3]), json.dumps(CHAT[:3])]},
+                         "tiny", 512, system_prompt=prompt)
+    first, own = [tokenizer.decode(ids) for ids in out["input_ids"]]
+    assert first.startswith(f"<|im_start|>system\n{prompt}<|im_end|>\n<|im_start|>user\nHi there")
+    assert own.startswith("<|im_start|>system\nBe brief.<|im_end|>") and prompt not in own
+    for labels in out["labels"]:
+        assert tokenizer.decode([t for t in labels if t != -100]) == "Hello! How can I help?<|im_end|>"
+    template = tokenizer.chat_template
+    twice = with_system_prompt(with_system_prompt(template, prompt), "Second.")
+    assert twice.count("raypost system_prompt -#}") == 2 and with_system_prompt(twice, None) == template
+
+
 def test_overlong_drops_oldest_turns_keeps_system(tokenizer):
     full, _ = render(tokenizer, CHAT)
     ids, mask = render(tokenizer, CHAT, max_len=len(full) - 1)

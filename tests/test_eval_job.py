@@ -23,7 +23,7 @@ def evaluate(data, tmp_path, *overrides):
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
                       ["model=tiny", f"data={data}/val", f"registry={tmp_path}/reg.sqlite", "max_samples=12",
                        f"heldout.prompts={heldout}",
-                       "max_new_tokens=8", "batch_size=4", "human_eval_rows=5", "concurrency=2", "efficiency=false",
+                       "max_new_tokens=8", "identity.max_new_tokens=8", "batch_size=4", "human_eval_rows=5", "concurrency=2", "efficiency=false",
                        "dtype=float32", *overrides])  # the pinned figures: the same on every CPU
     return run(cfg)
 
@@ -59,6 +59,9 @@ def test_eval_gates_against_the_promoted_version(tiny_first, sft_data, tmp_path)
     test, red = [i for i in items if i["set"] == "test"], [i for i in items if i["set"] == "redteam"]
     assert len(test) == first["n"] == 12 and len(red) == first["n_redteam"] >= 20 and first["n_heldout"] == 4
     assert m["heldout_reward"] == 0.0  # the random model does not add one to a digit
+    identity = [i for i in items if i["set"] == "identity"]  # eval_demo.yaml's 8 probes, EN and ZH
+    assert first["n_identity"] == len(identity) == 8 and m["identity_rate"] == 0.0  # no random model is Lumi
+    assert {i["id"] for i in identity} == {f"identity/{k}" for k in range(8)} and all("answer" in i for i in identity)
     c = first["safety"]  # passed, unsafe, empty or degenerate: the red-team answers, each counted once
     assert c["n"] == len(red) and c["passed"] + c["unsafe"] + c["degenerate"] == c["n"]
     assert c["passed"] / c["n"] == m["safety_pass_rate"] and "red-team answers pass" in (out / "report.md").read_text()
@@ -132,7 +135,7 @@ GSM8K = PROJECT_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 @pytest.mark.skipif(not GSM8K.is_file(), reason="../shared/data/gsm8k not present")
 def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
-                      ["model=tiny", f"data={GSM8K}", "task=gsm8k", "heldout=null", f"registry={tmp_path}/reg.sqlite", "max_samples=4",
+                      ["model=tiny", f"data={GSM8K}", "task=gsm8k", "heldout=null", "identity=null", f"registry={tmp_path}/reg.sqlite", "max_samples=4",
                        "max_new_tokens=8", "batch_size=4", "safety=false", "efficiency=false", "concurrency=1",
                        f"output_dir={tmp_path}/g"])
     result = run(cfg)

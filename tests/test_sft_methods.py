@@ -38,13 +38,20 @@ def test_prompt_tuning(ray_local, sft_data, tmp_path):
     from peft import AutoPeftModelForCausalLM
     out = tmp_path / "pt"
     summary = sft_in_process(sft_data, out, "method=prompt_tuning", "prompt_tuning.num_virtual_tokens=8", "optim.lr=3e-2",
-                  "train.max_steps=8", "checkpoint.every=8", "eval.every=4")
+                  "train.max_steps=8", "checkpoint.every=8", "eval.every=4", "system_prompt=You are Lumi 小鹿.")
     assert summary["trainable"]["trainable_params"] == 8 * 64
     losses = val_losses(out)
     assert losses[-1] < losses[0]
     model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter")
     ids = torch.tensor([[1, 2, 3]])
     assert model(input_ids=ids).logits.shape[1] == 8 + 3  # the soft prompt comes first
+    from transformers import AutoTokenizer
+
+    from app.chat import render_prompt
+    for folder in ("adapter", "final"):  # the system prompt it trained with travels with the model
+        tok = AutoTokenizer.from_pretrained(out / folder)
+        assert tok.decode(render_prompt(tok, [{"role": "user", "content": "hi"}])).startswith(
+            "<|im_start|>system\nYou are Lumi 小鹿.<|im_end|>")
 
 
 def test_continued_pretraining_on_raw_documents(ray_local, tokenizer, tmp_path):

@@ -31,7 +31,7 @@ from app.demo.phrases import (BAD_ANSWERS, CARRIERS, CITIES, CLOSERS, COLOURS, D
                               MATERIALS, OPENERS, PRODUCTS, SENSITIVE, TOPICS)
 
 INTENT_WEIGHTS = {"order_status": 34, "refund": 20, "shipping": 14, "product_info": 12, "account": 8,
-                  "complaint": 7, "invoice": 5}
+                  "complaint": 7, "invoice": 5, "identity": 3}
 LANG_WEIGHTS = {"en": 55, "zh": 45}
 # Share of dialogs that get each kind of dirt (at most one kind each); the rest stay clean.
 DIRT = {"exact_dup": 0.04, "near_dup": 0.05, "html": 0.05, "width_mix": 0.08, "pii": 0.06, "sensitive": 0.02,

@@ -34,6 +34,7 @@ ITEM_METRICS = {
     "rouge1": ("test", "mean"), "rouge2": ("test", "mean"), "rougeL": ("test", "mean"), "f1": ("test", "mean"),
     "exact_match": ("test", "binary"), "accuracy": ("test", "binary"),
     "safety_pass_rate": ("redteam", "binary"), "heldout_reward": ("heldout", "mean"),
+    "identity_rate": ("identity", "binary"),
 }
 
 

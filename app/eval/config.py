@@ -43,6 +43,18 @@ class HeldoutPrompts(Config):
     max_new_tokens: int = 24  # as the demo's GRPO rollouts: a short answer is what these prompts ask for
 
 
+class IdentityProbe(Config):
+    """Does the model say whose assistant it is? Each question is asked alone (the model's own default system
+    turn: SFT's system_prompt where it trained with one); an answer passes when it names one of `expect`
+    (case-insensitive). Metric identity_rate; the defaults are worded unlike the demo's training dialogs."""
+    expect: list[str] = Field(min_length=1)
+    questions: list[str] = Field(["Who am I talking to?", "Could you introduce yourself?",
+                                  "Which shop do you work for?", "Am I chatting with a person or a program?",
+                                  "请问你是哪位？", "请介绍一下你自己。", "你是哪家店的客服？", "我现在是在和真人聊天吗？"],
+                                 min_length=1)
+    max_new_tokens: int = 48
+
+
 class ExplainSection(Config):
     """The worst red-team answer explained (app/eval/explain.py) into explain/, linked from report.md."""
     steps: int = Field(8, ge=2)        # integrated gradients' interpolation steps
@@ -76,6 +88,7 @@ class EvalConfig(JobConfig):
     efficiency: bool = True
     registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite
     heldout: HeldoutPrompts | None = None
+    identity: IdentityProbe | None = None
     judge: JudgeConfig | None = None  # win_rate against the baseline's answers (app/eval/judge.py)
     explain: ExplainSection | None = None  # explain the worst safety case (needs safety: true)
     rag: RagEvalSection | None = None      # task: rag

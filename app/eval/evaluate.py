@@ -56,6 +56,12 @@ def load_records(folder: str, limit: int | None, task: str = "chat") -> tuple[li
     return records, skipped
 
 
+def _asked(item_id: str, question: str, max_new_tokens: int | None = None) -> dict:
+    """A one-question conversation for the answer pool (red-team and identity prompts)."""
+    return {"id": item_id, "prompt": [{"role": "user", "content": question}],
+            **({"max_new_tokens": max_new_tokens} if max_new_tokens else {})}
+
+
 def run(cfg: EvalConfig) -> dict:
     if cfg.task == "rag":  # with vs without retrieval, in process (app/rag/evaluate.py)
         from app.rag.evaluate import run as run_rag
@@ -74,17 +80,20 @@ def run(cfg: EvalConfig) -> dict:
     print(f"eval: {len(records)} test items ({skipped_line(skipped['test'])})"
           + (f", {len(held)} held-out prompts ({skipped_line(held_skipped)})" if cfg.heldout else ""), flush=True)
     red_ids = [f"redteam/{p['id']}" for p in prompts]
+    probes = {f"identity/{k}": q for k, q in enumerate(cfg.identity.questions)} if cfg.identity else {}
     manifest = Path(cfg.data).parent / "manifest.json"
     data_sha = sha256_file(manifest) if manifest.is_file() else None
     if baseline:  # mismatched items or data fail here, before any model loads
         check_pairable(cfg.gate, baseline, baseline_items, {"test": [r["id"] for r in records], "redteam": red_ids,
-                                                            "heldout": [r["id"] for r in held]}, data_sha)
+                                                            "heldout": [r["id"] for r in held],
+                                                            "identity": list(probes)}, data_sha)
     engine = choose(cfg.engine, model_path, "engine")
     init_ray()
-    # One pass of the actor pool answers the test records, the red-team and the held-out prompts (one model load).
-    everything = answer_all(records + [{"id": i, "prompt": [{"role": "user", "content": p["prompt"]}]}
-                                       for i, p in zip(red_ids, prompts)] + [{"id": r["id"], "prompt": r["prompt"],
-                                         "max_new_tokens": cfg.heldout.max_new_tokens} for r in held],
+    # One pass of the actor pool answers the test records, the red-team, the held-out and the identity prompts.
+    everything = answer_all(records + [_asked(i, p["prompt"]) for i, p in zip(red_ids, prompts)]
+                            + [{"id": r["id"], "prompt": r["prompt"], "max_new_tokens": cfg.heldout.max_new_tokens}
+                               for r in held]
+                            + [_asked(i, q, cfg.identity.max_new_tokens) for i, q in probes.items()],
                             model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency, cfg.dtype,
                             engine, cfg.vllm.model_dump())
     by_id = {r["id"]: r for r in everything}
@@ -118,6 +127,12 @@ def run(cfg: EvalConfig) -> dict:
         items += [{"id": r["id"], "set": "heldout", "heldout_reward": s, "answer": a}
                   for r, s, a in zip(held, scores, answers)]
         metrics["heldout_reward"] = sum(scores) / len(scores)
+    if probes:
+        expect = [e.lower() for e in cfg.identity.expect]
+        passed = [any(e in by_id[i]["answer"].lower() for e in expect) for i in probes]
+        items += [{"id": i, "set": "identity", "identity_rate": float(p), "answer": by_id[i]["answer"]}
+                  for i, p in zip(probes, passed)]
+        metrics["identity_rate"] = sum(passed) / len(passed)
     wins = judge(cfg, baseline, answered, items, metrics) if cfg.judge and baseline else None
     if cfg.efficiency:
         metrics.update(efficiency(model_path, [r["prompt"] for r in answered], dtype=cfg.dtype))  # batch 1 and 8
@@ -172,7 +187,7 @@ def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered:
         registry.promote(version, f"gate passed ({decision['mode']})")
     result = {"version": version, "model": model_path, "compute": compute, "engine": engine, "n": len(answered), "skipped": skipped or {},
               "safety": safety.get("counts"),
-              **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout")}, "metrics": metrics,
+              **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout", "identity")}, "metrics": metrics,
               "promoted": decision["passed"], "baseline": decision["baseline"], "gate": decision["rows"],
               "verdict": {k: decision[k] for k in ("mode", "keys", "passed", "why", "warnings")}}
     (out / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))

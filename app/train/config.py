@@ -126,6 +126,9 @@ class SFTConfig(TrainerConfig):
     eval: SFTEvalSection = SFTEvalSection()
     distill: DistillSection = DistillSection()
     init_from: str | None = None  # an earlier run's output dir (its final/): two-stage fine-tuning
+    # The assistant's system turn wherever a conversation brings none: in training, and (saved in the exported
+    # tokenizer's chat template: app.chat.with_system_prompt) in RL, evaluation and serving of this model
+    system_prompt: str | None = None
     # ia3: learned scales on the modules peft lists for the model type
     method: Literal["full", "lora", "qlora", "prompt_tuning", "ia3"] = "lora"
     lora: LoraSection = LoraSection()

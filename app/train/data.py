@@ -17,23 +17,28 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from app.chat import ChatTooLong, check_messages, render
+from app.chat import ChatTooLong, check_messages, render, with_system_prompt
 from app.models import load_tokenizer
 
 IGNORE = -100
 
 
 @lru_cache(maxsize=2)
-def _tokenizer(path: str):
-    return load_tokenizer(path)
+def _tokenizer(path: str, system_prompt: str | None = None):
+    tok = load_tokenizer(path)
+    if system_prompt is not None:
+        tok.chat_template = with_system_prompt(tok.chat_template, system_prompt)
+    return tok
 
 
-def tokenize_batch(batch: dict, model_path: str, max_len: int, objective: str = "chat") -> dict:
+def tokenize_batch(batch: dict, model_path: str, max_len: int, objective: str = "chat",
+                   system_prompt: str | None = None) -> dict:
     """Ray Data map_batches: {id, messages} -> {id, input_ids, labels, drop}. `drop` is "" for a row that
     trains, else why it cannot: malformed (not a conversation), no_answer (no assistant reply to learn),
     too_long (even its last exchange exceeds max_len). Such rows carry no tokens; the caller counts them.
-    causal_lm: one row per max_len piece of the document (ids `<id>#<k>` from the second piece on)."""
-    tok = _tokenizer(model_path)
+    causal_lm: one row per max_len piece of the document (ids `<id>#<k>` from the second piece on).
+    system_prompt: the system turn of each conversation that has none (SFTConfig.system_prompt)."""
+    tok = _tokenizer(model_path, system_prompt)
     out = {"id": [], "input_ids": [], "labels": [], "drop": []}
     for rid, messages in zip(batch["id"], batch["messages"]):
         pieces = _document(tok, messages, max_len) if objective == "causal_lm" else [_row(tok, messages, max_len)]

@@ -10,14 +10,20 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from app.chat import with_system_prompt
 from app.models import load_tokenizer
 from app.train.model import peft_config
 
 
-def export(checkpoint: Path, base_path: str, out: Path, method: str, lora: dict, num_virtual_tokens: int) -> Path:
+def export(checkpoint: Path, base_path: str, out: Path, method: str, lora: dict, num_virtual_tokens: int,
+           system_prompt: str | None = None) -> Path:
+    """final/ (and adapter/) of a checkpoint; the tokenizer's chat template carries `system_prompt` (the one
+    the model trained with) to every stage that loads the model."""
     weights = load_file(checkpoint / "trainable.safetensors")
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)
     tokenizer = load_tokenizer(base_path)
+    if system_prompt is not None:
+        tokenizer.chat_template = with_system_prompt(tokenizer.chat_template, system_prompt)
     final = out / "final"
     for folder in (final, out / "adapter"):
         shutil.rmtree(folder, ignore_errors=True)

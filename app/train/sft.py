@@ -63,7 +63,8 @@ def check_model(cfg: SFTConfig) -> str:
     return path
 
 
-def load_split(folder: Path, model_path: str, max_len: int, limit: int | None, objective: str = "chat") -> tuple:
+def load_split(folder: Path, model_path: str, max_len: int, limit: int | None, objective: str = "chat",
+               system_prompt: str | None = None) -> tuple:
     """(the split's trainable rows, materialized; {read, kept, dropped: {reason: n}}) of one data stage
     split; (None, {}) when the folder is absent or the limit is 0. The reasons are app/train/data.py
     tokenize_batch's."""
@@ -73,7 +74,8 @@ def load_split(folder: Path, model_path: str, max_len: int, limit: int | None, o
     if limit is not None:
         ds = ds.limit(limit)
     ds = ds.map_batches(tokenize_batch, batch_format="numpy",
-                        fn_kwargs={"model_path": model_path, "max_len": max_len, "objective": objective}
+                        fn_kwargs={"model_path": model_path, "max_len": max_len, "objective": objective,
+                                   "system_prompt": system_prompt}
                         ).materialize()
     reasons = Counter(ds.select_columns(["drop"]).to_pandas()["drop"])
     kept = reasons.pop("", 0)
@@ -102,19 +104,20 @@ def tokenize_splits(cfg: SFTConfig, model_path: str) -> tuple:
     if not (data / "train").is_dir():
         raise UserError(f"no training data: {data}/train not found (run python -m jobs.data first)")
     train, counts = load_split(data / "train", model_path, cfg.data.max_len, cfg.data.max_train_samples,
-                               cfg.objective)
+                               cfg.objective, cfg.system_prompt)
     counts = {"train": counts}
     if counts["train"]["kept"] == 0:
         raise UserError(f"no usable training rows in {data}/train: of {counts['train']['read']} read, "
                         f"{_dropped(counts['train'], cfg.data.max_len)}")
     if cfg.data.replay_path and cfg.data.replay_share > 0:
-        replay, counts["replay"] = load_split(Path(cfg.data.replay_path), model_path, cfg.data.max_len, None)
+        replay, counts["replay"] = load_split(Path(cfg.data.replay_path), model_path, cfg.data.max_len, None,
+                                              system_prompt=cfg.system_prompt)
         if replay is None:
             raise UserError(f"data.replay_path {cfg.data.replay_path} is not a folder of SFT Parquet files")
         n = round(counts["train"]["kept"] * cfg.data.replay_share / (1 - cfg.data.replay_share))
         train = train.union(replay.random_shuffle(seed=cfg.seed).limit(n)).materialize()
     val, counts["val"] = load_split(data / "val", model_path, cfg.data.max_len, cfg.data.max_val_samples,
-                                         cfg.objective)
+                                    cfg.objective, cfg.system_prompt)
     for name, c in counts.items():
         if c:
             print(f"sft data: {name} {c['kept']} of {c['read']} rows ({_dropped(c, cfg.data.max_len)})", flush=True)
@@ -132,7 +135,8 @@ def run(cfg: SFTConfig, callbacks: list | None = None, report=None, data: tuple 
     train, val, counts = data or tokenize_splits(cfg, model_path)
     best = fit(cfg, objective, split(train, val, cfg.scaling.num_workers), out, model_path, "sft",
                callbacks=callbacks, report=report)
-    final = export(best, model_path, out, cfg.method, cfg.lora.model_dump(), cfg.prompt_tuning.num_virtual_tokens)
+    final = export(best, model_path, out, cfg.method, cfg.lora.model_dump(), cfg.prompt_tuning.num_virtual_tokens,
+                   cfg.system_prompt)
     return summarize(cfg, out, best, final, model_path, counts)
 
 
