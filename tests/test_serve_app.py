@@ -499,13 +499,26 @@ def test_overload_answers_503_while_accepted_requests_complete(server):
     assert json.loads(busy[0][1][0])["error"]["code"] == "overloaded"
 
 
-def test_non_loopback_without_keys_is_refused():
+def test_non_loopback_without_keys_is_refused(server, monkeypatch):
+    """The host is read from the running Serve instance; a lookup that fails (Ray moved its private client)
+    counts as exposed: keys are required, never waived."""
+    import ray.serve.context
+
     from app.config import UserError
-    from app.serve.config import require_keys
+    from app.serve.config import http_host, require_keys
+    assert http_host() == "127.0.0.1"  # the real lookup, in this session's running Serve
     with pytest.raises(UserError, match="api_keys"):
         require_keys("0.0.0.0", [])
     require_keys("0.0.0.0", ["k"])
     require_keys("127.0.0.1", [])
+
+    def moved():
+        raise AttributeError("module 'ray.serve.context' has no attribute '_get_global_client'")
+    monkeypatch.setattr(ray.serve.context, "_get_global_client", moved)
+    assert http_host().startswith("unknown (AttributeError")
+    with pytest.raises(UserError, match="Serve HTTP host could not be read .*: set api_keys"):
+        require_keys(http_host(), [])
+    require_keys(http_host(), ["k"])
 
 
 def test_timeout_mid_stream_is_an_error_chunk(server):

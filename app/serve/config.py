@@ -17,20 +17,24 @@ from app.registry import Registry, default_path
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def require_keys(host: str | None, keys: list[str]) -> None:
-    """Serving beyond loopback without API keys is refused at start."""
-    if host is not None and host not in LOOPBACK and not keys:
-        raise UserError(f"http_options.host is {host}: set api_keys (or the RAYPOST_API_KEYS env var) before "
-                        f"exposing the endpoint beyond 127.0.0.1")
+def require_keys(host: str, keys: list[str]) -> None:
+    """Serving beyond loopback without API keys is refused at start; so is serving on a host that could not
+    be read (fail closed)."""
+    if host not in LOOPBACK and not keys:
+        where = f"http_options.host is {host}" if not host.startswith("unknown") else \
+            f"the Serve HTTP host could not be read ({host})"
+        raise UserError(f"{where}: set api_keys (or the RAYPOST_API_KEYS env var) before exposing the endpoint "
+                        f"beyond 127.0.0.1")
 
 
-def http_host() -> str | None:
-    """The host the running Serve instance listens on (None outside one)."""
+def http_host() -> str:
+    """The host the running Serve instance listens on, from Ray's private client. When that lookup fails
+    (outside Serve, or a Ray upgrade that moved it): "unknown (<why>)", which require_keys treats as exposed."""
     try:
         from ray.serve.context import _get_global_client
         return _get_global_client().http_config.host
-    except Exception:  # not inside a running Serve instance (unit use)
-        return None
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__}: {exc})"
 
 
 class Limits(Config):
