@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 METRICS = {"rougeL": "rougeL", "bleu": "BLEU", "f1": "F1", "perplexity": "PPL", "safety_pass_rate": "safety",
-           "heldout_reward": "held-out", "identity_rate": "identity", "accuracy": "accuracy", "ttft_ms": "TTFT ms", "tokens_per_s_batch8": "tok/s b8"}
+           "heldout_reward": "held-out", "identity_rate": "identity", "accuracy": "accuracy", "ttft_ms": "TTFT ms",
+           "tokens_per_s_batch8": "tok/s b8"}
 
 
 class Record(dict):
@@ -80,7 +81,8 @@ def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list
         prefix = f"{name}:" if "heldout_diff" not in s else " " * (len(name) + 1)
         out.append(f"{prefix} training-batch reward "
                    f"{_fmt(s['reward_first'])} -> {_fmt(s['reward_last'])} over {s['steps']} steps, "
-                   f"KL (k3) {_fmt(s['kl_last'])}")
+                   f"KL (k3) {_fmt(s['kl_last'])} per sequence"
+                   + ("" if s.get("kl_per_token_last") is None else f", {_fmt(s['kl_per_token_last'])} per token"))
     evals = [(n, _read(d / "eval.json")) for n, d in by_job("eval")]
     if evals:
         keys = [k for k in METRICS if any(k in e["metrics"] for _, e in evals)]

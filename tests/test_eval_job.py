@@ -23,7 +23,8 @@ def evaluate(data, tmp_path, *overrides):
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
                       ["model=tiny", f"data={data}/val", f"registry={tmp_path}/reg.sqlite", "max_samples=12",
                        f"heldout.prompts={heldout}",
-                       "max_new_tokens=8", "identity.max_new_tokens=8", "batch_size=4", "human_eval_rows=5", "concurrency=2", "efficiency=false",
+                       "max_new_tokens=8", "identity.max_new_tokens=8", "batch_size=4", "human_eval_rows=5",
+                       "concurrency=2", "efficiency=false",
                        "dtype=float32", *overrides])  # the pinned figures: the same on every CPU
     return run(cfg)
 

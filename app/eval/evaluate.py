@@ -187,7 +187,8 @@ def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered:
         registry.promote(version, f"gate passed ({decision['mode']})")
     result = {"version": version, "model": model_path, "compute": compute, "engine": engine, "n": len(answered), "skipped": skipped or {},
               "safety": safety.get("counts"),
-              **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout", "identity")}, "metrics": metrics,
+              **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout", "identity")},
+              "metrics": metrics,
               "promoted": decision["passed"], "baseline": decision["baseline"], "gate": decision["rows"],
               "verdict": {k: decision[k] for k in ("mode", "keys", "passed", "why", "warnings")}}
     (out / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))

@@ -282,6 +282,7 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: 
     summary = {"steps": cfg.steps, "prompts": {"used": len(data), "skipped": skipped}, "policy_version": pub.version, "checksum": pub.checksum,
                "resumed_from": start if resumed else None, "reward_first": history[0]["reward_mean"],
                "reward_last": history[-1]["reward_mean"], "kl_last": history[-1]["kl"],
+               "kl_per_token_last": history[-1].get("kl_loss"),  # k3, mean over response tokens
                "rollout_restarts": sampler.restarts, "final": str(final),
                **(held.change(measured[0], measured[-1]) if len(measured) > 1 else {})}
     write_manifest(out, cfg.model_dump(mode="json"), [], prompts_sha256=sha256_path(cfg.prompts), summary=summary)

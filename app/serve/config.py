@@ -98,7 +98,7 @@ class ServeArgs(Config):
         from app.serve.engines import pick
         config = AutoConfig.from_pretrained(resolve(model_path), trust_remote_code=self.trust_remote_code)
         context = getattr(config, "max_position_embeddings", 2048)
-        if pick(self.engine, model_path) == "vllm":  # app.vllm_engine.engine_kwargs' max_model_len unless vllm_args sets one
+        if pick(self.engine, model_path) == "vllm":  # engine_kwargs' max_model_len unless vllm_args sets one
             return min(context, self.vllm_args.get("max_model_len") or 2048)
         return context
 
