@@ -202,7 +202,8 @@ def documents(rng: random.Random, n: int) -> list[str]:
              "city": rng.choice(CITIES[lang]), "years": rng.choice([1, 2, 3, 5]), "other": rng.choice(PRODUCTS[lang]),
              "days_return": rng.choice([14, 30, 60]), "threshold": rng.choice([50, 99, 199])}
         if kind == "faq":
-            topics = [rng.choice(TOPICS[intent][lang]) for intent in rng.sample(sorted(TOPICS), 3)]
+            faq = sorted(set(TOPICS) - {"identity"})  # the shop's questions; who answers is not a page
+            topics = [rng.choice(TOPICS[intent][lang]) for intent in rng.sample(faq, 3)]
             q, a = ("Q: ", "A: ") if lang == "en" else ("问：", "答：")
             body = [f"{q}{rng.choice(qs).format(**s)}\n{a}{rng.choice(ans).format(**s)}" for qs, ans in topics]
         else:
