@@ -139,6 +139,16 @@ def toy_pairs(tmp_path_factory):
     return path
 
 
+def sft(data, out, *overrides) -> dict:
+    """jobs.sft on Ray Train (sft_tiny.yaml: 2 workers) with `data` and `out`; its summary."""
+    from app.config import load_config
+    from app.train.config import SFTConfig
+    from app.train.sft import run
+    cfg = load_config(SFTConfig, "jobs/configs/sft_tiny.yaml", [f"data.path={data}", f"output_dir={out}",
+                                                                "tensorboard=false", *overrides])
+    return run(cfg)
+
+
 @pytest.fixture(scope="session")
 def sft_data(tmp_path_factory):
     """train/ and val/ in the data stage's record shape, from the demo dialog generator."""

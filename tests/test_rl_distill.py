@@ -65,7 +65,7 @@ def test_student_moves_towards_the_teacher(ray_local, prompts_file, teacher, tmp
     assert [s["policy_version"] for s in steps] == list(range(1, 13))
     assert all(s["sampled_versions"] == [s["policy_version"] - 1] for s in steps)
     assert all(s["sync_logprob_gap"] < 1e-4 for s in steps) and "value_loss" not in steps[0]
-    assert summary["kl_last"] == steps[-1]["kl"] and all(s["kl"] >= 0 for s in steps)
+    assert summary["kl_last"] == steps[-1]["kl"]
     # pinned (seeded): the starting policy's sampled KL to the teacher, and the later steps' far below it
     assert steps[0]["kl"] == pytest.approx(83.36, rel=1e-3)
     assert max(s["kl"] for s in steps[5:]) < 0.4 * steps[0]["kl"]

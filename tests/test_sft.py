@@ -16,13 +16,7 @@ from app.data.io import write_parquet
 from app.records import SFT_SCHEMA
 from app.train import checkpoints
 from app.train.config import SFTConfig
-from app.train.sft import run
-
-
-def sft(data, out, *overrides):
-    cfg = load_config(SFTConfig, "jobs/configs/sft_tiny.yaml", [f"data.path={data}", f"output_dir={out}",
-                                                                "tensorboard=false", *overrides])
-    return run(cfg)
+from tests.conftest import sft
 
 
 def last_weights(out: Path) -> dict:

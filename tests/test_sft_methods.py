@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 from app.config import load_config
 from app.train.config import SFTConfig
 from app.train.sft import run
-from tests.test_sft import sft
+from tests.conftest import sft
 
 
 def sft_in_process(data, out, *overrides):
