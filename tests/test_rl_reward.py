@@ -42,7 +42,7 @@ def test_reward_model_learns_a_separable_set(ray_local, toy_pairs, tmp_path):
     from app.train.reward import RewardConfig, RewardModel, run
     cfg = load_config(RewardConfig, "jobs/configs/reward_tiny.yaml",
                       [f"data.path={toy_pairs}", f"output_dir={tmp_path / 'rm'}"])
-    summary = run(cfg)
+    summary = run(cfg, report=lambda metrics: None)  # its one worker in this process (SFT tests Ray Train)
     # the seeded tiny run on the shared loop, pinned (1 worker, DeepSpeed, lr 3e-3, 3 epochs of 5 steps)
     rows = [json.loads(line) for line in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     torch.testing.assert_close([m["train_loss"] for m in rows if "train_loss" in m],

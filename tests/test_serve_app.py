@@ -580,7 +580,8 @@ def test_the_loop_log_feedback_harvest_retrain_gate(served, sft_data, tmp_path):
     model = reg.get("latest-promoted")["model"]
     trained = sft(load_config(SFTConfig, "jobs/configs/sft_tiny.yaml", [
         f"model={model}", f"data.path={tmp_path}/data", f"output_dir={tmp_path}/sft", "train.max_steps=2",
-        "train.micro_batch_size=1", "scaling.num_workers=1", "eval.every=2", "checkpoint.every=2"]))
+        "train.micro_batch_size=1", "scaling.num_workers=1", "eval.every=2", "checkpoint.every=2"]),
+        report=lambda metrics: None)  # one worker in this process (tests/test_sft.py covers Ray Train)
     assert trained["steps"] == 2
     new = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e1", "name=loop", f"model={tmp_path}/sft/final",
                    "gate.mode=no_regression", "gate.enforce=false")

@@ -81,7 +81,8 @@ def build_datasets(cfg: DPOConfig, model_path: str) -> tuple[dict, dict]:
     return split(ray.data.from_items(train), ray.data.from_items(val) if val else None, cfg.scaling.num_workers), counts
 
 
-def run(cfg: DPOConfig) -> dict:
+def run(cfg: DPOConfig, report=None) -> dict:
+    """Train; with `report` (one worker), the loop runs in this process and hands it every report."""
     preferences.require(cfg.data)
     out = cfg.out("dpo")
     model_path = check_model(cfg)
@@ -89,7 +90,7 @@ def run(cfg: DPOConfig) -> dict:
     init_ray()
     datasets, counts = build_datasets(cfg, model_path)
     reference = str(resolve(cfg.dpo.reference)) if cfg.dpo.reference else model_path
-    best = fit(cfg, objective, datasets, out, model_path, "dpo", extra={"reference": reference})
+    best = fit(cfg, objective, datasets, out, model_path, "dpo", extra={"reference": reference}, report=report)
     final = export(best, model_path, out, cfg.method, cfg.lora.model_dump(), 0)
     metrics = read_metrics(out / "metrics.jsonl")
     plot_curve(metrics, out / "training_curve.png")

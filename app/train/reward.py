@@ -103,7 +103,9 @@ def export(checkpoint: Path, model_path: str, out: Path, cfg: RewardConfig, toke
     return final
 
 
-def run(cfg: RewardConfig) -> dict:
+def run(cfg: RewardConfig, report=None) -> dict:
+    """Train; with `report` (one worker), the loop runs in this process and hands it every report (as a sweep
+    trial of jobs.sft does: no Ray Train start)."""
     preferences.require(cfg.data)
     out = cfg.out("reward")
     model_path = str(resolve(cfg.model))
@@ -117,7 +119,7 @@ def run(cfg: RewardConfig) -> dict:
                         f"raise data.val_share or data.max_val_pairs")
     init_ray()
     datasets = split(ray.data.from_items(train), ray.data.from_items(val), workers)
-    best = fit(cfg, objective, datasets, out, model_path, "reward")
+    best = fit(cfg, objective, datasets, out, model_path, "reward", report=report)
     final = export(best, model_path, out, cfg, tokenizer)
     metrics = read_metrics(out / "metrics.jsonl")
     plot_curve(metrics, out / "training_curve.png")
