@@ -399,6 +399,12 @@ def test_server_keeps_serving_after_bad_input(server):
     for body, _, _ in BAD[:3]:
         requests.post(f"{server}/v1/chat/completions", data=body, timeout=30)
     assert requests.get(f"{server}/nope", timeout=10).json()["error"]["code"] == "404"
+    for path in ("/v1/chat/completions", "/v1/chat/completions/"):  # a trailing slash: the same route, no 307
+        wrong = requests.get(f"{server}{path}", timeout=10, allow_redirects=False)
+        assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "405", (path, wrong.status_code)
+    slash = requests.post(f"{server}/v1/chat/completions/", json={"model": "tiny", "messages": HELLO, "max_tokens": 2},
+                          timeout=30, allow_redirects=False)
+    assert slash.status_code == 200 and slash.json()["usage"]["completion_tokens"] == 2
     assert requests.get(f"{server}/health", timeout=10).json() == {"status": "ok"}
     r = client(server).chat.completions.create(model="tiny", messages=HELLO, max_tokens=2)
     assert r.usage.completion_tokens == 2
