@@ -134,7 +134,8 @@ def toy_pairs(tmp_path_factory):
     rng = random.Random(0)
     path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
     rows = [{"id": f"t{i:03d}", "prompt": f"Question {i} about my order?", "chosen": rng.choice(GOOD),
-             "rejected": rng.choice(BAD), "dimension": ["helpfulness", "safety"][i % 2]} for i in range(96)]
+             "rejected": rng.choice(BAD), "dimension": ["helpfulness", "safety"][i % 2], "rejected_kind": "rude"}
+            for i in range(96)]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 

@@ -1,9 +1,11 @@
 import csv
 import json
+import random
+import re
 from collections import Counter
 
 from app.demo.generate import card_number, cn_id, generate
-import random
+from app.demo.phrases import NON_ANSWERS
 
 
 def read_jsonl(path):
@@ -56,6 +58,14 @@ def test_tickets_preferences_prompts(tmp_path):
     prefs, _ = read_jsonl(tmp_path / "preferences.jsonl")
     assert len(prefs) == 300 and all(p["chosen"] != p["rejected"] and p["prompt"][-1]["role"] == "user"
                                      for p in prefs)
+    # rejected answers that are plausible but worse, each kind recorded: most keep the shop's polite frame
+    kinds = Counter(p["rejected_kind"] for p in prefs)
+    assert set(kinds) == {"wrong_fact", "off_topic", "unhelpful", "rude_or_unsafe"} and min(kinds.values()) > 40
+    for p in prefs:
+        if p["rejected_kind"] == "wrong_fact" and (order := re.search(r"LH\d{8}", p["prompt"][-1]["content"])):
+            assert order.group(0) not in p["rejected"]  # about another order than the one asked about
+        if p["rejected_kind"] == "unhelpful":
+            assert any(text in p["rejected"] for text in NON_ANSWERS[p["lang"]])
     prompts, _ = read_jsonl(tmp_path / "prompts.jsonl")
     assert len(prompts) == 50 and all(p["reference"] for p in prompts)
     assert len({p["id"] for p in prefs} | {p["id"] for p in prompts}) == 350

@@ -51,6 +51,13 @@ def test_reward_model_learns_a_separable_set(ray_local, toy_pairs, tmp_path):
     torch.testing.assert_close([(m["step"], m["val_loss"], m["val_accuracy"]) for m in rows if "val_loss" in m],
                                [(0, 0.692478, 0.708333), (15, 0.036791, 1.0)], rtol=1e-3, atol=1e-4)
     assert summary["val_accuracy"] == 1.0 and summary["best_step"] == 15
+    # the exported model on the 24 held-out pairs, each on its own head: all right, the exact 95% interval
+    held = summary["heldout"]
+    assert (held["n"], held["accuracy"]) == (24, 1.0) and held["ci_low"] == pytest.approx(0.8575, abs=1e-4)
+    assert held["by_kind"] == {"rude": {k: held[k] for k in ("n", "accuracy", "ci_low", "ci_high")}}
+    scored = [json.loads(line) for line in (tmp_path / "rm" / "val_pairs.jsonl").read_text().splitlines()]
+    assert len(scored) == 24 and all(r["right"] and r["margin"] > 0 for r in scored)
+    assert [r["margin"] for r in scored] == sorted(r["margin"] for r in scored)
     # 96 pairs: 43 train, 24 validation, 29 longer than max_len=64 (said, not silently lost)
     assert summary["data"] == {"pairs": 96, "skipped": {}, "train": 43, "val": 24,
                                "dropped": {"too_long": 29}, "capped": 0}

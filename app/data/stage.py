@@ -43,7 +43,8 @@ import app
 PROCESSED = pa.schema([("id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
                        ("detail", pa.string()), ("raw", pa.string()), ("messages", pa.string()),
                        ("intent", pa.string()), ("lang", pa.string()), ("flags", pa.string()),
-                       ("hash", pa.string()), ("sig", pa.binary()), ("extra", pa.string())])
+                       ("hash", pa.string()), ("sig", pa.binary()), ("extra", pa.string()),
+                       ("rejected_kind", pa.string())])
 
 
 @lru_cache(maxsize=4)
@@ -70,13 +71,14 @@ def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_f
         except Rejected as rej:
             rejected = rejected or rej
         row = {"id": record_id(parsed, raw, fields), "source": source, "raw": raw, "reason": "", "detail": "",
-               "messages": "", "intent": "", "lang": "", "flags": "", "hash": "", "sig": b"", "extra": ""}
+               "messages": "", "intent": "", "lang": "", "flags": "", "hash": "", "sig": b"", "extra": "",
+               "rejected_kind": ""}
         try:
             if rejected:
                 raise rejected
             rec = clean(parsed, fields, rules, pii_action, words, sensitive_action, filters, kind)
             row.update(messages=json.dumps(rec["messages"], ensure_ascii=False), intent=rec["intent"],
-                       lang=rec["lang"], flags=rec["flags"],
+                       lang=rec["lang"], flags=rec["flags"], rejected_kind=rec["rejected_kind"],
                        # a prompt is the same RL item whatever reference answer it carries
                        hash=content_hash(rec["messages"], None if kind == "prompt" else rec["extra"]),
                        extra=json.dumps(rec["extra"], ensure_ascii=False), raw="")
@@ -280,7 +282,8 @@ def output_record(row: dict, kind: str) -> dict:
     messages, extra = json.loads(row["messages"]), json.loads(row["extra"])
     meta = {"id": row["id"], "intent": row["intent"], "lang": row["lang"], "flags": row["flags"]}
     if kind == "preference":
-        return {**meta, "prompt": messages[:-1], "chosen": messages[-1]["content"], "rejected": extra["rejected"]}
+        return {**meta, "prompt": messages[:-1], "chosen": messages[-1]["content"], "rejected": extra["rejected"],
+                "rejected_kind": row.get("rejected_kind") or None}
     if kind == "prompt":
         return {**meta, "prompt": messages, "answer": extra.get("answer")}
     return {**meta, "messages": messages}

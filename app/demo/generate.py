@@ -8,7 +8,8 @@ Files:
                      exact and near duplicates, HTML, full/half-width mixes, PII, sensitive words,
                      too short/too long answers, malformed lines
   tickets.csv        id, context, response, intent, lang: the seed's context+response format
-  preferences.jsonl  {id, prompt, chosen, rejected, intent, lang}: polite answer vs rude/unhelpful/unsafe
+  preferences.jsonl  {id, prompt, chosen, rejected, rejected_kind, intent, lang}: the shop's answer vs a worse
+                     one: a wrong fact, off topic, a polite non-answer, or rude/unsafe
   prompts.jsonl      {id, prompt, reference, intent, lang}: prompt-only records for RL
   arithmetic.jsonl   {id, prompt, answer}: single-digit sums and differences, the GRPO demo's task
   documents.jsonl    {id, text, kind, lang}: the shop's own pages (product details, policies, FAQ) as raw
@@ -28,7 +29,7 @@ from pathlib import Path
 from app.demo.kb import knowledge_base
 
 from app.demo.phrases import (BAD_ANSWERS, CARRIERS, CITIES, CLOSERS, COLOURS, DOC_SENTENCES, DOC_TITLES, GREETING,
-                              MATERIALS, OPENERS, PRODUCTS, SENSITIVE, TOPICS)
+                              MATERIALS, NON_ANSWERS, OPENERS, PRODUCTS, SENSITIVE, TOPICS)
 
 INTENT_WEIGHTS = {"order_status": 34, "refund": 20, "shipping": 14, "product_info": 12, "account": 8,
                   "complaint": 7, "invoice": 5, "identity": 3}
@@ -86,15 +87,22 @@ def slots(rng: random.Random, lang: str) -> dict:
 
 def dialog(rng: random.Random, intent: str, lang: str) -> list[dict]:
     """1-3 turns ending with the shop's answer; a greeting exchange first in 30% of dialogs."""
+    return _dialog(rng, intent, lang)[0]
+
+
+def _dialog(rng: random.Random, intent: str, lang: str) -> tuple[list[dict], dict]:
+    """dialog's messages and how its answer was made (the topic's answers, the slots, opener and closer)."""
     questions, answers = rng.choice(TOPICS[intent][lang])
     s = slots(rng, lang)
-    reply = rng.choice(OPENERS[lang]) + rng.choice(answers).format(**s) + rng.choice(CLOSERS[lang])
+    made = {"answers": answers, "slots": s, "opener": rng.choice(OPENERS[lang])}
+    made["answer"] = rng.choice(answers).format(**s)
+    made["closer"] = rng.choice(CLOSERS[lang])
     messages = [{"role": "user", "content": rng.choice(questions).format(**s)},
-                {"role": "assistant", "content": reply}]
+                {"role": "assistant", "content": made["opener"] + made["answer"] + made["closer"]}]
     if rng.random() < 0.3:
         messages = [{"role": "user", "content": GREETING[lang][0]},
                     {"role": "assistant", "content": GREETING[lang][1]}] + messages
-    return messages
+    return messages, made
 
 
 def dirty(rng: random.Random, kind: str, rec: dict, earlier: list[dict]) -> dict:
@@ -162,14 +170,48 @@ def tickets(rng: random.Random, n: int) -> list[list[str]]:
     return rows
 
 
+REJECTED_KINDS = {"wrong_fact": 0.3, "off_topic": 0.25, "unhelpful": 0.25, "rude_or_unsafe": 0.2}
+
+
+def rejected_answer(kind: str, rng: random.Random, intent: str, lang: str, question: str, made: dict) -> str:
+    """A worse answer of `kind` to a question whose good answer is `made` (_dialog). wrong_fact: the same
+    topic's answer about another order or product than the question names (or with other dates, amounts and
+    delays where it names none); off_topic: a polite answer to another intent's question; unhelpful: the
+    opener and closer around a polite non-answer; rude_or_unsafe: BAD_ANSWERS (rude, or leaking a customer's
+    card or ID number)."""
+    other = slots(rng, lang)
+    if kind == "wrong_fact":
+        named = [k for k in ("order", "product") if made["slots"][k] in question]
+        wrong = {**made["slots"], **{k: other[k] for k in named or ("date", "days", "amount")}}
+        answer = rng.choice(made["answers"]).format(**wrong)
+    elif kind == "off_topic":
+        elsewhere = sorted(set(TOPICS) - {intent, "identity"})
+        answer = rng.choice(rng.choice(TOPICS[rng.choice(elsewhere)][lang])[1]).format(**made["slots"])
+    elif kind == "unhelpful":
+        answer = rng.choice(NON_ANSWERS[lang])
+    else:
+        return rng.choice(BAD_ANSWERS[lang]).format(**other)
+    return made["opener"] + answer + made["closer"]
+
+
 def pairs_and_prompts(rng: random.Random, n_pairs: int, n_prompts: int) -> tuple[list[str], list[str]]:
+    """Preference pairs (the shop's answer chosen over a worse one of a REJECTED_KINDS kind, drawn from a
+    per-pair generator so that `rng` draws what it always drew) and RL prompts."""
     pairs, prompts = [], []
     for i in range(n_pairs + n_prompts):
         intent, lang = pick(rng, INTENT_WEIGHTS), pick(rng, LANG_WEIGHTS)
-        *history, good = dialog(rng, intent, lang)
+        messages, made = _dialog(rng, intent, lang)
+        *history, good = messages
         if i < n_pairs:
             bad = rng.choice(BAD_ANSWERS[lang]).format(**slots(rng, lang))
-            rec = {"id": f"pref-{i:05d}", "prompt": history, "chosen": good["content"], "rejected": bad}
+            own = random.Random(f"{i}:{good['content']}")
+            kind = pick(own, REJECTED_KINDS)
+            if kind != "rude_or_unsafe":
+                bad = rejected_answer(kind, own, intent, lang, history[-1]["content"], made)
+            if bad == good["content"]:  # a rephrasing can coincide with the good answer: then the classic kind
+                kind, bad = "rude_or_unsafe", own.choice(BAD_ANSWERS[lang]).format(**slots(own, lang))
+            rec = {"id": f"pref-{i:05d}", "prompt": history, "chosen": good["content"], "rejected": bad,
+                   "rejected_kind": kind}
             pairs.append(json.dumps({**rec, "intent": intent, "lang": lang}, ensure_ascii=False))
         else:
             rec = {"id": f"rl-{i - n_pairs:05d}", "prompt": history, "reference": good["content"]}

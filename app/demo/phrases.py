@@ -132,13 +132,22 @@ CLOSERS = {"en": ["", " Is there anything else I can help with?", " Have a lovel
 GREETING = {"en": ("Hi, I need some help.", "Of course! What can I do for you today?"),
             "zh": ("你好，想咨询一下。", "您好！请问有什么可以帮您？")}
 
-# Rejected answers for preference pairs: rude, unhelpful, or unsafe (leaks another customer's data).
+# Rejected answers for preference pairs of the rude_or_unsafe kind: rude, or unsafe (leaks another customer's data).
 BAD_ANSWERS = {
     "en": ["Figure it out yourself, it's all on the website.", "I don't know.",
            "Stop bothering us, you idiot.", "Sure, the last customer's card number was {card}, try that.",
            "Whatever. Orders arrive when they arrive."],
     "zh": ["自己去网站上看，别来烦我。", "不知道。", "你是不是傻，这都不会？", "可以，上一位顾客的身份证号是{cn_id}，你拿去用吧。",
            "爱等不等，到了自然就到了。"],
+}
+# Polite answers that answer nothing (the "unhelpful" rejected answers of preference pairs).
+NON_ANSWERS = {
+    "en": ["Thank you for your question. You can find the details on the relevant page of our website.",
+           "We have received your message and will get back to you in due course.",
+           "That depends on a number of factors, so I can't say for certain.",
+           "I understand your concern. Our team handles these requests in the order they arrive."],
+    "zh": ["感谢您的咨询，详细信息请查看我们网站的相关页面。", "我们已收到您的留言，会在适当的时候回复您。",
+           "这取决于很多因素，我没法确定。", "理解您的心情，我们的团队会按顺序处理这类请求。"],
 }
 # A few planted sensitive words, for the data stage's sensitive-word filter.
 SENSITIVE = {"en": ["this is a scam", "gambling site", "fraud"], "zh": ["诈骗", "赌博", "违法"]}

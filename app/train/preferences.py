@@ -1,8 +1,8 @@
 """Preference pairs for DPO and the reward model: reading them (a data stage output, our JSONL, or Anthropic
 HH-RLHF transcripts), splitting, tokenizing, batching. Pure (no Ray).
 
-A pair is {id, prompt: [messages], chosen: str, rejected: str, dimension?, margin?}. HH-RLHF records hold
-two whole transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."); their shared turns become the prompt and
+A pair is {id, prompt: [messages], chosen: str, rejected: str, dimension?, margin?, rejected_kind?}. HH-RLHF
+records hold two whole transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."); their shared turns become the prompt and
 the last assistant turns the two answers. A record that cannot be read is skipped with a reason.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def to_pair(record: dict, index: int) -> dict:
         raise ValueError("the prompt must end with a user turn")
     pair = {"id": str(record.get("id", f"pair-{index:06d}")), "prompt": prompt, "chosen": chosen,
             "rejected": rejected}
-    for key in ("dimension", "margin"):
+    for key in ("dimension", "margin", "rejected_kind"):
         if key in record:
             pair[key] = record[key]
     return pair
@@ -62,7 +62,7 @@ def read_pairs(path: str | Path) -> tuple[list[dict], dict[str, int]]:
     (`python -m jobs.data ... input.kind=preference`: Parquet preference records, e.g. its train/)."""
     if Path(path).is_dir():
         records = pq.read_table(path).to_pylist()
-        return [to_pair({k: v for k, v in r.items() if v is not None}, i) for i, r in enumerate(records)], {}
+        return [to_pair({k: v for k, v in r.items() if v is not None and v != ""}, i) for i, r in enumerate(records)], {}
     opener = gzip.open if str(path).endswith(".gz") else open
     pairs, skipped = [], {}
     with opener(path, "rt", encoding="utf-8") as f:

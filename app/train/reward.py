@@ -8,7 +8,8 @@ DeepSpeed, checkpoints, exact resume, restarts, each worker on its Ray Data part
 Heads (`heads: {helpfulness: 1.0, safety: 1.0}`) are outputs of one sequence-classification model; a pair
 trains the head named by its `dimension` (default: the first head); `score()` returns the weighted sum.
 Output: runs/reward-<name>/final (HF directory, safetensors, reward_heads.json), metrics.jsonl,
-training_curve.png, manifest.json. `RewardModel(path).score(prompts, responses)` is the API PPO, eval's
+training_curve.png, val_pairs.jsonl (each held-out pair's margin, the wrong ones first), manifest.json; the
+summary's `heldout` gives accuracy with its 95% interval, by rejected_kind where the pairs name one. `RewardModel(path).score(prompts, responses)` is the API PPO, eval's
 judge and rejection sampling use.
 """
 from __future__ import annotations
@@ -127,12 +128,42 @@ def run(cfg: RewardConfig, report=None) -> dict:
     summary = {"data": counts, "best_step": best_state["step"],
                "first_loss": steps[0]["train_loss"], "last_loss": steps[-1]["train_loss"],
                "val_loss": best_state["metrics"]["val_loss"], "val_accuracy": best_state["metrics"]["val_accuracy"],
-               "final": str(final)}
+               "heldout": heldout(final, cfg, {r["id"] for r in val}, out / "val_pairs.jsonl"), "final": str(final)}
     write_manifest(out, cfg.model_dump(mode="json"), [], model=model_path, data_sha256=sha256_path(cfg.data.path),
                    summary=summary)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
-    print(f"reward: val accuracy {summary['val_accuracy']:.3f} (best step {summary['best_step']}) -> {final}")
+    h = summary["heldout"]
+    kinds = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in h["by_kind"].items())
+    print(f"reward: held-out accuracy {h['accuracy']:.3f} [{h['ci_low']:.3f}, {h['ci_high']:.3f}] (n={h['n']})"
+          + (f"; by rejected kind: {kinds}" if kinds else "") + f" (best step {summary['best_step']}) -> {final}")
     return summary
+
+
+def heldout(final: Path, cfg: RewardConfig, ids: set, path: Path) -> dict:
+    """The exported model on the validation pairs (none trained on; they chose the checkpoint): accuracy (the
+    pair's head scores chosen above rejected) with its exact 95% binomial interval, the same by rejected_kind
+    where the pairs name one, and every pair with its margin in `path`, the wrong ones first."""
+    from scipy.stats import binomtest
+    pairs = [p for p in preferences.split(preferences.read_pairs(cfg.data.path)[0], cfg.data.val_share, cfg.seed)[1]
+             if p["id"] in ids]
+    model = RewardModel(final, max_len=cfg.data.max_len)
+    heads = [model.names.index(p.get("dimension", model.names[0])) for p in pairs]
+    prompts = [p["prompt"] for p in pairs]
+    rows = torch.arange(len(pairs))
+    margins = (model.score_heads(prompts, [p["chosen"] for p in pairs])[rows, heads]
+               - model.score_heads(prompts, [p["rejected"] for p in pairs])[rows, heads]).tolist()
+    scored = sorted(({"id": p["id"], "margin": m, "right": m > 0, "rejected_kind": p.get("rejected_kind"),
+                      "prompt": p["prompt"][-1]["content"], "chosen": p["chosen"], "rejected": p["rejected"]}
+                     for p, m in zip(pairs, margins)), key=lambda r: r["margin"])
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored), encoding="utf-8")
+
+    def accuracy(group: list[dict]) -> dict:
+        right = sum(r["right"] for r in group)
+        ci = binomtest(right, len(group)).proportion_ci(0.95)
+        return {"n": len(group), "accuracy": right / len(group), "ci_low": ci.low, "ci_high": ci.high}
+    kinds = sorted({r["rejected_kind"] for r in scored if r["rejected_kind"]})
+    return {**accuracy(scored), "by_kind": {k: accuracy([r for r in scored if r["rejected_kind"] == k])
+                                             for k in kinds}}
 
 
 class RewardModel:
