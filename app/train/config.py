@@ -157,7 +157,7 @@ class PairData(Config):
     """The pairs a trainer reads: a data stage output (input.kind=preference), {prompt, chosen, rejected} JSONL,
     or HH-RLHF (.jsonl.gz)."""
     path: str = "runs/pipeline-demo/data_prefs/train"
-    val_share: float = 0.1
+    val_share: float = 0.1   # of a file's pairs; a data stage output's train/ validates on its val/
     max_len: int = 512
     max_train_pairs: int | None = None
     max_val_pairs: int | None = 64

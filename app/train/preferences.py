@@ -120,13 +120,24 @@ def require(data: PairData) -> None:
         raise UserError(f"preference data {data.path} not found (python -m jobs.demo_data writes the demo's)")
 
 
+def train_val(data: PairData, seed: int) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """(train pairs, validation pairs, skipped count by reason). A data stage output's train/ validates on
+    its sibling val/ (the stage's own split: the same hash of the ids that `split` uses would leave the
+    train/ folder next to nothing below val_share); any other source is split here by `data.val_share`."""
+    root = Path(data.path)
+    if root.is_dir() and root.name == "train" and (root.parent / "val").is_dir():
+        return read_pairs(root)[0], read_pairs(root.parent / "val")[0], {}
+    pairs, skipped = read_pairs(root)
+    return *split(pairs, data.val_share, seed), skipped
+
+
 def load(data: PairData, tokenizer, heads: list[str] | None, seed: int, min_train: int) -> tuple[list, list, dict]:
     """(train rows, val rows, counts) of tokenized pairs; `heads` None: every dimension the pairs name.
     Fewer than `min_train` usable training pairs is an error that says where the others went."""
     require(data)
-    pairs, skipped = read_pairs(data.path)
+    train_pairs, val_pairs, skipped = train_val(data, seed)
+    pairs = train_pairs + val_pairs
     heads = heads or sorted({p.get("dimension", "preference") for p in pairs})
-    train_pairs, val_pairs = split(pairs, data.val_share, seed)
     train_read, val_read = train_pairs[:data.max_train_pairs], val_pairs[:data.max_val_pairs]
     train, dropped = tokenize(tokenizer, train_read, heads, data.max_len)
     val, dropped_val = tokenize(tokenizer, val_read, heads, data.max_len)

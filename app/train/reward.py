@@ -144,8 +144,7 @@ def heldout(final: Path, cfg: RewardConfig, ids: set, path: Path) -> dict:
     pair's head scores chosen above rejected) with its exact 95% binomial interval, the same by rejected_kind
     where the pairs name one, and every pair with its margin in `path`, the wrong ones first."""
     from scipy.stats import binomtest
-    pairs = [p for p in preferences.split(preferences.read_pairs(cfg.data.path)[0], cfg.data.val_share, cfg.seed)[1]
-             if p["id"] in ids]
+    pairs = [p for p in preferences.train_val(cfg.data, cfg.seed)[1] if p["id"] in ids]
     model = RewardModel(final, max_len=cfg.data.max_len)
     heads = [model.names.index(p.get("dimension", model.names[0])) for p in pairs]
     prompts = [p["prompt"] for p in pairs]
