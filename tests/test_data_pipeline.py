@@ -222,6 +222,10 @@ def test_preference_pairs_take_the_data_road(ray_local, sft_test, tmp_path):
     pairs, skipped = read_pairs(out / "train")
     assert sorted(p["id"] for p in pairs) == sorted(kept) and skipped == {}
     assert [p.get("rejected_kind") for p in sorted(pairs, key=lambda p: p["id"])][-1] == "unhelpful"  # p-pii
+    from app.train.config import PairData
+    from app.train.preferences import train_val  # reward and DPO validate on the stage's own val/
+    train, val, _ = train_val(PairData(path=str(out / "train"), val_share=0.5), seed=0)
+    assert [p["id"] for p in train] == [p["id"] for p in pairs] and val == read_pairs(out / "val")[0]
 
 
 def test_rl_prompts_take_the_data_road(ray_local, sft_test, tmp_path):
