@@ -196,7 +196,7 @@ def test_preference_pairs_take_the_data_road(ray_local, sft_test, tmp_path):
         {"id": "p-ok", "prompt": ask, "chosen": good, "rejected": "No."},
         {"id": "p-dup", "prompt": ask, "chosen": good, "rejected": "No."},
         {"id": "p-pii", "prompt": "How do I reach support?", "chosen": "Use the chat on our help page, any time.",
-         "rejected": "Mail jane.doe@example.com yourself.", "rejected_kind": "unhelpful"},
+         "rejected": "Mail jane.doe@example.com yourself.", "rejected_kind": "unhelpful", "dimension": "helpfulness"},
         {"id": "p-no-rejected", "prompt": ask, "chosen": good},
         {"id": "p-assistant-last", "prompt": [ask[0], {"role": "assistant", "content": "hm"}], "chosen": good,
          "rejected": "No."},
@@ -213,15 +213,18 @@ def test_preference_pairs_take_the_data_road(ray_local, sft_test, tmp_path):
                                         "sensitive"]
     assert reasons["p-leak"] == "contaminated" and reasons["p-sensitive"] == "sensitive"
     rows = {r["id"]: r for r in read(out, "train")}
-    assert set(rows["p-pii"]) == {"id", "prompt", "chosen", "rejected", "rejected_kind", "intent", "lang", "flags"}
-    assert rows["p-pii"]["rejected_kind"] == "unhelpful" and rows.get("p-ok", rows.get("p-dup"))["rejected_kind"] is None
+    assert set(rows["p-pii"]) == {"id", "prompt", "chosen", "rejected", "dimension", "rejected_kind", "intent", "lang",
+                                  "flags"}
+    assert (rows["p-pii"]["rejected_kind"], rows["p-pii"]["dimension"]) == ("unhelpful", "helpfulness")
+    assert rows.get("p-ok", rows.get("p-dup"))["rejected_kind"] is None
     assert "[EMAIL]" in rows["p-pii"]["rejected"] and "pii:email" in rows["p-pii"]["flags"]
     assert rows["p-pii"]["prompt"] == [{"role": "user", "content": "How do I reach support?"}]
     assert len(kept) + len(rejected) == manifest["counts"]["input"] == 8
     from app.train.preferences import read_pairs
     pairs, skipped = read_pairs(out / "train")
     assert sorted(p["id"] for p in pairs) == sorted(kept) and skipped == {}
-    assert [p.get("rejected_kind") for p in sorted(pairs, key=lambda p: p["id"])][-1] == "unhelpful"  # p-pii
+    assert [(p.get("rejected_kind"), p.get("dimension")) for p in sorted(pairs, key=lambda p: p["id"])][-1] == \
+        ("unhelpful", "helpfulness")  # p-pii's labels travel with it
     from app.train.config import PairData
     from app.train.preferences import train_val  # reward and DPO validate on the stage's own val/
     train, val, _ = train_val(PairData(path=str(out / "train"), val_share=0.5), seed=0)

@@ -55,6 +55,7 @@ def test_reward_model_learns_a_separable_set(ray_local, toy_pairs, tmp_path):
     held = summary["heldout"]
     assert (held["n"], held["accuracy"]) == (24, 1.0) and held["ci_low"] == pytest.approx(0.8575, abs=1e-4)
     assert held["by_kind"] == {"rude": {k: held[k] for k in ("n", "accuracy", "ci_low", "ci_high")}}
+    assert {k: v["n"] for k, v in held["by_head"].items()} == {"helpfulness": 12, "safety": 12}
     scored = [json.loads(line) for line in (tmp_path / "rm" / "val_pairs.jsonl").read_text().splitlines()]
     assert len(scored) == 24 and all(r["right"] and r["margin"] > 0 for r in scored)
     assert [r["margin"] for r in scored] == sorted(r["margin"] for r in scored)

@@ -19,6 +19,7 @@ from app.chat import check_messages
 from app.data.filters import quality_reason
 from app.data.normalize import normalize
 from app.data.pii import SensitiveWords, redact
+from app.records import PAIR_LABELS
 
 class Rejected(Exception):
     def __init__(self, reason: str, detail: str = ""):
@@ -110,8 +111,8 @@ def to_record(row: dict, fields: dict, kind: str = "sft") -> tuple[list[dict], d
 
 def clean(row: dict, fields: dict, rules=(), pii_action: str = "redact", sensitive: SensitiveWords | None = None,
           sensitive_action: str = "drop", filters: dict | None = None, kind: str = "sft") -> dict:
-    """A parsed row (parse_row) -> a cleaned record {messages, extra, intent, lang, flags, rejected_kind};
-    raises Rejected."""
+    """A parsed row (parse_row) -> a cleaned record {messages, extra, intent, lang, flags, labels (a preference
+    pair's PAIR_LABELS that the row gives)}; raises Rejected."""
     messages, extra = to_record(row, fields, kind)
     intent, lang = _text(row, fields, "intent"), _text(row, fields, "lang")
     texts = [(m["role"], m, "content") for m in messages] + [(k, extra, k) for k in extra]
@@ -133,9 +134,9 @@ def clean(row: dict, fields: dict, rules=(), pii_action: str = "redact", sensiti
         flags += [f"sensitive:{w}" for w in hits + sorted({w for t in extra.values() for w in sensitive.find(t)})]
     if (why := quality_reason(messages[-1]["content"], **(filters or {}))):
         raise Rejected(*why)
-    rejected_kind = _text(row, fields, "rejected_kind") if kind == "preference" else None
+    labels = {k: v.strip() for k in PAIR_LABELS if (v := _text(row, fields, k))} if kind == "preference" else {}
     return {"messages": messages, "extra": extra, "intent": (intent or "").strip(), "lang": (lang or "").strip(),
-            "flags": ",".join(sorted(set(flags))), "rejected_kind": (rejected_kind or "").strip()}
+            "flags": ",".join(sorted(set(flags))), "labels": labels}
 
 
 def conversation_text(messages: list[dict], extra: dict | None = None) -> str:

@@ -35,7 +35,7 @@ from app.data.normalize import compile_rules
 from app.data.pii import SensitiveWords
 from app.data.report import manifest_counts, print_summary
 from app.data.split import assign, ngram_hashes, over_cap, overlap
-from app.records import REJECT_SCHEMA, SCHEMAS
+from app.records import PAIR_LABELS, REJECT_SCHEMA, SCHEMAS
 from app.runinfo import write_manifest
 from app.tracking import log_summary
 import app
@@ -44,7 +44,7 @@ PROCESSED = pa.schema([("id", pa.string()), ("source", pa.string()), ("reason", 
                        ("detail", pa.string()), ("raw", pa.string()), ("messages", pa.string()),
                        ("intent", pa.string()), ("lang", pa.string()), ("flags", pa.string()),
                        ("hash", pa.string()), ("sig", pa.binary()), ("extra", pa.string()),
-                       ("rejected_kind", pa.string())])
+                       ("labels", pa.string())])
 
 
 @lru_cache(maxsize=4)
@@ -72,13 +72,13 @@ def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_f
             rejected = rejected or rej
         row = {"id": record_id(parsed, raw, fields), "source": source, "raw": raw, "reason": "", "detail": "",
                "messages": "", "intent": "", "lang": "", "flags": "", "hash": "", "sig": b"", "extra": "",
-               "rejected_kind": ""}
+               "labels": "{}"}
         try:
             if rejected:
                 raise rejected
             rec = clean(parsed, fields, rules, pii_action, words, sensitive_action, filters, kind)
             row.update(messages=json.dumps(rec["messages"], ensure_ascii=False), intent=rec["intent"],
-                       lang=rec["lang"], flags=rec["flags"], rejected_kind=rec["rejected_kind"],
+                       lang=rec["lang"], flags=rec["flags"], labels=json.dumps(rec["labels"]),
                        # a prompt is the same RL item whatever reference answer it carries
                        hash=content_hash(rec["messages"], None if kind == "prompt" else rec["extra"]),
                        extra=json.dumps(rec["extra"], ensure_ascii=False), raw="")
@@ -282,8 +282,9 @@ def output_record(row: dict, kind: str) -> dict:
     messages, extra = json.loads(row["messages"]), json.loads(row["extra"])
     meta = {"id": row["id"], "intent": row["intent"], "lang": row["lang"], "flags": row["flags"]}
     if kind == "preference":
+        labels = json.loads(row["labels"])
         return {**meta, "prompt": messages[:-1], "chosen": messages[-1]["content"], "rejected": extra["rejected"],
-                "rejected_kind": row.get("rejected_kind") or None}
+                **{k: labels.get(k) for k in PAIR_LABELS}}
     if kind == "prompt":
         return {**meta, "prompt": messages, "answer": extra.get("answer")}
     return {**meta, "messages": messages}

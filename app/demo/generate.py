@@ -8,8 +8,9 @@ Files:
                      exact and near duplicates, HTML, full/half-width mixes, PII, sensitive words,
                      too short/too long answers, malformed lines
   tickets.csv        id, context, response, intent, lang: the seed's context+response format
-  preferences.jsonl  {id, prompt, chosen, rejected, rejected_kind, intent, lang}: the shop's answer vs a worse
-                     one: a wrong fact, off topic, a polite non-answer, or rude/unsafe
+  preferences.jsonl  {id, prompt, chosen, rejected, rejected_kind, dimension, intent, lang}: the shop's answer
+                     vs a worse one: a wrong fact (honesty), off topic or a polite non-answer (helpfulness),
+                     rude or unsafe (safety)
   prompts.jsonl      {id, prompt, reference, intent, lang}: prompt-only records for RL
   arithmetic.jsonl   {id, prompt, answer}: single-digit sums and differences, the GRPO demo's task
   documents.jsonl    {id, text, kind, lang}: the shop's own pages (product details, policies, FAQ) as raw
@@ -171,6 +172,9 @@ def tickets(rng: random.Random, n: int) -> list[list[str]]:
 
 
 REJECTED_KINDS = {"wrong_fact": 0.3, "off_topic": 0.25, "unhelpful": 0.25, "rude_or_unsafe": 0.2}
+# the seeds' three reward dimensions (seed 000 §3.3): which one a pair of each kind teaches
+DIMENSION = {"wrong_fact": "honesty", "off_topic": "helpfulness", "unhelpful": "helpfulness",
+             "rude_or_unsafe": "safety"}
 
 
 def rejected_answer(kind: str, rng: random.Random, intent: str, lang: str, question: str, made: dict) -> str:
@@ -211,7 +215,7 @@ def pairs_and_prompts(rng: random.Random, n_pairs: int, n_prompts: int) -> tuple
             if bad == good["content"]:  # a rephrasing can coincide with the good answer: then the classic kind
                 kind, bad = "rude_or_unsafe", own.choice(BAD_ANSWERS[lang]).format(**slots(own, lang))
             rec = {"id": f"pref-{i:05d}", "prompt": history, "chosen": good["content"], "rejected": bad,
-                   "rejected_kind": kind}
+                   "rejected_kind": kind, "dimension": DIMENSION[kind]}
             pairs.append(json.dumps({**rec, "intent": intent, "lang": lang}, ensure_ascii=False))
         else:
             rec = {"id": f"rl-{i - n_pairs:05d}", "prompt": history, "reference": good["content"]}

@@ -133,16 +133,17 @@ def run(cfg: RewardConfig, report=None) -> dict:
                    summary=summary)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
     h = summary["heldout"]
-    kinds = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in h["by_kind"].items())
+    groups = "".join(f"; by {name}: " + ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in h[key].items())
+                     for key, name in (("by_head", "head"), ("by_kind", "rejected kind")) if len(h[key]) > 1)
     print(f"reward: held-out accuracy {h['accuracy']:.3f} [{h['ci_low']:.3f}, {h['ci_high']:.3f}] (n={h['n']})"
-          + (f"; by rejected kind: {kinds}" if kinds else "") + f" (best step {summary['best_step']}) -> {final}")
+          f"{groups} (best step {summary['best_step']}) -> {final}")
     return summary
 
 
 def heldout(final: Path, cfg: RewardConfig, ids: set, path: Path) -> dict:
     """The exported model on the validation pairs (none trained on; they chose the checkpoint): accuracy (the
-    pair's head scores chosen above rejected) with its exact 95% binomial interval, the same by rejected_kind
-    where the pairs name one, and every pair with its margin in `path`, the wrong ones first."""
+    pair's head scores chosen above rejected) with its exact 95% binomial interval, the same by head and by
+    rejected_kind where the pairs name one, and every pair with its margin in `path`, the wrong ones first."""
     from scipy.stats import binomtest
     pairs = [p for p in preferences.train_val(cfg.data, cfg.seed)[1] if p["id"] in ids]
     model = RewardModel(final, max_len=cfg.data.max_len)
@@ -151,18 +152,19 @@ def heldout(final: Path, cfg: RewardConfig, ids: set, path: Path) -> dict:
     rows = torch.arange(len(pairs))
     margins = (model.score_heads(prompts, [p["chosen"] for p in pairs])[rows, heads]
                - model.score_heads(prompts, [p["rejected"] for p in pairs])[rows, heads]).tolist()
-    scored = sorted(({"id": p["id"], "margin": m, "right": m > 0, "rejected_kind": p.get("rejected_kind"),
-                      "prompt": p["prompt"][-1]["content"], "chosen": p["chosen"], "rejected": p["rejected"]}
-                     for p, m in zip(pairs, margins)), key=lambda r: r["margin"])
+    scored = sorted(({"id": p["id"], "margin": m, "right": m > 0, "head": model.names[h],
+                      "rejected_kind": p.get("rejected_kind"), "prompt": p["prompt"][-1]["content"],
+                      "chosen": p["chosen"], "rejected": p["rejected"]}
+                     for p, m, h in zip(pairs, margins, heads)), key=lambda r: r["margin"])
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored), encoding="utf-8")
 
     def accuracy(group: list[dict]) -> dict:
         right = sum(r["right"] for r in group)
         ci = binomtest(right, len(group)).proportion_ci(0.95)
         return {"n": len(group), "accuracy": right / len(group), "ci_low": ci.low, "ci_high": ci.high}
-    kinds = sorted({r["rejected_kind"] for r in scored if r["rejected_kind"]})
-    return {**accuracy(scored), "by_kind": {k: accuracy([r for r in scored if r["rejected_kind"] == k])
-                                             for k in kinds}}
+    def by(key: str) -> dict:
+        return {k: accuracy([r for r in scored if r[key] == k]) for k in sorted({r[key] for r in scored} - {None})}
+    return {**accuracy(scored), "by_head": by("head"), "by_kind": by("rejected_kind")}
 
 
 class RewardModel:
