@@ -20,8 +20,8 @@ from pathlib import Path
 DEFAULT = "runs/registry.sqlite"
 COLUMNS = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "name": "TEXT", "model": "TEXT", "data_sha256": "TEXT",
            "config": "TEXT", "metrics": "TEXT", "created": "TEXT", "promoted": "INTEGER DEFAULT 0",
-           "promoted_at": "REAL", "eval_dir": "TEXT", "parent": "INTEGER", "verdict": "TEXT"}
-JSON_COLUMNS = ("config", "metrics", "verdict")
+           "promoted_at": "REAL", "eval_dir": "TEXT", "parent": "INTEGER", "verdict": "TEXT", "human": "TEXT"}
+JSON_COLUMNS = ("config", "metrics", "verdict", "human")
 
 
 def default_path() -> str:
@@ -87,6 +87,13 @@ class Registry:
         now = self.get("latest-promoted")
         self._event("rollback", current["id"], now and now["id"], reason)
         return now
+
+    def record_human(self, version: int, result: dict, reason: str) -> None:
+        """The aggregate of a version's filled human evaluation sheets (app/eval/human.py), with an event."""
+        if self.get(version) is None:
+            raise KeyError(f"no version {version}")
+        self.db.execute("UPDATE versions SET human = ? WHERE id = ?", (json.dumps(result), version))
+        self._event("human", version, version, reason)
 
     def events(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM events ORDER BY id")]

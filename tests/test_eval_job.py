@@ -128,6 +128,25 @@ def test_registry_cli(tmp_path):
     bad = cli("promote", "99")
     assert bad.returncode == 2 and "no version 99" in bad.stderr
     assert cli("frobnicate").returncode == 2
+    # the human sheet the eval exported comes back filled by two raters and is recorded with its version
+    from app.eval.human import export_sheet
+    rated = reg.register("rated", "m3", {}, eval_dir=str(tmp_path / "e"))
+    export_sheet([{"id": f"i{k}", "prompt": "你好？", "answer": "您好！"} for k in range(4)], tmp_path / "e" / "human_eval.csv")
+    sheets = []
+    for rater, scores in enumerate(([5, 4, 4, 3], [4, 4, 5, 3])):
+        sheets.append(tmp_path / f"rater{rater}.csv")
+        lines = (tmp_path / "e" / "human_eval.csv").read_text(encoding="utf-8-sig").splitlines()
+        sheets[-1].write_text("\n".join([lines[0]] + [line.replace(",,,,,,", f",,{x},{x},{x},pass,") for line, x in
+                                                       zip(lines[1:], scores)]) + "\n", encoding="utf-8-sig")
+    done = cli("human", str(rated), *map(str, sheets))
+    assert done.returncode == 0, done.stderr
+    assert "relevance: 4.000 ± " in done.stdout and "(n=8, alpha 0.56)  fewer than the 500" in done.stdout
+    human = Registry(tmp_path / "r.sqlite").get(rated)["human"]
+    assert human["raters"] == 2 and human["safety"]["mean"] == 1.0 and human["fluency"]["n"] == 8
+    assert Registry(tmp_path / "r.sqlite").events()[-1]["kind"] == "human"
+    sheets[0].write_text(sheets[0].read_text(encoding="utf-8-sig").replace("i3,", "x9,"), encoding="utf-8-sig")
+    wrong = cli("human", str(rated), str(sheets[0]))
+    assert wrong.returncode == 2 and "ids not in" in wrong.stderr and "x9" in wrong.stderr
 
 
 GSM8K = PROJECT_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"

@@ -2,7 +2,8 @@
 for relevance, fluency and domain expertise (0-5) and safety (pass/fail); import the filled sheets (one
 per rater) and aggregate: mean with a 95% confidence interval per criterion, safety pass rate, and
 inter-rater agreement (Krippendorff's alpha, interval metric for scores, nominal for safety).
-CSV (UTF-8 with BOM, so spreadsheet programs show Chinese correctly)."""
+CSV (UTF-8 with BOM, so spreadsheet programs show Chinese correctly). The filled sheets go back to the
+version they rated: python -m jobs.registry human <version> rater1.csv rater2.csv ..."""
 from __future__ import annotations
 
 import csv
@@ -38,7 +39,10 @@ def read_sheet(path: str | Path) -> list[dict]:
             for key in SCORES:
                 value = (row.get(key) or "").strip()
                 if value:
-                    score = float(value)
+                    try:
+                        score = float(value)
+                    except ValueError:
+                        raise ValueError(f"{path}:{line}: {key}={value!r} is not a number") from None
                     if not 0 <= score <= 5:
                         raise ValueError(f"{path}:{line}: {key}={value} is outside 0-5")
                     rec[key] = score
@@ -63,6 +67,18 @@ def krippendorff_alpha(units: dict[str, list[float]], interval: bool = True) -> 
                    for v in units.values()) / n
     expected = sum(delta(a, b) for i, a in enumerate(values) for j, b in enumerate(values) if i != j) / (n * (n - 1))
     return 1.0 if expected == 0 else 1 - observed / expected
+
+
+def import_sheets(paths: list[str | Path], exported: str | Path | None = None) -> dict:
+    """The filled copies (one per rater) of a sheet the eval exported (`exported`: its human_eval.csv, when
+    at hand, whose ids each row must carry) -> aggregate(); a bad cell or an unknown id is a ValueError."""
+    sheets = [read_sheet(p) for p in paths]
+    if exported is not None and Path(exported).is_file():
+        ids = {r["id"] for r in csv.DictReader(open(exported, newline="", encoding="utf-8-sig"))}
+        for path, sheet in zip(paths, sheets):
+            if unknown := sorted({r["id"] for r in sheet} - ids):
+                raise ValueError(f"{path}: ids not in {exported}: {', '.join(unknown[:3])}")
+    return aggregate(sheets)
 
 
 def aggregate(sheets: list[list[dict]]) -> dict:
