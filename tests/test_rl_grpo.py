@@ -28,6 +28,21 @@ def test_grpo_configs_parse():
         load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml", ["critic_lr=1e-5"])
 
 
+def test_unsafe_samples_are_dropped_from_the_update_only_when_rejecting():
+    import torch
+
+    from app.config import load_config
+    from app.rl.controller import drop_unsafe
+    from app.rl.grpo import GRPOConfig
+    batches = [{"sequences": torch.ones(2, 5), "response_mask": torch.tensor([[0, 1, 1, 1, 0], [0, 1, 1, 0, 0]])},
+               {"sequences": torch.ones(1, 5), "response_mask": torch.tensor([[0, 1, 1, 1, 1]])}]
+    reject = load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml", ["unsafe=reject"])
+    kept = drop_unsafe(reject, batches, [False, True, False])
+    assert kept[0]["response_mask"].tolist() == [[0, 1, 1, 1, 0], [0, 0, 0, 0, 0]] and kept[1] is batches[1]
+    assert batches[0]["response_mask"][1].sum() == 2  # the sampled batch itself is left as it was
+    assert drop_unsafe(load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml"), batches, [True] * 3) is batches
+
+
 HELD_OUT = ["Do you ship to Canada?", "包裹丢了怎么办？", "Can I pay with PayPal?", "可以开发票吗？", "What sizes exist?",
             "周末发货吗？"]
 

@@ -66,6 +66,10 @@ class RLConfig(JobConfig):
     kl: KLConfig = KLConfig()            # PPO: the penalty in the reward; GRPO: the KL term in the loss
     safety_penalty: float = 1.0
     toxicity_threshold: float = 0.3
+    # an unsafe sample (app.safety.verdict: a sensitive word, a PII leak, toxicity >= the threshold) loses
+    # safety_penalty from its reward; `reject` also drops it from the update (seed 000 §3.3: rejection sampling
+    # of high-risk replies), so the policy never trains on its tokens
+    unsafe: Literal["penalize", "reject"] = "penalize"
     lora: LoraSection | None = None      # LoRA policy: only the adapter trains and travels at each sync
     scaling: RLScaling = RLScaling()
     overlap: bool = False                # sample step t+1 while the learners train on step t

@@ -148,6 +148,21 @@ def update(cfg: RLConfig, roles: Roles, experiences: list[Experience], kl_coef: 
     return {**figures, "train_s": time.perf_counter() - t0}
 
 
+def drop_unsafe(cfg: RLConfig, batches: list[dict], unsafe: list[bool]) -> list[dict]:
+    """With `unsafe: reject`, the batches with their unsafe rows' response masks zeroed (no loss, no KL on
+    them; their rewards still count in a group's baseline); otherwise the batches as they are."""
+    import torch
+    if cfg.unsafe != "reject" or not any(unsafe):
+        return batches
+    out, start = [], 0
+    for b in batches:
+        rows = len(b["sequences"])
+        keep = torch.tensor([not u for u in unsafe[start:start + rows]], dtype=b["response_mask"].dtype)
+        out.append(b if keep.all() else {**b, "response_mask": b["response_mask"] * keep[:, None]})
+        start += rows
+    return out
+
+
 def step_figures(batches: list[dict], scored: dict, updated: dict) -> dict:
     """The figures every algorithm logs about its samples and updates."""
     import torch

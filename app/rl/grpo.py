@@ -11,7 +11,7 @@ import torch
 
 from app.rl import losses
 from app.rl.config import GRPOConfig
-from app.rl.controller import Roles, score, step_figures, update
+from app.rl.controller import Roles, drop_unsafe, score, step_figures, update
 from app.rl.controller import run as run_rl
 from app.rl.experience import Experience
 
@@ -24,10 +24,11 @@ def grpo_step(cfg: GRPOConfig, roles: Roles, batches: list[dict], prompts: list,
     # DeepSeekMath's GRPO with mu = 1, so no separate learner pass is needed.
     on_policy = cfg.epochs == 1 and not cfg.overlap
     scored = score(cfg, roles, batches, prompts, references, tokenizer, old_pass=not on_policy)
+    trained = drop_unsafe(cfg, batches, scored["rewards"]["unsafe"])
     rewards = torch.tensor(scored["rewards"]["reward"])
     advantages = losses.group_advantages(rewards, cfg.group_size)  # a batch holds whole groups, in order
     experiences, start = [], 0
-    for b, ref, old in zip(batches, scored["ref"], scored["old"]):
+    for b, ref, old in zip(trained, scored["ref"], scored["old"]):
         rows, mask = len(b["sequences"]), b["response_mask"]
         experiences.append(Experience(b, advantages[start:start + rows, None] * mask, old_logprobs=old,
                                       ref_logprobs=ref, rewards=rewards[start:start + rows], version=b["version"]))

@@ -11,7 +11,7 @@ import torch
 
 from app.rl import losses
 from app.rl.config import PPOConfig
-from app.rl.controller import Roles, score, step_figures, update
+from app.rl.controller import Roles, drop_unsafe, score, step_figures, update
 from app.rl.controller import run as run_rl
 from app.rl.experience import Experience
 
@@ -25,8 +25,9 @@ def ppo_step(cfg: PPOConfig, roles: Roles, batches: list[dict], prompts: list, r
     # version behind, so those recompute them on the learner.
     recompute = cfg.engine() == "vllm" or cfg.overlap
     scored = score(cfg, roles, batches, prompts, references, tokenizer, old_pass=recompute)
+    trained = drop_unsafe(cfg, batches, scored["rewards"]["unsafe"])
     experiences, start, kls = [], 0, []
-    for b, ref, old, values in zip(batches, scored["ref"], scored["old"], scored["values"]):
+    for b, ref, old, values in zip(trained, scored["ref"], scored["old"], scored["values"]):
         rows, mask = len(b["sequences"]), b["response_mask"]
         old = b["rollout_logprobs"] if old is None else old
         sequence_scores = torch.tensor(scored["rewards"]["reward"][start:start + rows])
