@@ -22,6 +22,7 @@ REJECT_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("detai
                            ("source", pa.string()), ("raw", pa.string())])
 META = [("intent", pa.string()), ("lang", pa.string()), ("flags", pa.string())]
 PREFERENCE_SCHEMA = pa.schema([("id", pa.string()), ("prompt", MESSAGES), ("chosen", pa.string()),
-                               ("rejected", pa.string()), ("dimension", pa.string()), ("rejected_kind", pa.string()), *META])
+                               ("rejected", pa.string()), ("dimension", pa.string()), ("rejected_kind", pa.string()),
+                               *META])
 PROMPT_SCHEMA = pa.schema([("id", pa.string()), ("prompt", MESSAGES), ("answer", pa.string()), *META])
 SCHEMAS = {"sft": SFT_SCHEMA, "preference": PREFERENCE_SCHEMA, "prompt": PROMPT_SCHEMA}

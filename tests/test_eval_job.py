@@ -131,7 +131,8 @@ def test_registry_cli(tmp_path):
     # the human sheet the eval exported comes back filled by two raters and is recorded with its version
     from app.eval.human import export_sheet
     rated = reg.register("rated", "m3", {}, eval_dir=str(tmp_path / "e"))
-    export_sheet([{"id": f"i{k}", "prompt": "你好？", "answer": "您好！"} for k in range(4)], tmp_path / "e" / "human_eval.csv")
+    export_sheet([{"id": f"i{k}", "prompt": "你好？", "answer": "您好！"} for k in range(4)],
+                 tmp_path / "e" / "human_eval.csv")
     sheets = []
     for rater, scores in enumerate(([5, 4, 4, 3], [4, 4, 5, 3])):
         sheets.append(tmp_path / f"rater{rater}.csv")

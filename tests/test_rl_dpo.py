@@ -39,9 +39,9 @@ def test_dpo_loss_falls_and_margin_grows(ray_local, toy_pairs, tmp_path):
     from app.train.dpo import DPOConfig, run
     out = tmp_path / "dpo"
     # one worker of 8 pairs a step, in this process (the 2-worker ZeRO path: tests/test_sft*.py)
-    summary = run(load_config(DPOConfig, "jobs/configs/dpo_tiny.yaml", [f"data.path={toy_pairs}", f"output_dir={out}",
-                                                                      "scaling.num_workers=1", "train.micro_batch_size=8"]),
-                  report=lambda metrics: None)
+    cfg = load_config(DPOConfig, "jobs/configs/dpo_tiny.yaml", [f"data.path={toy_pairs}", f"output_dir={out}",
+                                                              "scaling.num_workers=1", "train.micro_batch_size=8"])
+    summary = run(cfg, report=lambda metrics: None)
     before, after = summary["val_before"], summary["val_after"]
     assert before["val_loss"] == pytest.approx(0.6931, abs=1e-3)   # policy == reference at step 0: log 2
     assert after["val_margin"] > before["val_margin"] + 0.05 and after["val_accuracy"] >= 0.8

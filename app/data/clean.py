@@ -21,6 +21,7 @@ from app.data.normalize import normalize
 from app.data.pii import SensitiveWords, redact
 from app.records import PAIR_LABELS
 
+
 class Rejected(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}")

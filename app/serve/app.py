@@ -51,22 +51,7 @@ from app.safety import rank, verdict
 from app.serve.safety import REFUSAL, OutputFilter
 
 api = FastAPI(title="raypost", docs_url=None, redoc_url=None, redirect_slashes=False)
-
-
-class _OneSlash:
-    """`/v1/chat/completions/` is `/v1/chat/completions` (what a client whose base_url ends in "/" asks for):
-    the same route, and for a wrong method its 405 with the error body. FastAPI would answer 307 instead."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and len(scope["path"]) > 1 and scope["path"].endswith("/"):
-            scope = {**scope, "path": scope["path"].rstrip("/") or "/"}
-        await self.app(scope, receive, send)
-
-
-api.add_middleware(_OneSlash)
+api.add_middleware(P.OneSlash)
 
 
 @api.exception_handler(P.APIError)

@@ -225,3 +225,17 @@ def error_chunk(err: APIError) -> str:
 
 
 DONE = "data: [DONE]\n\n"
+
+
+class OneSlash:
+    """ASGI middleware: `/v1/chat/completions/` is `/v1/chat/completions` (what a client whose base_url ends
+    in "/" asks for), the same route and, for a wrong method, its 405 with the error body (FastAPI's
+    redirect_slashes would answer 307)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and len(scope["path"]) > 1 and scope["path"].endswith("/"):
+            scope = {**scope, "path": scope["path"].rstrip("/") or "/"}
+        await self.app(scope, receive, send)

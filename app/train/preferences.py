@@ -62,7 +62,8 @@ def read_pairs(path: str | Path) -> tuple[list[dict], dict[str, int]]:
     (`python -m jobs.data ... input.kind=preference`: Parquet preference records, e.g. its train/)."""
     if Path(path).is_dir():
         records = pq.read_table(path).to_pylist()
-        return [to_pair({k: v for k, v in r.items() if v is not None and v != ""}, i) for i, r in enumerate(records)], {}
+        records = [{k: v for k, v in r.items() if v is not None and v != ""} for r in records]  # unset labels
+        return [to_pair(r, i) for i, r in enumerate(records)], {}
     opener = gzip.open if str(path).endswith(".gz") else open
     pairs, skipped = [], {}
     with opener(path, "rt", encoding="utf-8") as f:

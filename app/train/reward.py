@@ -9,8 +9,8 @@ Heads (`heads: {helpfulness: 1.0, safety: 1.0}`) are outputs of one sequence-cla
 trains the head named by its `dimension` (default: the first head); `score()` returns the weighted sum.
 Output: runs/reward-<name>/final (HF directory, safetensors, reward_heads.json), metrics.jsonl,
 training_curve.png, val_pairs.jsonl (each held-out pair's margin, the wrong ones first), manifest.json; the
-summary's `heldout` gives accuracy with its 95% interval, by rejected_kind where the pairs name one. `RewardModel(path).score(prompts, responses)` is the API PPO, eval's
-judge and rejection sampling use.
+summary's `heldout` gives accuracy with its 95% interval, by head and by rejected_kind where the pairs name
+one. `RewardModel(path).score(prompts, responses)` is the API PPO, eval's judge and rejection sampling use.
 """
 from __future__ import annotations
 
