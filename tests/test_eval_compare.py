@@ -102,6 +102,13 @@ def test_a_small_significant_drop_within_tolerance_does_not_block():
     assert rows[0]["verdict"] == "worse within tolerance" and passes(rows, "non_inferiority")[0]
 
 
+def test_better_needs_the_printed_interval_to_clear_zero():
+    from app.eval.compare import verdict
+    # PPO's held-out change on the demo reward model (n=32): one-sided p 0.038, its 95% CI [-0.007, +0.137]
+    assert verdict(0.063, (-0.007, 0.137), 0.038, 0.962, 0.0, 0.05) == "inconclusive"
+    assert verdict(0.063, (0.004, 0.137), 0.020, 0.980, 0.0, 0.05) == "better"
+
+
 def test_different_items_are_refused():
     a = items({"rougeL": [0.1, 0.2, 0.3]})
     b = items({"rougeL": [0.1, 0.2, 0.3]}, prefix="other")

@@ -102,10 +102,12 @@ def paired_bootstrap(kind: str, new: np.ndarray, base: np.ndarray, resamples: in
 
 def verdict(good: float, good_ci: tuple[float, float], p_better: float, p_worse: float, margin: float,
             alpha: float) -> str:
-    """good: the change oriented so that positive is better; good_ci its CI; margin >= 0."""
+    """good: the change oriented so that positive is better; good_ci its CI; margin >= 0. "better" needs the
+    one-sided test and the (two-sided) CI to agree: a printed CI that reaches zero is not a claim of better;
+    a regression blocks on the one-sided test alone (a release gate errs towards not shipping)."""
     if good < 0 and p_worse < alpha and -good > margin:
         return "REGRESSION"
-    if good > 0 and p_better < alpha:
+    if good > 0 and p_better < alpha and good_ci[0] > 0:
         return "better"
     if good_ci[0] < -margin:
         return "inconclusive"
