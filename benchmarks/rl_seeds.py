@@ -31,7 +31,7 @@ def grpo_seed(seed: int, sft: str, out: Path) -> dict:
             "n": summary["heldout_n"], "diff": round(summary["heldout_diff"], 4),
             "ci_low": round(summary["heldout_ci_low"], 4), "ci_high": round(summary["heldout_ci_high"], 4),
             "p_value": round(summary["heldout_p_value"], 5), "kl_per_token": round(summary["kl_per_token_last"], 4),
-            "kl_per_sequence": round(summary["kl_last"], 3)}
+            "kl_per_sequence": round(summary["kl_last"], 3), "verdict": summary["heldout_verdict"]}
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
     for name in a.configs:
         rows = [grpo_seed(s, a.sft, Path(a.out)) for s in range(a.seeds)]
         result[name] = rows
-        result[f"{name}_significantly_better"] = f"{sum(r['diff'] > 0 and r['p_value'] < 0.05 for r in rows)}/{len(rows)}"
+        result[f"{name}_significantly_better"] = f"{sum(r['verdict'] == 'better' for r in rows)}/{len(rows)}"
     print(json.dumps(result))
 
 
