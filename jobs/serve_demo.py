@@ -25,6 +25,13 @@ from app.cli import Job
 from app.config import JobConfig, UserError
 
 
+# `serve run` shuts down on Ctrl-C (SIGINT). A blocked or ignored SIGINT survives exec, so a caller that has it
+# blocked (a test process full of Ray and torch threads, seen once) would leave the server up: exec it with
+# SIGINT unblocked and at its default.
+SIGINT_ON = ("import os, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+             "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])")
+
+
 class ServeDemoConfig(JobConfig):
     config: str = "serve_configs/demo.yaml"
     model: str | None = None  # replaces the config's model (a folder, alias or registry:<ref>)
@@ -48,8 +55,8 @@ def run(cfg: ServeDemoConfig) -> str:
         config = str(log / "serve_config.yaml")
         Path(config).write_text(yaml.safe_dump(spec, sort_keys=False))
     with open(log / "serve.log", "w") as out:
-        server = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", config],
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen([sys.executable, "-c", SIGINT_ON, str(Path(sys.executable).with_name("serve")),
+                                   "run", config], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_healthy(url, server, cfg.startup_timeout_s, log / "serve.log")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("RAYPOST_API_KEY", "none"))

@@ -74,7 +74,14 @@ def test_serve_run_serves_the_promoted_version_and_rollback_moves_it_back(ray_lo
         "applications": [{"name": "t", "route_prefix": "/", "import_path": "app.serve.app:build_app",
                           "args": args}]}))
     out = tmp_path / "promoted"
-    answer = run(ServeDemoConfig(config=str(config), prompt="hello", max_tokens=6, output_dir=str(out)))
+    try:
+        answer = run(ServeDemoConfig(config=str(config), prompt="hello", max_tokens=6, output_dir=str(out)))
+    finally:  # whatever happened to the serve run process, Serve does not outlive this test in the session's Ray
+        from ray import serve
+        left = list(serve.status().applications)
+        if left:
+            serve.shutdown()
+    assert not left, f"serve run did not shut down on Ctrl-C: {left} still deployed"
     record = json.loads((out / "answer.json").read_text())
     assert record["answer"] == answer and len(answer) > 0  # six tokens of the tiny model's text
     assert record["version"] == second
