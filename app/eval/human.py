@@ -74,7 +74,8 @@ def import_sheets(paths: list[str | Path], exported: str | Path | None = None) -
     at hand, whose ids each row must carry) -> aggregate(); a bad cell or an unknown id is a ValueError."""
     sheets = [read_sheet(p) for p in paths]
     if exported is not None and Path(exported).is_file():
-        ids = {r["id"] for r in csv.DictReader(open(exported, newline="", encoding="utf-8-sig"))}
+        with open(exported, newline="", encoding="utf-8-sig") as f:
+            ids = {r["id"] for r in csv.DictReader(f)}
         for path, sheet in zip(paths, sheets):
             if unknown := sorted({r["id"] for r in sheet} - ids):
                 raise ValueError(f"{path}: ids not in {exported}: {', '.join(unknown[:3])}")
