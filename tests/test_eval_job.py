@@ -10,7 +10,7 @@ import pytest
 from app import PROJECT_ROOT
 from app.config import ConfigError, UserError, load_config
 from app.eval.evaluate import EvalConfig, run
-from app.eval.runner import answer_all
+from app.eval.runner import AnswerActor, batches_of
 from app.models import resolve
 from app.tasks import final_number
 from app.registry import Registry
@@ -79,7 +79,9 @@ def test_eval_gates_against_the_promoted_version(tiny_first, sft_data, tmp_path)
     if importlib.util.find_spec("vllm"):
         assert (first["engine"], real["engine"]) == ("hf", "vllm")
         on_vllm = [json.loads(line) for line in (tmp_path / "e3" / "answers.jsonl").read_text().splitlines()]
-        on_hf = answer_all(on_vllm, str(resolve("smollm2-135m-instruct")), 4, 8, 1024, 1, engine="hf")
+        hf = AnswerActor(str(resolve("smollm2-135m-instruct")), 1024)  # in this process: the same answers
+        batches = batches_of([{**r, "max_new_tokens": 8} for r in on_vllm], 4)
+        on_hf = sorted((a for b in batches for a in hf.answer(b)), key=lambda r: r["id"])
         assert [r["answer"] for r in on_vllm] == [r["answer"] for r in on_hf]
         assert len({r["answer"] for r in on_vllm}) > 8
     assert real["baseline"] == first["version"]
