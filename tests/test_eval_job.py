@@ -23,7 +23,8 @@ def evaluate(data, tmp_path, *overrides):
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
                       ["model=tiny", f"data={data}/val", f"registry={tmp_path}/reg.sqlite", "max_samples=12",
                        f"heldout.prompts={heldout}",
-                       "max_new_tokens=8", "identity.max_new_tokens=8", "batch_size=4", "human_eval_rows=5",
+                       "max_new_tokens=8", "identity.max_new_tokens=8", "bias.max_new_tokens=8", "batch_size=4",
+                       "human_eval_rows=5",
                        "concurrency=2", "efficiency=false",
                        "dtype=float32", *overrides])  # the pinned figures: the same on every CPU
     return run(cfg)
@@ -63,6 +64,15 @@ def test_eval_gates_against_the_promoted_version(tiny_first, sft_data, tmp_path)
     identity = [i for i in items if i["set"] == "identity"]  # eval_demo.yaml's 8 probes, EN and ZH
     assert first["n_identity"] == len(identity) == 8 and m["identity_rate"] == 0.0  # no random model is Lumi
     assert {i["id"] for i in identity} == {f"identity/{k}" for k in range(8)} and all("answer" in i for i in identity)
+    bias = [i for i in items if i["set"] == "bias"]  # 24 pairs: gender, age, region x EN, ZH x 4 questions
+    assert first["n_bias"] == len(bias) == 24 and all(len(i["answers"]) == 2 for i in bias)
+    assert m["bias_gap"] == pytest.approx(sum(i["bias_gap"] for i in bias) / 24)  # (0 here: the random model's
+    # answers to both askers decode to nothing; SmolLM2's below differ)
+    report = (out / "report.md").read_text()
+    assert first["bias"]["all"]["bias_gap"]["mean"] == pytest.approx(m["bias_gap"]) and "## Bias probes" in report
+    assert first["bias"]["attribute=age"]["length_gap"]["n"] == 8 and first["bias"]["lang=zh"]["bias_gap"]["n"] == 12
+    asked = [i for i in red if "refusal_rate" in i]  # the harmful and PII requests: refused or not
+    assert len(asked) == 14 and m["refusal_rate"] == sum(i["refusal_rate"] for i in asked) / 14
     c = first["safety"]  # passed, unsafe, empty or degenerate: the red-team answers, each counted once
     assert c["n"] == len(red) and c["passed"] + c["unsafe"] + c["degenerate"] == c["n"]
     assert c["passed"] / c["n"] == m["safety_pass_rate"] and "red-team answers pass" in (out / "report.md").read_text()
@@ -84,6 +94,7 @@ def test_eval_gates_against_the_promoted_version(tiny_first, sft_data, tmp_path)
         on_hf = sorted((a for b in batches for a in hf.answer(b)), key=lambda r: r["id"])
         assert [r["answer"] for r in on_vllm] == [r["answer"] for r in on_hf]
         assert len({r["answer"] for r in on_vllm}) > 8
+    assert real["n_bias"] == 24 and 0 < real["metrics"]["bias_gap"] < 1
     assert real["baseline"] == first["version"]
     assert {"metric", "baseline", "new", "diff", "ci_low", "ci_high", "p_value", "verdict"} <= set(real["gate"][0])
     ppl = next(r for r in real["gate"] if r["metric"] == "perplexity")
@@ -158,7 +169,8 @@ GSM8K = PROJECT_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 @pytest.mark.skipif(not GSM8K.is_file(), reason="../shared/data/gsm8k not present")
 def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
-                      ["model=tiny", f"data={GSM8K}", "task=gsm8k", "heldout=null", "identity=null", f"registry={tmp_path}/reg.sqlite", "max_samples=4",
+                      ["model=tiny", f"data={GSM8K}", "task=gsm8k", "heldout=null", "identity=null", "bias=null",
+                       f"registry={tmp_path}/reg.sqlite", "max_samples=4",
                        "max_new_tokens=8", "batch_size=4", "safety=false", "efficiency=false", "concurrency=1",
                        f"output_dir={tmp_path}/g"])
     result = run(cfg)

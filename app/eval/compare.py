@@ -27,14 +27,14 @@ from scipy import stats
 
 from app.eval.metrics import bleu_from_stats
 
-LOWER_IS_BETTER = {"perplexity", "ttft_ms", "latency_ms", "peak_memory_gb"}
+LOWER_IS_BETTER = {"perplexity", "ttft_ms", "latency_ms", "peak_memory_gb", "bias_gap"}
 # metric -> (item set, kind): how per-item results aggregate to the corpus figure
 ITEM_METRICS = {
     "bleu": ("test", "bleu"), "perplexity": ("test", "perplexity"),
     "rouge1": ("test", "mean"), "rouge2": ("test", "mean"), "rougeL": ("test", "mean"), "f1": ("test", "mean"),
     "exact_match": ("test", "binary"), "accuracy": ("test", "binary"),
     "safety_pass_rate": ("redteam", "binary"), "heldout_reward": ("heldout", "mean"),
-    "identity_rate": ("identity", "binary"),
+    "identity_rate": ("identity", "binary"), "refusal_rate": ("redteam", "binary"), "bias_gap": ("bias", "mean"),
 }
 
 

@@ -55,6 +55,13 @@ class IdentityProbe(Config):
     max_new_tokens: int = 48
 
 
+class BiasProbe(Config):
+    """Paired prompts that differ only in who asks (app/eval/bias.py): metric bias_gap (lower is better)."""
+    attributes: list[Literal["gender", "age", "region"]] = Field(["gender", "age", "region"], min_length=1)
+    langs: list[Literal["en", "zh"]] = Field(["en", "zh"], min_length=1)
+    max_new_tokens: int = Field(48, ge=1)
+
+
 class ExplainSection(Config):
     """The worst red-team answer explained (app/eval/explain.py) into explain/, linked from report.md."""
     steps: int = Field(8, ge=2)        # integrated gradients' interpolation steps
@@ -89,6 +96,7 @@ class EvalConfig(JobConfig):
     registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite
     heldout: HeldoutPrompts | None = None
     identity: IdentityProbe | None = None
+    bias: BiasProbe | None = None  # paired prompts differing only in the asker's gender, age or region
     judge: JudgeConfig | None = None  # win_rate against the baseline's answers (app/eval/judge.py)
     explain: ExplainSection | None = None  # explain the worst safety case (needs safety: true)
     rag: RagEvalSection | None = None      # task: rag

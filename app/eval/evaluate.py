@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from app.cluster import init_ray
 from app.config import UserError, load_callable
-from app.eval import report
+from app.eval import bias, report
 from app.eval.compare import table
 from app.eval.config import EvalConfig
 from app.eval.gate import ITEMS_FILE, check_pairable, decide, find_baseline, load_items
@@ -26,11 +26,12 @@ from app.eval.human import export_sheet
 from app.eval.judge import wins as judge_wins
 from app.eval.metrics import item_scores, perplexity, text_scores
 from app.eval.runner import answer_all, efficiency
-from app.eval.safety import load_redteam, score_answers, summarize
+from app.eval.safety import REFUSE, load_redteam, score_answers, summarize
 from app.models import resolve
 from app.precision import fast_bf16
 from app.registry import Registry
 from app.rl import rewards
+from app.safety import refused
 from app.runinfo import sha256_file
 from app.tasks import final_number, load_prompts, skipped_line
 from app.vllm_engine import choose
@@ -81,19 +82,23 @@ def run(cfg: EvalConfig) -> dict:
           + (f", {len(held)} held-out prompts ({skipped_line(held_skipped)})" if cfg.heldout else ""), flush=True)
     red_ids = [f"redteam/{p['id']}" for p in prompts]
     probes = {f"identity/{k}": q for k, q in enumerate(cfg.identity.questions)} if cfg.identity else {}
+    pairs = bias.probe_pairs(cfg.bias.attributes, cfg.bias.langs) if cfg.bias else []
     manifest = Path(cfg.data).parent / "manifest.json"
     data_sha = sha256_file(manifest) if manifest.is_file() else None
     if baseline:  # mismatched items or data fail here, before any model loads
         check_pairable(cfg.gate, baseline, baseline_items, {"test": [r["id"] for r in records], "redteam": red_ids,
                                                             "heldout": [r["id"] for r in held],
-                                                            "identity": list(probes)}, data_sha)
+                                                            "identity": list(probes),
+                                                            "bias": [p["id"] for p in pairs]}, data_sha)
     engine = choose(cfg.engine, model_path, "engine")
     init_ray()
-    # One pass of the actor pool answers the test records, the red-team, the held-out and the identity prompts.
+    # One pass of the actor pool answers the test records, the red-team, the held-out, identity and bias prompts.
     everything = answer_all(records + [_asked(i, p["prompt"]) for i, p in zip(red_ids, prompts)]
                             + [{"id": r["id"], "prompt": r["prompt"], "max_new_tokens": cfg.heldout.max_new_tokens}
                                for r in held]
-                            + [_asked(i, q, cfg.identity.max_new_tokens) for i, q in probes.items()],
+                            + [_asked(i, q, cfg.identity.max_new_tokens) for i, q in probes.items()]
+                            + [_asked(f"{p['id']}/{side}", p[side], cfg.bias.max_new_tokens)
+                               for p in pairs for side in "ab"],
                             model_path, cfg.batch_size, cfg.max_new_tokens, cfg.max_len, cfg.concurrency, cfg.dtype,
                             engine, cfg.vllm.model_dump())
     by_id = {r["id"]: r for r in everything}
@@ -111,10 +116,13 @@ def run(cfg: EvalConfig) -> dict:
     if cfg.safety:
         toxicity_fn = load_callable(cfg.toxicity_model) if cfg.toxicity_model else None
         verdicts = score_answers(red, toxicity_fn=toxicity_fn)
-        items += [{"id": i, "set": "redteam", "safety_pass_rate": float(v["passed"]), "toxicity": v["toxicity"]}
-                  for i, v in zip(red_ids, verdicts)]
+        items += [{"id": i, "set": "redteam", "safety_pass_rate": float(v["passed"]), "toxicity": v["toxicity"],
+                   **({"refusal_rate": float(refused(a))} if p["category"] in REFUSE else {})}
+                  for i, v, a, p in zip(red_ids, verdicts, red, prompts)]
         safety = summarize(verdicts, prompts, red)
         metrics["safety_pass_rate"] = safety["safety_pass_rate"]
+        asked = [i for i in items if "refusal_rate" in i]
+        metrics["refusal_rate"] = sum(i["refusal_rate"] for i in asked) / len(asked) if asked else float("nan")
         if cfg.explain and safety["worst"]:  # why the worst answer came out: explain/ (report.md links it)
             from app.eval.explain import explain
             worst = safety["worst"][0]
@@ -133,6 +141,13 @@ def run(cfg: EvalConfig) -> dict:
         items += [{"id": i, "set": "identity", "identity_rate": float(p), "answer": by_id[i]["answer"]}
                   for i, p in zip(probes, passed)]
         metrics["identity_rate"] = sum(passed) / len(passed)
+    if pairs:
+        gaps = [{"id": p["id"], "set": "bias", "attribute": p["attribute"], "lang": p["lang"],
+                 **bias.pair_gaps(by_id[f"{p['id']}/a"]["answer"], by_id[f"{p['id']}/b"]["answer"]),
+                 "answers": [by_id[f"{p['id']}/a"]["answer"], by_id[f"{p['id']}/b"]["answer"]]} for p in pairs]
+        items += gaps
+        metrics["bias_gap"] = sum(g["bias_gap"] for g in gaps) / len(gaps)
+        safety = {**safety, "bias": bias.summarize(gaps)}  # seed 000 §4.1: bias is part of the safety check
     wins = judge(cfg, baseline, answered, items, metrics) if cfg.judge and baseline else None
     if cfg.efficiency:
         metrics.update(efficiency(model_path, [r["prompt"] for r in answered], dtype=cfg.dtype))  # batch 1 and 8
@@ -186,8 +201,8 @@ def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered:
     if decision["passed"]:
         registry.promote(version, f"gate passed ({decision['mode']})")
     result = {"version": version, "model": model_path, "compute": compute, "engine": engine, "n": len(answered), "skipped": skipped or {},
-              "safety": safety.get("counts"),
-              **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout", "identity")},
+              "safety": safety.get("counts"), "bias": safety.get("bias"),
+              **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout", "identity", "bias")},
               "metrics": metrics,
               "promoted": decision["passed"], "baseline": decision["baseline"], "gate": decision["rows"],
               "verdict": {k: decision[k] for k in ("mode", "keys", "passed", "why", "warnings")}}

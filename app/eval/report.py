@@ -30,7 +30,15 @@ def write(out: Path, result: dict, answered: list[dict], worst: list[dict], base
     if result.get("safety"):
         c = result["safety"]
         lines += ["", f"Safety: {c['passed']} of {c['n']} red-team answers pass (refusals included); {c['unsafe']} "
-                      f"unsafe, {c['degenerate']} empty or degenerate (both fail)."]
+                      f"unsafe, {c['degenerate']} empty or degenerate (both fail); refusal rate on the harmful "
+                      f"and PII requests {result['metrics'].get('refusal_rate', float('nan')):.3f}."]
+    if result.get("bias"):  # app/eval/bias.py
+        lines += ["", "## Bias probes", "", "Paired prompts that differ only in who asks (gender, age, region); "
+                  "how far the two answers differ (0: alike), mean [95% CI]:", "",
+                  "| pairs | n | bias_gap | refusal_gap | length_gap | toxicity_gap |", "|---|---|---|---|---|---|"]
+        for name, gaps in result["bias"].items():
+            cells = [f"{g['mean']:.3f} [{g['ci_low']:.3f}, {g['ci_high']:.3f}]" for g in gaps.values()]
+            lines.append(f"| {name} | {gaps['bias_gap']['n']} | {' | '.join(cells)} |")
     if worst:
         lines += ["", "## Worst safety cases", "", "| prompt | answer | toxicity | sensitive | pii |", "|---|---|---|---|---|"]
         for w in worst:
