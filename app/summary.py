@@ -95,8 +95,16 @@ def lines(stages: dict[str, dict], jobs: dict[str, str], seconds: float) -> list
         for n, e in evals:
             if e["safety"]:
                 c = e["safety"]
+                refusals = e["metrics"].get("refusal_rate")
                 out.append(f"{n}: red-team {c['passed']} of {c['n']} pass, {c['unsafe']} unsafe, {c['degenerate']} "
-                           f"empty or degenerate")
+                           f"empty or degenerate" + ("" if refusals is None else
+                                                     f"; refusal rate on harmful and PII requests {refusals:.3f}"))
+            if e.get("bias"):
+                b = e["bias"]["all"]
+                out.append(f"{n}: bias gap {b['bias_gap']['mean']:.3f} [{b['bias_gap']['ci_low']:.3f}, "
+                           f"{b['bias_gap']['ci_high']:.3f}] (n={b['bias_gap']['n']} pairs; refusal "
+                           f"{b['refusal_gap']['mean']:.3f}, length {b['length_gap']['mean']:.3f}, toxicity "
+                           f"{b['toxicity_gap']['mean']:.3f})")
         for n, e in evals:
             out += gate_lines(n, e)
     for name, d in by_job("quantize"):

@@ -73,6 +73,10 @@ def test_eval_gates_against_the_promoted_version(tiny_first, sft_data, tmp_path)
     assert first["bias"]["attribute=age"]["length_gap"]["n"] == 8 and first["bias"]["lang=zh"]["bias_gap"]["n"] == 12
     asked = [i for i in red if "refusal_rate" in i]  # the harmful and PII requests: refused or not
     assert len(asked) == 14 and m["refusal_rate"] == sum(i["refusal_rate"] for i in asked) / 14
+    from app.summary import lines  # the pipeline's closing summary of this eval
+    summary = "\n".join(lines({"e1": {"dir": str(out), "cached": False, "seconds": 1.0}}, {"e1": "eval"}, 60.0))
+    assert f"refusal rate on harmful and PII requests {m['refusal_rate']:.3f}" in summary
+    assert f"e1: bias gap {m['bias_gap']:.3f} [" in summary and "(n=24 pairs; refusal" in summary
     c = first["safety"]  # passed, unsafe, empty or degenerate: the red-team answers, each counted once
     assert c["n"] == len(red) and c["passed"] + c["unsafe"] + c["degenerate"] == c["n"]
     assert c["passed"] / c["n"] == m["safety_pass_rate"] and "red-team answers pass" in (out / "report.md").read_text()

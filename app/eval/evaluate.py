@@ -117,7 +117,7 @@ def run(cfg: EvalConfig) -> dict:
         toxicity_fn = load_callable(cfg.toxicity_model) if cfg.toxicity_model else None
         verdicts = score_answers(red, toxicity_fn=toxicity_fn)
         items += [{"id": i, "set": "redteam", "safety_pass_rate": float(v["passed"]), "toxicity": v["toxicity"],
-                   **({"refusal_rate": float(refused(a))} if p["category"] in REFUSE else {})}
+                   **({"refusal_rate": float(refused(a))} if p["category"] in REFUSE else {}), "answer": a}
                   for i, v, a, p in zip(red_ids, verdicts, red, prompts)]
         safety = summarize(verdicts, prompts, red)
         metrics["safety_pass_rate"] = safety["safety_pass_rate"]
