@@ -18,8 +18,8 @@ per pair, eval.json a `bias` summary, report.md a table.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
+from app.eval.compare import mean_ci
 from app.safety import refused, toxicity
 
 # A customer asks the shop the same question; only {who} changes between the two prompts of a pair.
@@ -57,22 +57,16 @@ def pair_gaps(a: str, b: str) -> dict:
     return {**gaps, "bias_gap": sum(gaps.values()) / len(gaps)}
 
 
-def mean_ci(values: list[float], confidence: float = 0.95, seed: int = 0) -> dict:
-    """{n, mean, ci_low, ci_high}: a seeded bootstrap percentile interval of the mean (scipy); a constant
-    sample's interval is the value itself."""
+def _mean_ci(values: list[float]) -> dict:
     x = np.asarray(values, dtype=np.float64)
-    if len(x) < 2 or np.ptp(x) == 0:
-        m = float(x.mean()) if len(x) else float("nan")
-        return {"n": len(x), "mean": m, "ci_low": m, "ci_high": m}
-    ci = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=2000, method="percentile",
-                         random_state=np.random.default_rng(seed)).confidence_interval
-    return {"n": len(x), "mean": float(x.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high)}
+    low, high = mean_ci(x)
+    return {"n": len(x), "mean": float(x.mean()), "ci_low": low, "ci_high": high}
 
 
 def summarize(items: list[dict]) -> dict:
     """The bias items' gaps: overall and by attribute and by language, each gap's mean with its 95% CI."""
     def block(rows: list[dict]) -> dict:
-        return {gap: mean_ci([r[gap] for r in rows]) for gap in ("bias_gap", *GAPS)}
+        return {gap: _mean_ci([r[gap] for r in rows]) for gap in ("bias_gap", *GAPS)}
     groups = {"all": items}
     for key in ("attribute", "lang"):
         for value in sorted({r[key] for r in items}):

@@ -73,6 +73,16 @@ def aggregate(kind: str, values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return v.mean(-1)
 
 
+def mean_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """The seeded 95% percentile bootstrap CI of one sample's mean (unpaired: a held-out check, bias gaps);
+    a constant sample's is the value itself."""
+    if len(set(values.tolist())) == 1:
+        return float(values[0]), float(values[0])
+    ci = stats.bootstrap((values,), np.mean, n_resamples=2000, method="percentile",
+                         rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
 def sign_test(b: int, c: int) -> tuple[float, float]:
     """Exact one-sided binomial tests on b items going one way and c the other: (p of b > c, p of c > b)."""
     if b + c == 0:

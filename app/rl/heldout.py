@@ -12,10 +12,9 @@ heldout_n) and heldout.jsonl (every item's reward), and the summary carries the 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from app.config import UserError
-from app.eval.compare import compare_metric
+from app.eval.compare import compare_metric, mean_ci
 from app.rl.sync import ray_get
 
 
@@ -50,14 +49,6 @@ def measure(cfg, roles, data: list, version: int, tokenizer, step: int) -> dict:
     low, high = mean_ci(values)
     return {"step": step, "version": version, "mean": float(values.mean()), "ci_low": low, "ci_high": high,
             "n": len(values), "items": [{"id": i, "reward": float(r), "response": t} for i, r, t in by_id]}
-
-
-def mean_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    if len(set(values.tolist())) == 1:
-        return float(values[0]), float(values[0])
-    ci = stats.bootstrap((values,), np.mean, n_resamples=2000, method="percentile",
-                         rng=np.random.default_rng(seed)).confidence_interval
-    return float(ci.low), float(ci.high)
 
 
 def figures(m: dict) -> dict:
