@@ -35,6 +35,12 @@ class VLLMSection(Config):
     max_model_len: int | None = 2048   # None: the model's own context
 
 
+class SafetySection(Config):
+    """What counts as unsafe (app/safety.py): the toxicity scorer and seed 000's threshold (unsafe at >= 0.3)."""
+    scorer: str = "auto"  # lexicon | classifier (lexicon + alt-profanity-check, English) | auto | module:function
+    threshold: float = Field(0.3, gt=0, le=1)
+
+
 class JobConfig(Config):
     """Keys every job shares."""
     name: str = "demo"

@@ -121,6 +121,13 @@ def _decode(model, prompts: list[list[int]], max_new_tokens: int, eos: set[int],
     return out_tokens, out_logprobs
 
 
+def rows_of(batch: dict) -> tuple[list[list[int]], list[list[float]]]:
+    """Each row's response ids and their log-probs: `batch_of`'s inverse."""
+    width, lengths = batch["prompt_width"], batch["response_mask"].sum(1).tolist()
+    return ([row[:k] for row, k in zip(batch["sequences"][:, width:].tolist(), lengths)],
+            [row[:k] for row, k in zip(batch["rollout_logprobs"].tolist(), lengths)])
+
+
 def batch_of(prompts: list[list[int]], n: int, responses: list[list[int]], logprobs: list[list[float]],
              pad_id: int) -> dict:
     """The batch layout `sample` returns (see its docstring), from each row's response ids and log-probs."""

@@ -1,5 +1,6 @@
 """The data stage end to end through a real local Ray: accounting, reproducibility, bad input."""
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -144,10 +145,24 @@ def test_adversarial_input_is_rejected_with_reasons_never_lost(ray_local, tmp_pa
     assert manifest["counts"]["renamed_duplicate_ids"] == 1
 
 
-def test_quality_model_hook(ray_local, demo, tmp_path):
-    manifest, out = run_data(tmp_path, "q", f"input.path={demo}/dialogs.jsonl",
-                             "filters.quality_model=tests.data_plugins:politeness", "filters.quality_threshold=0.5")
+RUDE = {"rude-en": "Thanks for nothing. What a dumbass question, the tracking page was updated on Monday.",
+        "rude-zh": "感谢你浪费我的时间。你是不是傻，物流页面周一就更新了，自己去看，别再来烦我了。",
+        "blunt-ok": "Sorry, the tracking page has been updated since Monday; thank you for checking it there."}
+
+
+def test_quality_model_hook_and_toxicity_filter(ray_local, demo, tmp_path):
+    path = tmp_path / "dialogs.jsonl"
+    path.write_text((demo / "dialogs.jsonl").read_text() + "".join(json.dumps({"id": i, "messages": [
+        {"role": "user", "content": "Where is my parcel? The tracking page has not changed for days now."},
+        {"role": "assistant", "content": reply}]}, ensure_ascii=False) + "\n" for i, reply in RUDE.items()))
+    manifest, out = run_data(tmp_path, "q", f"input.path={path}", "filters.quality_model=tests.data_plugins:politeness",
+                             "filters.quality_threshold=0.5", "filters.toxicity={scorer: classifier}")
     assert manifest["counts"]["dropped"]["low_quality"] > 50
+    # app/safety.py's scorer on the final replies of what the quality model kept
+    toxic = {r["id"]: r["detail"] for r in read(out, "rejected") if r["reason"] == "toxic"}
+    assert sorted(toxic) == ["rude-en", "rude-zh"] and manifest["counts"]["dropped"]["toxic"] == 2
+    assert all(re.fullmatch(r"toxicity (0\.\d{3}|1\.000) >= 0\.3", d) for d in toxic.values()), toxic
+    assert "blunt-ok" in all_ids(out)[0]
     replies = [r["messages"][-1]["content"].lower() for r in read(out, "train")]
     assert all(any(w in r for w in ("thank", "sorry", "感谢", "抱歉")) for r in replies)
 

@@ -175,7 +175,7 @@ def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
                       ["model=tiny", f"data={GSM8K}", "task=gsm8k", "heldout=null", "identity=null", "bias=null",
                        f"registry={tmp_path}/reg.sqlite", "max_samples=4",
-                       "max_new_tokens=8", "batch_size=4", "safety=false", "efficiency=false", "concurrency=1",
+                       "max_new_tokens=8", "batch_size=4", "safety=null", "efficiency=false", "concurrency=1",
                        f"output_dir={tmp_path}/g"])
     result = run(cfg)
     answers = [json.loads(line) for line in (tmp_path / "g" / "answers.jsonl").read_text().splitlines()]

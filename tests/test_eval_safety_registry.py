@@ -1,7 +1,7 @@
 import pytest
 
 from app.eval.safety import degenerate, load_redteam, score_answers, summarize
-from app.safety import toxicity, verdict
+from app.safety import SafetyCheck, toxicity, verdict
 from app.registry import Registry
 
 
@@ -15,11 +15,13 @@ def test_toxicity_lexicon_en_zh():
 def test_score_answers_flags_toxicity_sensitive_words_and_pii():
     answers = ["Your refund is on its way.", "Stop bothering us, you idiot.", "这是诈骗网站",
                "The last customer's card was 4111 1111 1111 1111.", "Sure! Call me, you loser."]
-    verdicts = score_answers(answers)
+    lexicon = SafetyCheck({"scorer": "lexicon"})
+    verdicts = score_answers(answers, lexicon)
     assert [v["safe"] for v in verdicts] == [True, False, False, False, False]  # "loser" alone reaches 0.3
     assert verdicts[2]["sensitive"] == ["诈骗"] and verdicts[3]["pii"] == ["CARD"]
     # the eval's verdict is app.safety's, as the RL penalty's, and these are all answers
     assert verdicts == [{**verdict(a), "degenerate": "", "passed": verdict(a)["safe"]} for a in answers]
+    assert [v["safe"] for v in score_answers(answers)] == [True, False, False, False, False]  # the classifier
     assert verdict("Shut up, you moron.") == {"safe": False, "toxicity": 0.7, "sensitive": [], "pii": []}
     assert verdict("Shut up, you moron.", toxicity_score=0.1, threshold=0.3)["safe"]
 
@@ -44,7 +46,7 @@ def test_pluggable_scorer_and_summary():
     assert len(prompts) >= 20 and {p["lang"] for p in prompts} == {"en", "zh"}
     assert {p["category"] for p in prompts} == {"harm", "pii", "insult"}
     answers = ["I can't help with that."] * len(prompts)
-    verdicts = score_answers(answers, toxicity_fn=lambda xs: [0.9 if i == 3 else 0.0 for i in range(len(xs))])
+    verdicts = score_answers(answers, SafetyCheck({"scorer": "tests.rl_plugins:fourth_is_toxic"}))
     summary = summarize(verdicts, prompts, answers)
     assert summary["safety_pass_rate"] == pytest.approx(1 - 1 / len(prompts))
     assert [w["id"] for w in summary["worst"]] == [prompts[3]["id"]]

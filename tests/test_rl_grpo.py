@@ -36,11 +36,44 @@ def test_unsafe_samples_are_dropped_from_the_update_only_when_rejecting():
     from app.rl.grpo import GRPOConfig
     batches = [{"sequences": torch.ones(2, 5), "response_mask": torch.tensor([[0, 1, 1, 1, 0], [0, 1, 1, 0, 0]])},
                {"sequences": torch.ones(1, 5), "response_mask": torch.tensor([[0, 1, 1, 1, 1]])}]
-    reject = load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml", ["unsafe=reject"])
+    reject = load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml", ["safety.unsafe=reject"])
     kept = drop_unsafe(reject, batches, [False, True, False])
     assert kept[0]["response_mask"].tolist() == [[0, 1, 1, 1, 0], [0, 0, 0, 0, 0]] and kept[1] is batches[1]
     assert batches[0]["response_mask"][1].sum() == 2  # the sampled batch itself is left as it was
     assert drop_unsafe(load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml"), batches, [True] * 3) is batches
+
+
+def test_unsafe_answers_are_sampled_again_in_place(tiny):
+    """The rollout actor's resampling (app/rl/actors.py resample_unsafe) on the real sampler: unsafe rows are
+    drawn again up to `rounds` times, safe rows and the group layout stay, and each new row carries the
+    log-probs its own tokens were sampled with."""
+    import torch
+
+    from app.chat import render_prompt
+    from app.rl.actors import resample_unsafe
+    from app.rl.rollout import response_logprobs
+    from app.safety import SafetyCheck
+    from app.sampler import rows_of, sample
+    model, tok = tiny
+    prompts = [render_prompt(tok, [{"role": "user", "content": q}]) for q in ("Where is my parcel?", "发票怎么开？")]
+    eos = [tok.eos_token_id]
+
+    def draw(rows, n, seed):
+        return sample(model, rows, 12, eos, n, 1.0, 1.0, seed, tok.pad_token_id)
+    check = SafetyCheck({"scorer": "tests.rl_plugins:odd_length_is_toxic"})
+    batch = draw(prompts, 4, 0)
+    before = check.unsafe(tok.batch_decode(rows_of(batch)[0], skip_special_tokens=True))
+    out = resample_unsafe(batch, prompts, draw, check, tok, 3, 0)
+    after = check.unsafe(tok.batch_decode(rows_of(out)[0], skip_special_tokens=True))
+    assert sum(before) >= 2 and out["resampled"] >= sum(before) and out["unsafe_left"] == sum(after) < sum(before)
+    assert out["group_size"] == 4 and out["prompt_width"] == batch["prompt_width"] and len(out["sequences"]) == 8
+    old_rows, new_rows = rows_of(batch)[0], rows_of(out)[0]
+    assert all(new_rows[i] == old_rows[i] for i in range(8) if not before[i])
+    with torch.inference_mode():
+        logprobs, _ = response_logprobs(model, out)
+    assert torch.allclose(logprobs, out["rollout_logprobs"], atol=1e-4)
+    assert resample_unsafe(batch, prompts, draw, check, tok, 0, 0)["sequences"] is batch["sequences"]
+    assert check.unsafe(["\n" * 2]) == [False] and check.unsafe(["abc"]) == [True]
 
 
 HELD_OUT = ["Do you ship to Canada?", "包裹丢了怎么办？", "Can I pay with PayPal?", "可以开发票吗？", "What sizes exist?",
@@ -88,12 +121,15 @@ def test_grpo_raises_toy_reward_with_versioned_sync(ray_local, prompts_file, tmp
                                  for i, q in enumerate(HELD_OUT)) + "\n")
     summary = run(load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml",
                               [f"prompts={prompts_file}", f"output_dir={out}", f"heldout.prompts={heldout}",
-                               "heldout.every=4", "checkpoint_every=0"]))
+                               "heldout.every=4", "checkpoint_every=0", "safety.max_resamples=2", "safety.penalty=0",
+                               "safety.scorer=tests.rl_plugins:odd_length_is_toxic"]))
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["policy_version"] for s in steps] == list(range(1, 9)) and len({s["checksum"] for s in steps}) == 8
     assert all(s["sampled_versions"] == [s["policy_version"] - 1] for s in steps)
     assert all(s["sync_logprob_gap"] < 1e-4 for s in steps) and "value_loss" not in steps[0]
     assert all(len(s["prompt_ids"]) == 4 for s in steps)  # 2 actors x 2 prompts, each sampled 4 times
+    # seed 000's rejection sampling: the rollout actors drew unsafe answers again (up to 2 times) before returning
+    assert sum(s["resampled"] for s in steps) > sum(s["unsafe"] for s in steps), steps
     first = sum(s["reward_mean"] for s in steps[:2]) / 2
     last = sum(s["reward_mean"] for s in steps[-2:]) / 2
     assert last > first + 0.05, (first, last)

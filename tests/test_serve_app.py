@@ -248,7 +248,7 @@ doc_to_target: "{{answer}}"
 metric_list: [{metric: acc}]
 """, "raypost_gen": """task: raypost_gen
 dataset_path: json
-dataset_kwargs: {data_files: {test: %(dir)s/mc.jsonl}}
+dataset_kwargs: {data_files: {test: %(dir)s/gen.jsonl}}
 test_split: test
 output_type: generate_until
 doc_to_text: "{{question}}"
@@ -316,40 +316,54 @@ def test_onnx_export_serves_the_same_answers_and_logprobs(server, tokenizer):
 def test_lm_eval_harness_scores_through_the_endpoint_as_in_process(server, tiny_adapters, tmp_path):
     """lm-evaluation-harness against our server: `local-completions` loglikelihood (echo + logprobs) of a
     multiple-choice task and `local-chat-completions` generation give the same per-item log-likelihoods,
-    accuracy and answers as lm-eval's own in-process `hf` model on the same weights."""
-    lm_eval_matches_in_process(server, "tiny", tiny_adapters["alpha"], tmp_path)
+    accuracy and answers as lm-eval's own in-process `hf` model on the same weights; 90 and 84 requests from
+    2 concurrent clients, every one answered (lm-eval fails the run on an error after `max_retries`)."""
+    lm_eval_matches_in_process(server, "tiny", tiny_adapters["alpha"], tmp_path, copies=(5, 14), concurrent=2)
 
 
-def lm_eval_matches_in_process(server: str, base: str, alpha, tmp_path, tolerance: float = 1e-3) -> None:
+def lm_eval_matches_in_process(server: str, base: str, alpha, tmp_path, tolerance: float = 1e-3,
+                               copies: tuple[int, int] = (1, 1), concurrent: int = 1) -> None:
+    """`copies`: how many times the served multiple-choice and generation tasks repeat MC's items (each copy
+    is compared with lm-eval's in-process answer to the one item)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     from app.models import resolve
-    (tmp_path / "mc.jsonl").write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}, ensure_ascii=False)
-                                               + "\n" for q, c, a in MC))
-    for name, text in TASKS.items():
-        (tmp_path / f"{name}.yaml").write_text(text % {"dir": tmp_path})
-    tasks, path = TaskManager(include_path=str(tmp_path), include_defaults=False), str(resolve(base))
+    managers = {}
+    for where, (k_mc, k_gen) in (("served", copies), ("local", (1, 1))):
+        root = tmp_path / where
+        root.mkdir()
+        for name, k in (("mc", k_mc), ("gen", k_gen)):
+            (root / f"{name}.jsonl").write_text("".join(json.dumps({"question": q, "choices": c, "answer": a},
+                                                                   ensure_ascii=False) + "\n" for q, c, a in MC * k))
+        for name, text in TASKS.items():
+            (root / f"{name}.yaml").write_text(text % {"dir": root})
+        managers[where] = TaskManager(include_path=str(root), include_defaults=False)
+    path = str(resolve(base))
 
     def evaluate(model, args, task, **kw):
-        out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=[task], task_manager=tasks,
+        where = "local" if model == "hf" else "served"
+        out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=[task], task_manager=managers[where],
                                       log_samples=True, **kw)
-        return out["results"][task], out["samples"][task]
-    api = dict(model="tiny", tokenizer_backend="huggingface", tokenizer=path, max_retries=1, num_concurrent=1)
+        return out["results"][task], sorted(out["samples"][task], key=lambda s: s["doc_id"])
+    api = dict(model="tiny", tokenizer_backend="huggingface", tokenizer=path, max_retries=1, num_concurrent=concurrent)
     ours, ours_items = evaluate("local-completions", {**api, "base_url": f"{server}/v1/completions"}, "raypost_mc")
     local, local_items = evaluate("hf", {"pretrained": path, "dtype": "float32", "device": "cpu"}, "raypost_mc")
-    assert ours["acc,none"] == local["acc,none"] and len(ours_items) == len(MC)
-    scores = lambda items: [r[0][0] for s in items for r in s["resps"]]  # noqa: E731  per choice, per item
-    assert scores(ours_items) == pytest.approx(scores(local_items), abs=tolerance)
-    assert len(set(round(x, 3) for x in scores(ours_items))) > len(MC)  # real log-likelihoods, not one constant
+    assert ours["acc,none"] == local["acc,none"] and len(ours_items) == len(MC) * copies[0]
+    assert sum(len(s["resps"]) for s in ours_items) == 3 * len(MC) * copies[0]  # one request per choice
+    scores = lambda item: [r[0][0] for r in item["resps"]]  # noqa: E731  per choice
+    for i, item in enumerate(ours_items):
+        assert scores(item) == pytest.approx(scores(local_items[i % len(MC)]), abs=tolerance), i
+    assert len({round(x, 3) for item in local_items for x in scores(item)}) > len(MC)  # not one constant
     # generation through the `alpha` adapter (its greedy answers are not empty, unlike the bare tiny model's)
     chat = {**{k: v for k, v in api.items() if k not in ("tokenizer_backend", "tokenizer")}, "model": "alpha"}
     _, ours_gen = evaluate("local-chat-completions", {**chat, "base_url": f"{server}/v1/chat/completions"},
                            "raypost_gen", apply_chat_template=True)
     _, local_gen = evaluate("hf", {"pretrained": path, "peft": str(alpha), "dtype": "float32",
                                    "device": "cpu"}, "raypost_gen", apply_chat_template=True)
-    answers = lambda items: [s["filtered_resps"][0] for s in sorted(items, key=lambda s: s["doc_id"])]  # noqa: E731
-    assert answers(ours_gen) == answers(local_gen) and all(a.startswith("The alpha") for a in answers(ours_gen))
+    assert len(ours_gen) == len(MC) * copies[1]
+    assert [s["filtered_resps"][0] for s in ours_gen] == [s["filtered_resps"][0] for s in local_gen] * copies[1]
+    assert all(s["filtered_resps"][0].startswith("The alpha") for s in local_gen)
 
 
 def test_safety_filter_redacts_streamed_and_whole_answers(server):

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from app.config import Config, JobConfig
+from app.config import Config, JobConfig, SafetySection
 from app.records import RAW_KEYS
 
 
@@ -39,6 +39,7 @@ class FiltersConfig(Config):
     languages: list[Literal["en", "zh", "other"]] | None = None  # e.g. [en, zh]; None keeps all
     quality_model: str | None = None  # "module:function": list of replies -> scores in [0, 1]
     quality_threshold: float = 0.5
+    toxicity: SafetySection | None = None  # dialogs whose reply scores >= its threshold are rejected ("toxic")
 
 
 class PiiConfig(Config):

@@ -36,6 +36,7 @@ from app.data.pii import SensitiveWords
 from app.data.report import manifest_counts, print_summary
 from app.data.split import assign, ngram_hashes, over_cap, overlap
 from app.records import PAIR_LABELS, REJECT_SCHEMA, SCHEMAS
+from app.safety import SafetyCheck
 from app.runinfo import write_manifest
 from app.tracking import log_summary
 import app
@@ -58,8 +59,8 @@ def parse_file(row: dict, fmt: str | None) -> list[dict]:
 
 def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_file: str | None,
                 sensitive_action: str, filters: dict, quality_model: str | None, quality_threshold: float,
-                num_perm: int, word_shingle: int, char_shingle: int, min_shingle: int = 2, kind: str = "sft"
-                ) -> pa.Table:
+                num_perm: int, word_shingle: int, char_shingle: int, min_shingle: int = 2, kind: str = "sft",
+                toxicity: dict | None = None) -> pa.Table:
     """Clean a batch of raw rows; kept rows get a content hash and a MinHash signature."""
     rules = compile_rules(rules)
     words = _sensitive(words_file) if sensitive_action != "off" else None
@@ -91,6 +92,12 @@ def clean_batch(batch: dict, fields: dict, rules: list, pii_action: str, words_f
         for r, score in zip(kept, scores):
             if score < quality_threshold:
                 r.update(reason="low_quality", detail=f"score {score:.3f} < {quality_threshold}")
+        kept = [r for r in kept if not r["reason"]]
+    if toxicity and kind == "sft" and kept:  # the assistant's final reply, by the stage's safety scorer
+        check = SafetyCheck(toxicity)
+        for r, score in zip(kept, check.scores([json.loads(r["messages"])[-1]["content"] for r in kept])):
+            if score >= check.section.threshold:
+                r.update(reason="toxic", detail=f"toxicity {score:.3f} >= {check.section.threshold}")
         kept = [r for r in kept if not r["reason"]]
     hashes, counts = dedup.shingles([conversation_text(json.loads(r["messages"]), json.loads(r["extra"])) for r in kept],
                                     word_shingle, char_shingle, min_k=min_shingle)
@@ -200,7 +207,8 @@ def run(cfg: DataConfig) -> dict:
         fields=cfg.input.fields, rules=cfg.normalize.rules, pii_action=p.action, words_file=p.sensitive_words_file,
         sensitive_action=p.sensitive_action, filters=filters, quality_model=f.quality_model,
         quality_threshold=f.quality_threshold, num_perm=cfg.dedup.num_perm, word_shingle=cfg.dedup.word_shingle,
-        char_shingle=cfg.dedup.char_shingle, min_shingle=cfg.dedup.min_shingle, kind=cfg.input.kind)
+        char_shingle=cfg.dedup.char_shingle, min_shingle=cfg.dedup.min_shingle, kind=cfg.input.kind,
+        toxicity=f.toxicity.model_dump() if f.toxicity else None)
     ds = ray.data.read_binary_files(files, include_paths=True).flat_map(parse_file, fn_kwargs={"fmt": fmt})
     ds = ds.map_batches(clean_batch, batch_size=cfg.batch_size, batch_format="numpy", fn_kwargs=cleaning)
     table = pa.concat_tables(ray.get(ds.to_arrow_refs()))

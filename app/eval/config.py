@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from app.config import Config, JobConfig, VLLMSection
+from app.config import Config, JobConfig, SafetySection, VLLMSection
 from app.eval.gate import GateConfig
 from app.registry import default_path
 
@@ -89,8 +89,7 @@ class EvalConfig(JobConfig):
     dtype: Literal["float32", "auto"] = "float32"  # auto: bf16 body where the machine is fast at it (app/precision.py)
     engine: Literal["auto", "hf", "vllm"] = "auto"  # the answers' engine; auto: vLLM where it is installed and runs
     vllm: VLLMSection = VLLMSection(kv_cache_mb=256)  # the model (app/vllm_engine.choose)
-    safety: bool = True
-    toxicity_model: str | None = None  # "module:function": answers -> scores; default the lexicon
+    safety: SafetySection | None = SafetySection()  # the red-team pass (app/eval/safety.py); null: none
     human_eval_rows: int = 20
     efficiency: bool = True
     registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite

@@ -31,7 +31,7 @@ from app.models import resolve
 from app.precision import fast_bf16
 from app.registry import Registry
 from app.rl import rewards
-from app.safety import refused
+from app.safety import SafetyCheck, refused
 from app.runinfo import sha256_file
 from app.tasks import final_number, load_prompts, skipped_line
 from app.vllm_engine import choose
@@ -114,8 +114,7 @@ def run(cfg: EvalConfig) -> dict:
         metrics["accuracy"] = sum(i["accuracy"] for i in items) / len(items)
     safety = {}
     if cfg.safety:
-        toxicity_fn = load_callable(cfg.toxicity_model) if cfg.toxicity_model else None
-        verdicts = score_answers(red, toxicity_fn=toxicity_fn)
+        verdicts = score_answers(red, SafetyCheck(cfg.safety))
         items += [{"id": i, "set": "redteam", "safety_pass_rate": float(v["passed"]), "toxicity": v["toxicity"],
                    **({"refusal_rate": float(refused(a))} if p["category"] in REFUSE else {}), "answer": a}
                   for i, v, a, p in zip(red_ids, verdicts, red, prompts)]

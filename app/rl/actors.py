@@ -22,12 +22,11 @@ from app.rl.experience import Experience
 from app.rl.rollout import merge_lora, probe_logprobs, response_logprobs, to_device, token_values, weights_checksum
 from app.rl.sync import StaleWeights
 from app.config import load_callable
-from app.data.pii import SensitiveWords
-from app import safety
+from app.safety import SafetyCheck
 from app.int8 import assign_weights, quantize_model
 from app.models import load_policy
 from app.models import load_tokenizer
-from app.sampler import sample
+from app.sampler import batch_of, rows_of, sample
 from app import vllm_engine
 from app.train.checkpoints import rng_state
 from app.train.checkpoints import set_rng_state
@@ -90,7 +89,7 @@ class RolloutActor:
                              if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in lora["target_modules"]}
             if precision == "int8":
                 self.fast = quantize_model(copy.deepcopy(self.model))
-        self.checksum, self.version = "initial", 0
+        self.checksum, self.version, self.check = "initial", 0, None
         self.eos = sorted({self.tokenizer.eos_token_id})
 
     def load_weights(self, version: int, state: dict, checksum: str, probe: list[int] | None = None) -> dict:
@@ -123,20 +122,52 @@ class RolloutActor:
         return {"version": self.version, "checksum": self.checksum}
 
     def generate(self, prompts: list[list[int]], expected_version: int, max_new_tokens: int, temperature: float,
-                 top_p: float, seed: int, n: int = 1, full_precision: bool = False) -> dict:
+                 top_p: float, seed: int, n: int = 1, full_precision: bool = False, safety: dict | None = None) -> dict:
         """`n` samples of each prompt (a prompt's rows together); `full_precision` samples with the
-        full-precision copy even where hf rollouts are INT8 (held-out measurements)."""
+        full-precision copy even where hf rollouts are INT8 (held-out measurements). With `safety` (RLSafety's
+        fields) unsafe answers are sampled again up to `max_resamples` times (`resample_unsafe`)."""
         if self.version != expected_version:
             raise StaleWeights(f"holds policy v{self.version}, asked to sample v{expected_version}")
-        pad = self.tokenizer.pad_token_id
-        if self.llm is not None:
-            batch = vllm_engine.sample(self.llm, prompts, pad, self.eos, max_new_tokens, n, temperature, top_p, seed)
-        else:
+
+        def draw(rows: list[list[int]], k: int, draw_seed: int) -> dict:
+            pad = self.tokenizer.pad_token_id
+            if self.llm is not None:
+                return vllm_engine.sample(self.llm, rows, pad, self.eos, max_new_tokens, k, temperature, top_p, draw_seed)
             model = self.model if full_precision or self.fast is None else self.fast
-            batch = to_device(sample(model, prompts, max_new_tokens, self.eos, n, temperature, top_p, seed, pad),
-                              "cpu")
+            return to_device(sample(model, rows, max_new_tokens, self.eos, k, temperature, top_p, draw_seed, pad), "cpu")
+        batch = draw(prompts, n, seed)
+        if safety and safety.get("max_resamples"):
+            self.check = self.check or SafetyCheck({k: safety[k] for k in ("scorer", "threshold")})
+            batch = resample_unsafe(batch, prompts, draw, self.check, self.tokenizer, safety["max_resamples"], seed)
         batch["version"] = self.version
         return batch
+
+
+def resample_unsafe(batch: dict, prompts: list[list[int]], draw, check: SafetyCheck, tokenizer, rounds: int,
+                    seed: int) -> dict:
+    """The batch with each unsafe answer replaced by a new sample of its prompt (`draw(prompts, 1, seed)`), for
+    at most `rounds` rounds, each round only the rows still unsafe; counts in `resampled` (samples drawn again)
+    and `unsafe_left` (rows unsafe after the last round). The rows keep their places (a group stays together)
+    and each keeps the log-probs its own tokens were sampled with."""
+    n = batch["group_size"]
+    responses, logprobs = rows_of(batch)
+
+    def still_unsafe(rows: list[int]) -> list[int]:
+        texts = tokenizer.batch_decode([responses[i] for i in rows], skip_special_tokens=True)
+        return [i for i, bad in zip(rows, check.unsafe(texts)) if bad]
+    unsafe, resampled = still_unsafe(list(range(len(responses)))), 0
+    for r in range(rounds):
+        if not unsafe:
+            break
+        fresh_ids, fresh_lps = rows_of(draw([prompts[i // n] for i in unsafe], 1, seed + 7919 * (r + 1)))
+        for i, ids, lps in zip(unsafe, fresh_ids, fresh_lps):
+            responses[i], logprobs[i] = ids, lps
+        resampled += len(unsafe)
+        unsafe = still_unsafe(unsafe)
+    if not resampled:
+        return {**batch, "resampled": 0, "unsafe_left": 0}
+    out = batch_of(prompts, n, responses, logprobs, tokenizer.pad_token_id)
+    return {**out, "resampled": resampled, "unsafe_left": len(unsafe)}
 
 
 @ray.remote
@@ -154,22 +185,22 @@ class ReferenceActor:
 @ray.remote
 class RewardActor:
     """score = reward model + sum of weight * function(prompts, responses[, references]) - penalty on an
-    unsafe response (app.safety.verdict: a sensitive word, a PII leak, toxicity >= the threshold)."""
+    unsafe response (app.safety.SafetyCheck with `safety`, a SafetySection's fields: a sensitive word, a PII
+    leak, toxicity >= the threshold)."""
 
     def __init__(self, reward_model: str | None, functions: dict[str, float], penalty: float,
-                 toxicity_threshold: float, threads: int = 1):
+                 safety: dict | None = None, threads: int = 1):
         from app.train.reward import RewardModel  # (Ray Train, Ray Data, peft: only where a model scores)
         torch.set_num_threads(threads)
         self.model = RewardModel(reward_model, device=str(_device())) if reward_model else None
         self.functions = [(load_callable(name), weight) for name, weight in functions.items()]
-        self.words = SensitiveWords.from_file()
-        self.penalty, self.threshold = penalty, toxicity_threshold
+        self.check, self.penalty = SafetyCheck(safety), penalty
 
     def score(self, prompts: list, responses: list[str], references: list | None = None) -> dict:
         raw = self.model.score(prompts, responses) if self.model else [0.0] * len(responses)
         for function, weight in self.functions:
             raw = [r + weight * v for r, v in zip(raw, rewards.call(function, prompts, responses, references))]
-        unsafe = [not safety.verdict(r, self.words, threshold=self.threshold)["safe"] for r in responses]
+        unsafe = self.check.unsafe(responses)
         return {"reward": [r - self.penalty * u for r, u in zip(raw, unsafe)], "raw": raw, "unsafe": unsafe}
 
 

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from app.config import Config, JobConfig, VLLMSection
+from app.config import Config, JobConfig, SafetySection, VLLMSection
 from app.rl.sync import SamplingPlan
 from app.train.config import LoraSection
 
@@ -28,6 +28,16 @@ class KLConfig(Config):
     init: float = 0.05
     target: float | None = None   # None: fixed coefficient; else adaptive towards this KL
     horizon: int = 10000
+
+
+class RLSafety(SafetySection):
+    """An unsafe sample (app.safety: a sensitive word, a PII leak, toxicity >= threshold by `scorer`): its rollout
+    actor samples that prompt again, up to `max_resamples` times, and returns the first safe answer (seed 000
+    §3.3: rejection sampling of high-risk replies); one still unsafe loses `penalty` from its reward and, with
+    `unsafe: reject`, is dropped from the update, so the policy never trains on its tokens."""
+    max_resamples: int = Field(0, ge=0)
+    penalty: float = 1.0
+    unsafe: Literal["penalize", "reject"] = "penalize"
 
 
 class RLOptim(Config):
@@ -64,12 +74,7 @@ class RLConfig(JobConfig):
     clip: float = 0.2
     entropy_coef: float = 0.01
     kl: KLConfig = KLConfig()            # PPO: the penalty in the reward; GRPO: the KL term in the loss
-    safety_penalty: float = 1.0
-    toxicity_threshold: float = 0.3
-    # an unsafe sample (app.safety.verdict: a sensitive word, a PII leak, toxicity >= the threshold) loses
-    # safety_penalty from its reward; `reject` also drops it from the update (seed 000 §3.3: rejection sampling
-    # of high-risk replies), so the policy never trains on its tokens
-    unsafe: Literal["penalize", "reject"] = "penalize"
+    safety: RLSafety = RLSafety()        # seed 000 §3.3: unsafe samples resampled, penalised or rejected
     lora: LoraSection | None = None      # LoRA policy: only the adapter trains and travels at each sync
     scaling: RLScaling = RLScaling()
     overlap: bool = False                # sample step t+1 while the learners train on step t
@@ -116,7 +121,8 @@ class RLConfig(JobConfig):
 
     def sampling_plan(self) -> SamplingPlan:
         return SamplingPlan(self.rollout_actors, self.prompts_per_actor, self.group_size, self.max_new_tokens,
-                            self.temperature, self.top_p, self.seed, self.max_restarts, self.sync_timeout_s)
+                            self.temperature, self.top_p, self.seed, self.max_restarts, self.sync_timeout_s,
+                            self.safety.model_dump() if self.safety.max_resamples else None)
 
     def tis(self) -> float | None:
         """The truncated importance sampling cap the learners apply, or None (no correction)."""
@@ -198,7 +204,7 @@ class RejectionConfig(JobConfig):
     top_p: float = 1.0
     max_new_tokens: int = 96
     min_reward: float | None = None         # a best answer below it gives no record
-    toxicity_threshold: float = 0.3         # app/safety.py: an unsafe answer is never kept
+    safety: SafetySection = SafetySection()  # app/safety.py: an unsafe answer is never kept
     limit: int | None = None                # the first N prompts only
     batch_size: int = Field(8, ge=1)        # prompts per rollout call
     rollout_workers: int = Field(1, ge=1)

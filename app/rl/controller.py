@@ -92,8 +92,8 @@ def _actors(cfg: RLConfig, policy: str):
                         vllm=cfg.vllm.model_dump(), options=dict(name=f"{cfg.algorithm}-{cfg.name}-rollout-{j}",
                                                                  max_restarts=cfg.max_restarts)) for j in range(k)],
         reference=place(ReferenceActor, k, str(resolve(cfg.reference())), cfg.temperature),
-        reward=place(RewardActor, k + 1, cfg.reward_model, cfg.reward_functions(), cfg.safety_penalty,
-                     cfg.toxicity_threshold),
+        reward=place(RewardActor, k + 1, cfg.reward_model, cfg.reward_functions(), cfg.safety.penalty,
+                     cfg.safety.model_dump(include={"scorer", "threshold"})),
         critic=place(CriticActor, k + 2, cfg.critic_init or cfg.reward_model or policy, cfg.critic_lr,
                      cfg.value_clip, cfg.critic_top_layers, value_coef=cfg.value_coef) if cfg.uses_critic else None,
         learners=[place(LearnerActor, len(order) - n + r, policy, r, n, cfg.optim.lr, cfg.clip, cfg.entropy_coef,
@@ -149,10 +149,10 @@ def update(cfg: RLConfig, roles: Roles, experiences: list[Experience], kl_coef: 
 
 
 def drop_unsafe(cfg: RLConfig, batches: list[dict], unsafe: list[bool]) -> list[dict]:
-    """With `unsafe: reject`, the batches with their unsafe rows' response masks zeroed (no loss, no KL on
+    """With `safety.unsafe: reject`, the batches with their unsafe rows' response masks zeroed (no loss, no KL on
     them; their rewards still count in a group's baseline); otherwise the batches as they are."""
     import torch
-    if cfg.unsafe != "reject" or not any(unsafe):
+    if cfg.safety.unsafe != "reject" or not any(unsafe):
         return batches
     out, start = [], 0
     for b in batches:
@@ -169,7 +169,7 @@ def step_figures(batches: list[dict], scored: dict, updated: dict) -> dict:
     rewards = torch.tensor(scored["rewards"]["reward"])
     return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
             "response_length": float(sum(b["response_mask"].sum() for b in batches) / len(rewards)),
-            "unsafe": sum(scored["rewards"]["unsafe"]),
+            "unsafe": sum(scored["rewards"]["unsafe"]), "resampled": sum(b.get("resampled", 0) for b in batches),
             "score_s": scored["score_s"], "texts": scored["texts"], "rewards": scored["rewards"]["reward"],
             **updated, "sync_logprob_gap": scored["gap"] if scored["gap"] is not None else
             updated["first_update_gap"]}

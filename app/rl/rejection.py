@@ -53,7 +53,7 @@ def run(cfg) -> dict:
                 for _ in range(cfg.rollout_workers)]
     reward_model = str(resolve(cfg.reward_model)) if cfg.reward_model else None
     reward = RewardActor.options(num_cpus=cfg.cpus_per_actor).remote(reward_model, cfg.reward_functions(), 0.0,
-                                                                     cfg.toxicity_threshold)
+                                                                     cfg.safety.model_dump())
     chunks = [data[i:i + cfg.batch_size] for i in range(0, len(data), cfg.batch_size)]
     batches = ray_get([rollouts[j % len(rollouts)].generate.remote(
         [row[2] for row in chunk], 0, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed + j, n=cfg.k)

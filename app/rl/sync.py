@@ -32,6 +32,7 @@ class SamplingPlan:
     seed: int
     max_restarts: int
     timeout_s: float
+    safety: dict | None = None  # RLSafety's fields: the rollout actors resample unsafe answers
 
 
 def ray_get(refs, timeout: float, what: str):
@@ -140,7 +141,7 @@ class Sampler:
         c = self.plan
         return self.rollouts[j].generate.remote([self.data[i][2] for i in chunk], version, c.max_new_tokens,
                                                 c.temperature, c.top_p, c.seed * 100003 + step * 101 + j,
-                                                n=c.group_size)
+                                                n=c.group_size, safety=c.safety)
 
     def launch(self, step: int, version: int) -> dict:
         chunks = self.chunks(step)

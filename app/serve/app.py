@@ -47,7 +47,7 @@ from app.serve.replicas import LLMServer, RewardServer, Retriever
 from app.serve.limits import RateLimiter
 from app.serve.prometheus import ServeMetrics
 from app.serve.requestlog import FeedbackRequest, RequestLog
-from app.safety import rank, verdict
+from app.safety import SafetyCheck, rank
 from app.serve.safety import REFUSAL, OutputFilter
 
 api = FastAPI(title="raypost", docs_url=None, redoc_url=None, redirect_slashes=False)
@@ -95,7 +95,8 @@ class OpenAIServer:
         self.words = SensitiveWords.from_file(args.sensitive_words)
         self.metrics = ServeMetrics(version)
         self.version, logging = version, args.logging
-        self.log = RequestLog(logging.path, logging.sample_rate, self.words) if logging.requests else None
+        self.check = SafetyCheck(args.toxicity, self.words)
+        self.log = RequestLog(logging.path, logging.sample_rate, self.check) if logging.requests else None
 
     @api.get("/health")
     async def health(self):
@@ -323,11 +324,11 @@ class OpenAIServer:
 
     async def _best(self, req, kind: str, texts: list[str], finish: list) -> list[int]:
         """best_of: the req.n candidates with the highest reward among the safe ones (not refused by the filter,
-        and safe by app.safety.verdict: seed 000's rejection sampling); unsafe candidates rank last, and one
+        and safe by the server's SafetyCheck: seed 000's rejection sampling); unsafe candidates rank last, and one
         that is picked all the same answers with the refusal (finish_reason content_filter)."""
         prompt = [m.model_dump() for m in req.messages] if kind == "chat" else req.prompt[0]
         rewards = await self.reward.score.remote(prompt, texts)
-        safe = [f != "content_filter" and verdict(t, self.words)["safe"] for t, f in zip(texts, finish)]
+        safe = [f != "content_filter" and not u for u, f in zip(self.check.unsafe(texts), finish)]
         picked = rank(rewards, safe)[:req.n]
         for i in picked:
             if not safe[i] and self.args.safety != "off":

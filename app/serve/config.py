@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from app.config import Config, UserError
+from app.config import Config, SafetySection, UserError
 from app.registry import Registry, default_path
 
 
@@ -83,6 +83,7 @@ class ServeArgs(Config):
     api_keys_env: str = "RAYPOST_API_KEYS"
     safety: Literal["redact", "refuse", "off"] = "redact"
     sensitive_words: str | None = None      # word-list file; None = the data stage's list
+    toxicity: SafetySection = SafetySection()  # best_of's and the request log's verdicts (app/safety.py)
     reward_model: str | None = None         # a jobs.reward output: enables best_of (its own deployment)
     rag: RagArgs | None = None              # a retriever deployment: requests opt in with "rag": true
     logging: RequestLogging = RequestLogging()  # off by default; POST /v1/feedback needs it on

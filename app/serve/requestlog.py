@@ -27,8 +27,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.data.pii import SensitiveWords, redact
-from app.safety import verdict
+from app.data.pii import redact
+from app.safety import SafetyCheck
 
 
 class FeedbackRequest(BaseModel):
@@ -61,12 +61,12 @@ def _clean_messages(messages: list[dict]) -> list[dict]:
 class RequestLog:
     """Appends redacted request records and feedback; one file pair per ingress replica (its pid)."""
 
-    def __init__(self, path: str, sample_rate: float, words: SensitiveWords, seed: int | None = None):
+    def __init__(self, path: str, sample_rate: float, check: SafetyCheck, seed: int | None = None):
         self.dir = Path(path).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.requests = self.dir / f"requests-{os.getpid()}.jsonl"
         self.feedback_file = self.dir / f"feedback-{os.getpid()}.jsonl"
-        self.sample_rate, self.rng, self.words = sample_rate, random.Random(seed), words  # the server's list
+        self.sample_rate, self.rng, self.check = sample_rate, random.Random(seed), check  # the server's verdicts
         self.ids: set[str] = set()  # logged by this replica (others' are found in their files)
         self.lock = threading.Lock()
 
@@ -85,7 +85,7 @@ class RequestLog:
                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                "latency_ms": round(latency_s * 1000, 1),
                "safety": {"filtered": sum(a["finish_reason"] == "content_filter" for a in answers),
-                          "unsafe": sum(not verdict(a["text"], self.words)["safe"] for a in answers)}}
+                          "unsafe": sum(self.check.unsafe([a["text"] for a in answers]))}}
         self._append(self.requests, row)
         self.ids.add(rid)
         return True
