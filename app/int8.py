@@ -1,6 +1,6 @@
 """The INT8 weight-only format: Int8Linear, quantizing a model's Linear layers, saving and loading such a
 model. A leaf module (torch, safetensors, transformers): app/models.py loads these directories, and the
-quantize stage (app/quantize.py) writes them.
+quantize stage (app/compress/quantize.py) writes them.
 
     python -m jobs.quantize model=registry:latest-promoted      # writes runs/quantize-int8/model
 

@@ -33,7 +33,7 @@ from filelock import FileLock
 import transformers  # lazy: model classes load on first use (a tokenizer-only process skips ~3 s)
 
 from app import CACHE_DIR, int8
-from app.onnx_export import OnnxCausalLM, is_onnx_export
+from app.onnx import OnnxCausalLM, is_onnx_export
 from app.config import UserError
 from app.precision import bf16_body, fast_bf16
 from app.registry import Registry
@@ -202,7 +202,7 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 def load_policy(spec: str, dtype: str = "float32", trust_remote_code: bool = False):
     """(causal LM in eval mode, tokenizer) for a spec; weights from safetensors only. dtype "auto": the
     body in bf16 where this machine multiplies bf16 fast (app/precision.py), else float32; an INT8 model
-    keeps its int8 layers either way, and an ONNX export (app/onnx_export.py) its float32 graph."""
+    keeps its int8 layers either way, and an ONNX export (app/onnx.py) its float32 graph."""
     if dtype not in (*DTYPES, "auto"):
         raise ModelError(f"unknown dtype {dtype!r} (allowed: {', '.join(DTYPES)}, auto)")
     path = resolve(spec)

@@ -40,7 +40,7 @@ def train_precision(precision: str) -> str:
 def bf16_body(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer body computes in bf16 (SmolLM2's own training precision); the input embedding and
     the output head keep float32 weights, and the head float32 inputs, so logits keep their digits (bf16
-    logits break greedy ties and the end-of-answer token: app/quantize.py). Buffers (rotary frequencies)
+    logits break greedy ties and the end-of-answer token: app/compress/quantize.py). Buffers (rotary frequencies)
     stay float32. In place; returns the model. Measured on the demo SFT model, 2-core AMX CPU: 32 test
     prompts x 48 tokens 28.7 -> 15.6 s (21 of 32 answers identical to float32's), 32 held-out arithmetic
     prompts x 24 tokens 11.2 -> 6.1 s (30 of 32 identical)."""

@@ -68,7 +68,7 @@ def pick(logits: torch.Tensor, temperature: list[float], top_p: list[float],
 
 
 def device_of(model) -> torch.device:
-    """Where a model runs: its `device` (transformers, peft, app.onnx_export.OnnxCausalLM), else its weights'."""
+    """Where a model runs: its `device` (transformers, peft, app.onnx.OnnxCausalLM), else its weights'."""
     device = getattr(model, "device", None)
     return device if isinstance(device, torch.device) else next(model.parameters()).device
 

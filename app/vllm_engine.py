@@ -84,7 +84,7 @@ def check_runs(path: str, knob: str) -> None:
     if path in ALIASES or path.startswith("registry:"):
         path = str(resolve(path))
     from app import int8
-    from app.onnx_export import is_onnx_export
+    from app.onnx import is_onnx_export
     if (Path(path) / int8.MARKER).exists() or is_onnx_export(path):
         raise EngineStartError(f"{path} is one of our INT8 or ONNX exports, which vLLM does not load: set {knob}: hf")
     config = json.loads((Path(path) / "config.json").read_text()) if (Path(path) / "config.json").exists() else {}

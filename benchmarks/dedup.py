@@ -29,7 +29,7 @@ import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from app.data import dedup  # noqa: E402
-from app.data.text import tokens  # noqa: E402
+from app.text import tokens  # noqa: E402
 
 
 def corpus(n: int, seed: int = 0) -> tuple[list[str], list[tuple[int, int]]]:

@@ -37,7 +37,7 @@ def questions(n: int) -> list[dict]:
 def curve(rewards: list[float], k: int) -> dict:
     """The per-step reward curve and the mean of its last k steps with a 95% bootstrap CI over those steps."""
     import numpy as np
-    from app.eval.compare import mean_ci
+    from app.stats import mean_ci
     last = np.array(rewards[-k:])
     low, high = mean_ci(last)
     return {"reward_curve": [round(r, 4) for r in rewards], f"reward_last{k}": round(float(last.mean()), 4),

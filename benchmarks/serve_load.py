@@ -52,7 +52,7 @@ def baseline(model_spec: str, n: int, max_tokens: int, threads: int) -> dict:
 
     from app.chat import render_prompt
     from app.models import load_policy
-    from app.onnx_export import greedy
+    from app.onnx import greedy
     torch.set_num_threads(threads)
     model, tok = load_policy(model_spec)
     tokens, start = 0, time.perf_counter()
@@ -61,7 +61,7 @@ def baseline(model_spec: str, n: int, max_tokens: int, threads: int) -> dict:
         if hasattr(model, "generate"):
             out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
             tokens += out.shape[1] - ids.shape[1]
-        else:  # an ONNX export (app/onnx_export.py): the same greedy loop, one request after another
+        else:  # an ONNX export (app/onnx.py): the same greedy loop, one request after another
             tokens += len(greedy(model, ids[0].tolist(), max_tokens, {tok.eos_token_id}))
     seconds = time.perf_counter() - start
     return {"requests": n, "tokens_per_s": round(tokens / seconds, 1), "requests_per_s": round(n / seconds, 3)}
@@ -155,7 +155,7 @@ def mixed_load(args) -> dict:
 
     from app.cluster import init_ray
     from app.models import load_tokenizer
-    from app.serve.app import build_app
+    from app.serve.ingress import build_app
     from app.serve.config import ServeArgs
     tok = load_tokenizer(args.model)
     unit = "Order LH12345678 was packed on Monday, left the warehouse on Tuesday and reached the hub. "
@@ -200,7 +200,7 @@ def main() -> None:
     from ray import serve
 
     from app.cluster import init_ray
-    from app.serve.app import build_app
+    from app.serve.ingress import build_app
     from app.serve.config import ServeArgs
     base = baseline(args.model, 8, args.max_tokens, args.threads)
     init_ray(num_cpus=args.threads)

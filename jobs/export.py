@@ -5,12 +5,12 @@
 
 Output: runs/export-<name>/model (serve it with `engine: onnx`, serve_configs/onnx.yaml) and comparison.json:
 greedy tokens equal to PyTorch's on the eval prompts, decode tokens/s and size against PyTorch fp32 and our
-INT8 model (app/int8.py). See app/onnx_export.py.
+INT8 model (app/int8.py). See app/onnx.py.
 """
 from app.cli import Job
-from app.eval.config import ExportConfig
+from app.compress.config import ExportConfig
 
-JOB = Job(ExportConfig, "app.onnx_export:run")
+JOB = Job(ExportConfig, "app.compress.export:run")
 
 if __name__ == "__main__":
     JOB.main()

@@ -1,4 +1,4 @@
-"""Run the stages as a resumable DAG (see app/pipeline.py) and print a closing summary.
+"""Run the stages as a resumable DAG (see app/ops/pipeline.py) and print a closing summary.
 
     python -m jobs.pipeline jobs/configs/demo.yaml                 # make demo
     python -m jobs.pipeline jobs/configs/demo.yaml --from ppo      # force ppo and what depends on it
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from app import pipeline, summary
+from app.ops import pipeline, summary
 from app.cli import run_job
 
 

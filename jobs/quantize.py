@@ -8,9 +8,9 @@ GPU: bitsandbytes 8-bit. Output: runs/quantize-<name>/model (serve it with serve
 comparison.json.
 """
 from app.cli import Job
-from app.eval.config import QuantizeConfig
+from app.compress.config import QuantizeConfig
 
-JOB = Job(QuantizeConfig, "app.quantize:run")
+JOB = Job(QuantizeConfig, "app.compress.quantize:run")
 
 if __name__ == "__main__":
     JOB.main()

@@ -60,8 +60,8 @@ def tiny_onnx(tmp_path_factory):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from app.eval.config import ExportConfig
-    from app.onnx_export import run
+    from app.compress.config import ExportConfig
+    from app.compress.export import run
     root = tmp_path_factory.mktemp("onnx")
     (root / "test").mkdir()
     rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"order LH{i:08d} 请问在哪里？" * (i + 1)},

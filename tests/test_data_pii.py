@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from app.data.pii import SensitiveWords, cn_id_valid, luhn_valid, redact
+from app.pii import SensitiveWords, cn_id_valid, luhn_valid, redact
 from app.demo.generate import card_number, cn_id
 
 

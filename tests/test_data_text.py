@@ -3,7 +3,7 @@ import pytest
 
 from app.data.filters import dup_ngram_share, quality_reason, repetition, symbol_ratio
 from app.data.normalize import compile_rules, normalize
-from app.data.text import detect_lang, tokens, word_count
+from app.text import detect_lang, tokens, word_count
 
 
 @pytest.mark.parametrize("raw,expected", [

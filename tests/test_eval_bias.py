@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from app.eval.bias import ASKERS, pair_gaps, probe_pairs, summarize
-from app.eval.compare import compare
+from app.stats import compare
 from app.eval.gate import GateConfig
 from app.safety import refused
 

@@ -6,9 +6,9 @@ import pytest
 import sacrebleu
 from scipy import stats
 
-from app.eval.compare import (ItemMismatch, aggregate, compare, compare_metric, mcnemar, paired_bootstrap, passes,
+from app.stats import (ItemMismatch, aggregate, compare, compare_metric, mcnemar, paired_bootstrap, passes,
                               table, warnings, win_rate_row)
-from app.eval.metrics import bleu, bleu_stats, item_scores, perplexity, text_scores
+from app.metrics import bleu, bleu_stats, item_scores, perplexity, text_scores
 
 
 def items(values: dict[str, list], prefix="t"):
@@ -103,7 +103,7 @@ def test_a_small_significant_drop_within_tolerance_does_not_block():
 
 
 def test_better_needs_the_printed_interval_to_clear_zero():
-    from app.eval.compare import verdict
+    from app.stats import verdict
     # PPO's held-out change on the demo reward model (n=32): one-sided p 0.038, its 95% CI [-0.007, +0.137]
     assert verdict(0.063, (-0.007, 0.137), 0.038, 0.962, 0.0, 0.05) == "inconclusive"
     assert verdict(0.063, (0.004, 0.137), 0.020, 0.980, 0.0, 0.05) == "better"

@@ -73,7 +73,7 @@ def test_eval_gates_against_the_promoted_version(tiny_first, sft_data, tmp_path)
     assert first["bias"]["attribute=age"]["length_gap"]["n"] == 8 and first["bias"]["lang=zh"]["bias_gap"]["n"] == 12
     asked = [i for i in red if "refusal_rate" in i]  # the harmful and PII requests: refused or not
     assert len(asked) == 14 and m["refusal_rate"] == sum(i["refusal_rate"] for i in asked) / 14
-    from app.summary import lines  # the pipeline's closing summary of this eval
+    from app.ops.summary import lines  # the pipeline's closing summary of this eval
     summary = "\n".join(lines({"e1": {"dir": str(out), "cached": False, "seconds": 1.0}}, {"e1": "eval"}, 60.0))
     assert f"refusal rate on harmful and PII requests {m['refusal_rate']:.3f}" in summary
     assert f"e1: bias gap {m['bias_gap']:.3f} [" in summary and "(n=24 pairs; refusal" in summary
@@ -187,7 +187,7 @@ def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
 
 
 def test_int8_variant_is_non_inferior_to_its_source(tiny_first, sft_data, tmp_path):
-    from app.quantize import QuantizeConfig, run as quantize
+    from app.compress.quantize import QuantizeConfig, run as quantize
     source = from_first(tiny_first, tmp_path)
     quantize(QuantizeConfig(model="tiny", data=f"{sft_data}/val", max_texts=4, decode_tokens=8,
                             output_dir=str(tmp_path / "q")))
@@ -200,7 +200,7 @@ def test_int8_variant_is_non_inferior_to_its_source(tiny_first, sft_data, tmp_pa
 
 def test_engine_auto_takes_vllm_where_it_runs_the_model(tmp_path):
     from app import int8
-    from app.onnx_export import MARKER
+    from app.onnx import MARKER
     from app.vllm_engine import EngineStartError, choose
     (tmp_path / "q").mkdir()
     (tmp_path / "q" / int8.MARKER).write_text("{}")

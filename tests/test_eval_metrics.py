@@ -5,7 +5,7 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from app.eval.metrics import (accuracy, bleu, exact_match, normalize_answer, perplexity, rouge,
+from app.metrics import (accuracy, bleu, exact_match, normalize_answer, perplexity, rouge,
                               text_scores, token_f1)
 from app.tasks import final_number
 

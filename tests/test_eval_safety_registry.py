@@ -1,6 +1,6 @@
 import pytest
 
-from app.eval.safety import degenerate, load_redteam, score_answers, summarize
+from app.eval.redteam import degenerate, load_redteam, score_answers, summarize
 from app.safety import SafetyCheck, toxicity, verdict
 from app.registry import Registry
 

@@ -1,4 +1,4 @@
-"""ONNX export (jobs.export, app/onnx_export.py): the graph on ONNX Runtime against PyTorch, token for
+"""ONNX export (jobs.export, app/onnx.py): the graph on ONNX Runtime against PyTorch, token for
 token and logit for logit, through the job's comparison, the eval sampler and the serving engine."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_export_job_writes_the_graph_and_a_comparison_with_fp32_and_int8(tiny_on
 
 def test_onnx_model_matches_pytorch_on_a_left_padded_batch_and_a_chunked_prefill(tiny_onnx, tiny):
     from app.models import load_policy
-    from app.onnx_export import OnnxCausalLM
+    from app.onnx import OnnxCausalLM
     from app.sampler import positions
     onnx, tok = load_policy(str(tiny_onnx[0] / "model"))
     assert isinstance(onnx, OnnxCausalLM) and tok.chat_template
@@ -75,7 +75,7 @@ def test_eval_sampler_and_serving_engine_answer_as_pytorch(tiny_onnx, tiny):
 
 def test_onnx_export_with_adapters_or_vllm_is_refused_at_build(tiny_onnx):
     from app.config import UserError
-    from app.serve.app import build_app
+    from app.serve.ingress import build_app
     from app.serve.config import ServeArgs
     with pytest.raises(UserError, match="ONNX export"):
         build_app(ServeArgs(model=str(tiny_onnx[0] / "model"), adapters={"a": "/nowhere"}))

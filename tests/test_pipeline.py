@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from app.config import ConfigError, load_config
-from app.pipeline import PipelineConfig, StageConfig, check, check_stage, dependents, edges, order, stage_key
+from app.ops.pipeline import PipelineConfig, StageConfig, check, check_stage, dependents, edges, order, stage_key
 
 
 def stages(**spec) -> dict[str, StageConfig]:

@@ -42,7 +42,7 @@ def test_int8_paths_agree_row_for_row():
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory, tokenizer):
-    from app.quantize import QuantizeConfig, run
+    from app.compress.quantize import QuantizeConfig, run
     root = tmp_path_factory.mktemp("quant")
     data = root / "test"
     data.mkdir()
@@ -67,7 +67,7 @@ def test_int8_model_loads_and_serves_through_the_engine(quantized, tiny):
     from app.chat import render_prompt
     from app.models import load_policy
     from app.serve.engines import GenParams, HFEngine
-    from app.quantize import model_bytes
+    from app.compress.quantize import model_bytes
     model, tok = load_policy(str(quantized[0] / "model"))
     assert any(isinstance(m, Int8Linear) for m in model.modules())
     assert model_bytes(model.model.layers) < 0.3 * model_bytes(tiny[0].model.layers)  # int8 + scales vs fp32

@@ -103,7 +103,7 @@ def test_unusable_prompts_are_counted_by_reason(tmp_path):
                                                   {"role": "assistant", "content": "hello"}]})]
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     rows, skipped = _prompts(str(tmp_path / "p.jsonl"), load_tokenizer("tiny"))
-    assert [r[0] for r in rows] == ["ok", "5"] and rows[1][3] == "2"
+    assert [r.id for r in rows] == ["ok", "5"] and rows[1].reference == "2"
     assert skipped == {"ends_with_assistant": 1, "malformed": 1, "no_prompt": 1, "not_a_conversation": 1,
                        "too_long": 1}
     (tmp_path / "bad.jsonl").write_text("\n".join(lines[1:3]) + "\n")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from app.rl.losses import (KLController, entropy, gae, gather_logprobs, masked_mean, pairwise_loss, policy_loss,
+from app.train.losses import (KLController, entropy, gae, gather_logprobs, masked_mean, pairwise_loss, policy_loss,
                            token_rewards, value_loss, whiten)
 
 T = torch.tensor
@@ -54,7 +54,7 @@ def test_policy_loss_clips_and_counts():
 
 
 def test_tis_weights_truncate_the_rollout_ratio():
-    from app.rl.losses import tis_weights
+    from app.train.losses import tis_weights
     old, mask = T([[-1.0, -2.0, -0.5, -3.0]]), T([[1.0, 1.0, 1.0, 0.0]])
     weights, capped = tis_weights(old, old.clone(), mask, cap=2.0)  # same weights sampled: ratio 1
     assert torch.equal(weights, mask) and float(capped) == 0.0
@@ -99,7 +99,7 @@ def test_kl_controller():
 
 
 def test_group_advantages_by_hand():
-    from app.rl.losses import group_advantages
+    from app.train.losses import group_advantages
     # group 1: mean 0.5, unbiased std sqrt(1/3); group 2: all equal -> no signal, 0
     adv = group_advantages(T([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0]), 4)
     s = 0.5 / math.sqrt(1 / 3)
@@ -109,7 +109,7 @@ def test_group_advantages_by_hand():
 
 
 def test_kl_k3_by_hand():
-    from app.rl.losses import kl_k3
+    from app.train.losses import kl_k3
     # d = ref - logp = -1 -> e^-1 + 1 - 1 = 0.3679; d = 0.5 -> e^0.5 - 1.5 = 0.1487; masked third ignored
     value = kl_k3(T([[-1.0, -2.0, -9.0]]), T([[-2.0, -1.5, 0.0]]), T([[1.0, 1.0, 0.0]]))
     assert float(value) == pytest.approx((math.exp(-1) + math.exp(0.5) - 1.5) / 2, rel=1e-5)
@@ -117,7 +117,7 @@ def test_kl_k3_by_hand():
 
 
 def test_dpo_losses_by_hand():
-    from app.rl.losses import dpo_loss
+    from app.train.losses import dpo_loss
     # chosen log-ratio 1 - 0 = 1, rejected -1 - 0 = -1: margin 2
     loss, rc, rr = dpo_loss(T([1.0]), T([-1.0]), T([0.0]), T([0.0]), beta=0.5)
     assert float(loss) == pytest.approx(math.log(1 + math.exp(-1.0)))  # -log sigmoid(0.5 * 2)
@@ -129,7 +129,7 @@ def test_dpo_losses_by_hand():
 
 
 def test_sequence_kl_k1_can_go_negative_k3_cannot():
-    from app.rl.losses import sequence_kl
+    from app.train.losses import sequence_kl
     logp, ref, mask = T([[-2.0, -1.0, -5.0]]), T([[-1.0, -1.5, 0.0]]), T([[1.0, 1.0, 0.0]])
     k1, k3 = sequence_kl(logp, ref, mask)
     assert k1 == pytest.approx(-0.5)  # (-2 + 1) + (-1 + 1.5); the masked token does not count

@@ -37,7 +37,7 @@ def test_lora_rollouts_merge_each_adapter_and_int8_copies_stay_close(ray_local):
     tokens differ from the sampler's (what truncated importance sampling corrects), but only a little;
     held-out answers (full_precision) still come from the exact policy."""
     from app.rl.actors import RolloutActor, _load_policy, policy_weights
-    from app.rl.losses import tis_weights
+    from app.train.losses import tis_weights
     from app.rl.rollout import response_logprobs, weights_checksum
     from app.sampler import sample
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}

@@ -61,7 +61,7 @@ def kb_index(tmp_path_factory):
 def served(ray_local, tiny_adapters, reward_dir, kb_index, tiny_onnx, tmp_path_factory):
     from ray import serve
 
-    from app.serve.app import build_app
+    from app.serve.ingress import build_app
     from app.serve.config import ServeArgs
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -567,7 +567,7 @@ def test_the_loop_log_feedback_harvest_retrain_gate(served, sft_data, tmp_path):
     from app.config import load_config
     from app.data.config import DataConfig
     from app.data.stage import run as clean
-    from app.harvest import HarvestConfig, run as harvest
+    from app.ops.harvest import HarvestConfig, run as harvest
     from app.registry import Registry
     from app.train.config import SFTConfig
     from app.train.sft import run as sft
@@ -673,7 +673,7 @@ def test_dashboards_query_metrics_a_live_scrape_has(server):
             time.sleep(2)
         stop.set()
     assert len(names) >= 12 and not missing, missing
-    from app.monitor import counts, scrape  # the watcher reads the same scrape, per application
+    from app.ops.monitor import counts, scrape  # the watcher reads the same scrape, per application
     main = counts(scrape(f"http://127.0.0.1:{port}/metrics"), "main")
     assert main["answered"] >= 8 and main["requests"] > main["answered"] and main["filtered"] >= 1
     scrape = yaml.safe_load((PROJECT_ROOT / "monitoring" / "prometheus.yml").read_text())["scrape_configs"][0]
@@ -690,7 +690,7 @@ def test_monitor_rolls_back_a_planted_bad_version(served, tmp_path):
     from ray import serve
 
     from app.models import resolve
-    from app.monitor import MonitorConfig, application, breaches, deploy, run as monitor, window
+    from app.ops.monitor import MonitorConfig, application, breaches, deploy, run as monitor, window
     from app.registry import Registry
     url = served[0]
     reg = Registry(tmp_path / "reg.sqlite")
@@ -700,7 +700,7 @@ def test_monitor_rolls_back_a_planted_bad_version(served, tmp_path):
     reg.promote(bad, "test: the planted bad version")
     config = tmp_path / "watched.yaml"
     config.write_text(yaml.safe_dump({"applications": [{
-        "name": "watched", "route_prefix": "/watched", "import_path": "app.serve.app:build_app",
+        "name": "watched", "route_prefix": "/watched", "import_path": "app.serve.ingress:build_app",
         "args": {"model": "registry:latest-promoted", "registry": str(tmp_path / "reg.sqlite"),
                  "served_model_name": "tiny", "cpus_per_replica": 0,
                  "logging": {"requests": True, "path": str(tmp_path / "log")}}}]}))

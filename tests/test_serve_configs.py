@@ -17,7 +17,7 @@ CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("serve_configs/*.ya
 def test_shipped_configs_validate(path):
     spec = yaml.safe_load(path.read_text())
     app = spec["applications"][0]
-    assert app["import_path"] == "app.serve.app:build_app"
+    assert app["import_path"] == "app.serve.ingress:build_app"
     args = ServeArgs.model_validate(app.get("args", {}))
     host = spec.get("http_options", {}).get("host", "127.0.0.1")
     assert host == "127.0.0.1" or args.api_keys or "RAYPOST_API_KEYS" in path.read_text()
@@ -71,7 +71,7 @@ def test_serve_run_serves_the_promoted_version_and_rollback_moves_it_back(ray_lo
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [{"name": "t", "route_prefix": "/", "import_path": "app.serve.app:build_app",
+        "applications": [{"name": "t", "route_prefix": "/", "import_path": "app.serve.ingress:build_app",
                           "args": args}]}))
     out = tmp_path / "promoted"
     try:

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 import torch
 
-from app.data.pii import SensitiveWords
+from app.pii import SensitiveWords
 from app.serve import protocol as P
 from app.serve.limits import RateLimiter
-from app.serve.safety import REFUSAL, OutputFilter, filter_text
+from app.serve.filter import REFUSAL, OutputFilter, filter_text
 from app.serve.textstream import TextStream
 
 

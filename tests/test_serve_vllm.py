@@ -28,7 +28,7 @@ def vllm_adapters(tmp_path_factory):
 def server(ray_local, vllm_adapters):
     from ray import serve
 
-    from app.serve.app import build_app
+    from app.serve.ingress import build_app
     from app.serve.config import ServeArgs
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

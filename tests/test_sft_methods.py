@@ -106,8 +106,8 @@ def test_compress_prunes_then_distills_from_the_teacher(ray_local, sft_data, tmp
     distillation from the unpruned model (in this process); sizes, the dropped layer and the KL pinned."""
     from transformers import AutoModelForCausalLM
 
-    from app.train.compress import run as compress
-    from app.train.config import CompressConfig
+    from app.compress.compress import run as compress
+    from app.compress.config import CompressConfig
     cfg = load_config(CompressConfig, "jobs/configs/compress_demo.yaml", [
         "teacher=tiny", f"data={sft_data}", f"output_dir={tmp_path}/c", "drop_layers=1", "mlp_keep=0.5",
         "calibration_samples=16", "distill=jobs/configs/sft_tiny.yaml",

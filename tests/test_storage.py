@@ -10,8 +10,8 @@ from app.cli import run_job
 from app.data.config import DataConfig
 from app.data.stage import run as run_data
 from app.demo.generate import generate
-from app.quantize import QuantizeConfig
-from app.quantize import run as run_quantize
+from app.compress.quantize import QuantizeConfig
+from app.compress.quantize import run as run_quantize
 from app.storage import fetch
 
 

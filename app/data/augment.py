@@ -18,7 +18,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from app.data.text import CJK_CHAR
+from app.text import CJK_CHAR
 
 SYNONYMS_FILE = Path(__file__).with_name("synonyms.txt")
 WORD = re.compile(r"\w", re.UNICODE)

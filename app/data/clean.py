@@ -18,7 +18,7 @@ import json
 from app.chat import check_messages
 from app.data.filters import quality_reason
 from app.data.normalize import normalize
-from app.data.pii import SensitiveWords, redact
+from app.pii import SensitiveWords, redact
 from app.records import PAIR_LABELS
 
 

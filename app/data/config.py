@@ -44,7 +44,7 @@ class FiltersConfig(Config):
 
 class PiiConfig(Config):
     action: Literal["redact", "drop", "off"] = "redact"
-    sensitive_words_file: str | None = None  # default: app/data/sensitive_words.txt
+    sensitive_words_file: str | None = None  # default: app/sensitive_words.txt
     sensitive_action: Literal["drop", "flag", "off"] = "drop"
 
 

@@ -1,7 +1,7 @@
 """Exact and near-duplicate detection, pure numpy; app/data/stage.py runs the hashing on Ray Data.
 
 MinHash: each text becomes a set of shingles (up to 5 consecutive words for Latin text, up to 5 consecutive
-characters for CJK text, by app/data/text.py's tokens; shorter for short texts, see `shingle_size`), each
+characters for CJK text, by app/text.py's tokens; shorter for short texts, see `shingle_size`), each
 shingle a 64-bit hash, and `num_perm` hash functions
 (multiply-shift: (a*x + b) >> 32, one vectorized matrix op per batch) give the signature's minima. LSH
 bands the signature into `bands` rows of `num_perm // bands`; texts sharing any band key are candidates;
@@ -16,7 +16,7 @@ from itertools import chain
 
 import numpy as np
 
-from app.data.text import cjk_count, tokens
+from app.text import cjk_count, tokens
 
 MASK32 = np.uint64(0xFFFFFFFF)
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -1,7 +1,7 @@
 """Quality filters, pure: each returns a reason code or None. The first failing rule names the rejection.
 
 Codes: too_short, too_long, symbols, digits, repetition, language. Lengths count Latin words plus CJK
-characters / 1.5 (app/data/text.py). The digit ratio allows 50%: Chinese is dense, so an order number
+characters / 1.5 (app/text.py). The digit ratio allows 50%: Chinese is dense, so an order number
 and a date already make 30% of a short reply. Repetition follows Gopher (Rae et al. 2021, table A1): duplicate
 lines, the share of text in the most frequent 2-4-gram, and the share in duplicated 5-10-grams, measured
 over tokens (words, or CJK characters) instead of bytes of whitespace-split words; short texts, which the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from app.data.text import detect_lang, tokens, word_count
+from app.text import detect_lang, tokens, word_count
 
 JUNK = re.compile(r"[^\w\s.,!?;:'\"()\-/%$&+=@#*，。！？；：“”‘’（）、《》…·~]")
 TOP_NGRAM = {2: 0.20, 3: 0.18, 4: 0.16}

@@ -18,7 +18,7 @@ import html
 import re
 import unicodedata
 
-from app.data.text import CJK
+from app.text import CJK
 
 TAG = re.compile(r"<\s*(br|/p|/div|/li|/h\d|/tr)\b[^>]*>", re.I)
 ANY_TAG = re.compile(r"<!--.*?-->|<\s*/?\s*[a-zA-Z][^<>]*>", re.S)

@@ -32,7 +32,7 @@ from app.data.clean import Rejected, clean, content_hash, conversation_text, par
 from app.data.config import DataConfig
 from app.data.io import PARSERS, file_format, file_hashes, input_files, write_parquet
 from app.data.normalize import compile_rules
-from app.data.pii import SensitiveWords
+from app.pii import SensitiveWords
 from app.data.report import manifest_counts, print_summary
 from app.data.split import assign, ngram_hashes, over_cap, overlap
 from app.records import PAIR_LABELS, REJECT_SCHEMA, SCHEMAS

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.eval.compare import mean_ci
+from app.stats import mean_ci
 from app.safety import refused, toxicity
 
 # A customer asks the shop the same question; only {who} changes between the two prompts of a pair.

@@ -1,11 +1,8 @@
-"""The release side's configs: the eval job's (the model, the test data and task, the red-team and held-out
-prompt sets, the judge, the release gate: app/eval/gate.py's GateConfig), the quantize job's (the INT8
-copy the gate then checks for non-inferiority) and the export job's (ONNX). Light on purpose (no torch): a job checks its config before
-any model code loads.
+"""The eval job's config: the model, the test data and task, the red-team and held-out prompt sets, the
+judge, the release gate (app/eval/gate.py's GateConfig). Light on purpose (no torch): a job checks its config
+before any model code loads.
 
     python -m jobs.eval jobs/configs/eval_demo.yaml [key=value ...]
-    python -m jobs.quantize model=runs/pipeline-demo/sft/final
-    python -m jobs.export format=onnx model=runs/pipeline-demo/sft/final
 """
 from __future__ import annotations
 
@@ -89,7 +86,7 @@ class EvalConfig(JobConfig):
     dtype: Literal["float32", "auto"] = "float32"  # auto: bf16 body where the machine is fast at it (app/precision.py)
     engine: Literal["auto", "hf", "vllm"] = "auto"  # the answers' engine; auto: vLLM where it is installed and runs
     vllm: VLLMSection = VLLMSection(kv_cache_mb=256)  # the model (app/vllm_engine.choose)
-    safety: SafetySection | None = SafetySection()  # the red-team pass (app/eval/safety.py); null: none
+    safety: SafetySection | None = SafetySection()  # the red-team pass (app/eval/redteam.py); null: none
     human_eval_rows: int = 20
     efficiency: bool = True
     registry: str = Field(default_factory=default_path)  # RAYPOST_REGISTRY or runs/registry.sqlite
@@ -106,32 +103,3 @@ class EvalConfig(JobConfig):
         if (self.task == "rag") != (self.rag is not None):
             raise ValueError("task: rag and the rag section (index, questions) go together")
         return self
-
-
-class QuantizeConfig(JobConfig):
-    model: str = "smollm2-135m-instruct"
-    name: str = "int8"
-    data: str = "runs/pipeline-demo/data/test"   # texts for the perplexity comparison (the data stage's test split)
-    max_texts: int = 40
-    max_len: int = 256
-    decode_tokens: int = 64
-    threads: int | None = None          # torch threads for the speed comparison (None: torch's default)
-    # Linear layers kept in full precision. lm_head by default: its bf16 logits (3 significant digits) break
-    # greedy ties and the end-of-answer token (measured on the demo's GRPO model: 7 of 64 held-out answers
-    # changed, 5 ran past their end); tied to the embedding, it costs no extra bytes.
-    skip: list[str] = ["lm_head"]
-
-
-class ExportConfig(JobConfig):
-    """jobs.export: the ONNX graph (app/onnx_export.py), then greedy equality with PyTorch on the eval
-    prompts and decode speed and size against PyTorch fp32 and our INT8 model."""
-    model: str = "smollm2-135m-instruct"
-    format: Literal["onnx"] = "onnx"
-    name: str = "onnx"
-    data: str = "runs/pipeline-demo/data/test"   # eval prompts for the greedy check (the data stage's test split)
-    prompts: int = Field(16, ge=1)
-    max_new_tokens: int = Field(48, ge=1)
-    decode_tokens: int = Field(64, ge=1)        # tokens per speed run (no stop at the end token)
-    threads: int | None = None                  # torch and ONNX Runtime threads (None: their defaults)
-    fusions: Literal["none", "cpu"] = "none"    # cpu: fuse into ONNX Runtime's CPU ops (runs only on ORT)
-    int8_skip: list[str] = ["lm_head"]          # as jobs.quantize's skip: the INT8 model it is compared with

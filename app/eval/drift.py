@@ -5,7 +5,7 @@ and rollbacks, the gate's verdicts and the lineage (parent version, data hash, m
 
 Writes report.html (opens in any browser, no script) and report.png beside it. A metric's CI is a seeded
 bootstrap over the version's own eval items (items.jsonl in its eval folder: BLEU and perplexity recomputed
-from per-item statistics, as the gate does, app/eval/compare.py); a version without per-item results is
+from per-item statistics, as the gate does, app/stats.py); a version without per-item results is
 drawn without one.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from app.eval.compare import ITEM_METRICS, LOWER_IS_BETTER, aggregate, item_values
+from app.stats import ITEM_METRICS, LOWER_IS_BETTER, aggregate, item_values
 
 KEYS = ("rougeL", "bleu", "f1", "perplexity", "safety_pass_rate", "heldout_reward")
 

@@ -19,14 +19,14 @@ import pyarrow.parquet as pq
 from app.cluster import init_ray
 from app.config import UserError, load_callable
 from app.eval import bias, report
-from app.eval.compare import table
+from app.stats import table
 from app.eval.config import EvalConfig
 from app.eval.gate import ITEMS_FILE, check_pairable, decide, find_baseline, load_items
 from app.eval.human import export_sheet
 from app.eval.judge import wins as judge_wins
-from app.eval.metrics import item_scores, perplexity, text_scores
+from app.metrics import item_scores, perplexity, text_scores
 from app.eval.runner import answer_all, efficiency
-from app.eval.safety import REFUSE, load_redteam, score_answers, summarize
+from app.eval.redteam import REFUSE, load_redteam, score_answers, summarize
 from app.models import resolve
 from app.precision import fast_bf16
 from app.registry import Registry

@@ -4,7 +4,7 @@
     python -m jobs.eval ... gate.mode=non_inferiority                                      # an INT8 variant
     python -m jobs.eval ... gate.baseline=none                                             # no gate (see below)
 
-A candidate is compared with `latest-promoted` unless told otherwise; the statistics are app/eval/compare.py
+A candidate is compared with `latest-promoted` unless told otherwise; the statistics are app/stats.py
 (paired bootstrap CIs, McNemar, verdicts per key metric), and the rule is the 5% one: roll back when a key
 metric drops by more than `tolerance` (relative), now only when the drop is also significant at `alpha`.
 Modes: `no_regression` (no key metric a REGRESSION), `improvement` (that, and one key metric significantly
@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from app.config import Config, UserError
-from app.eval.compare import ITEM_METRICS, ItemMismatch, compare, passes, warnings, win_rate_row
+from app.stats import ITEM_METRICS, ItemMismatch, compare, passes, warnings, win_rate_row
 from app.registry import Registry
 
 ITEMS_FILE = "items.jsonl"

@@ -4,7 +4,7 @@ output: RewardModel.score) or by any OpenAI-compatible chat endpoint (a stronger
     python -m jobs.eval ... judge.reward_model=runs/pipeline-alt/reward/final gate.keys=[win_rate,perplexity]
     python -m jobs.eval ... judge.base_url=http://127.0.0.1:9000/v1 judge.model=judge gate.keys=[win_rate]
 
-Per item: 1 when the new answer wins, 0.5 a tie, 0 a loss; the gate row (app/eval/compare.py:win_rate_row)
+Per item: 1 when the new answer wins, 0.5 a tie, 0 a loss; the gate row (app/stats.py:win_rate_row)
 has the mean, its bootstrap CI and an exact sign test on the items that were not ties. The endpoint judge
 sees the two answers in a seeded random order (position bias cancels over items) and must reply A, B or tie;
 a reply it cannot read counts as a tie and is counted in `unreadable`.

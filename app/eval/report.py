@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from app.eval.compare import table
+from app.stats import table
 
 
 def write(out: Path, result: dict, answered: list[dict], worst: list[dict], baseline: dict | None) -> None:

@@ -2,7 +2,7 @@
 Each question is answered twice, greedily, by the same model: alone, and with the index's top k chunks as
 numbered sources (app/chat.py with_sources, as serving does). An answer is right when one of its numbers,
 other than the question's own, is the fact's (the demo knowledge base's questions ask for a warranty, a weight or a price). With vs without is
-paired on the same questions and compared by the release gate's statistics (app/eval/compare.py: exact
+paired on the same questions and compared by the release gate's statistics (app/stats.py: exact
 McNemar for right/wrong), beside retrieval's recall@k.
 
     python -m jobs.eval jobs/configs/eval_rag_demo.yaml model=runs/pipeline-demo/sft/final
@@ -16,7 +16,7 @@ import re
 
 from app.chat import with_sources
 from app.config import UserError
-from app.eval.compare import compare_metric
+from app.stats import compare_metric
 from app.generation import generate_chat
 from app.models import load_policy
 from app.rag.index import Index, recall_at_k

@@ -1,6 +1,6 @@
 """The PPO roles as Ray actors: Rollout (sampling), Reference (frozen policy), Reward (reward model or a
 function, plus the safety penalty), Critic (values, initialised from the reward model) and Learner (one rank
-of the DeepSpeed group that updates the policy). Each is a thin shell over app.rl.rollout and app.rl.losses.
+of the DeepSpeed group that updates the policy). Each is a thin shell over app.rl.rollout and app.train.losses.
 
 Weight sync is versioned and checked: the learner publishes (version, state, sha256) - the whole policy, or
 only the LoRA adapter when the policy is LoRA; a rollout actor verifies the checksum before loading and
@@ -17,7 +17,8 @@ import socket
 import ray
 import torch
 
-from app.rl import losses, rewards
+from app.rl import rewards
+from app.train import losses
 from app.rl.experience import Experience
 from app.rl.rollout import merge_lora, probe_logprobs, response_logprobs, to_device, token_values, weights_checksum
 from app.rl.sync import StaleWeights

@@ -31,26 +31,25 @@ from app.cluster import init_ray
 from app.config import UserError
 from app.models import load_policy, load_tokenizer, resolve
 from app.rl import heldout as held
-from app.rl import losses
+from app.train import losses
 from app.rl.actors import CriticActor, LearnerActor, ReferenceActor, RewardActor, RolloutActor
 from app.rl.config import RLConfig
-from app.rl.experience import Experience
+from app.rl.experience import Experience, PromptRow
 from app.rl.sync import Sampler, publish, ray_get, sync
 from app.runinfo import sha256_path, write_manifest
 from app.tasks import load_prompts, skipped_line
 from app.train.logger import MetricsLogger, read_metrics
 
 
-def _prompts(path: str, tokenizer, limit_len: int = 512) -> tuple[list[tuple[str, list[dict], list[int], str | None]],
-                                                                    dict[str, int]]:
-    """((id, messages, prompt tokens, reference answer) per usable prompt record, records skipped by reason);
+def _prompts(path: str, tokenizer, limit_len: int = 512) -> tuple[list[PromptRow], dict[str, int]]:
+    """(a PromptRow per usable prompt record, records skipped by reason);
     app/tasks.py reads the formats, and a prompt that does not fit in `limit_len` tokens is skipped as
     too_long. No usable prompt is an error that says why."""
     records, skipped = load_prompts(path)
     rows = []
     for r in records:
         try:
-            rows.append((r["id"], r["prompt"], render_prompt(tokenizer, r["prompt"], limit_len), r["answer"]))
+            rows.append(PromptRow(r["id"], r["prompt"], render_prompt(tokenizer, r["prompt"], limit_len), r["answer"]))
         except ValueError as exc:  # ChatTooLong, or a prompt that ends with an assistant message
             reason = "too_long" if isinstance(exc, ChatTooLong) else "ends_with_assistant"
             skipped[reason] = skipped.get(reason, 0) + 1
@@ -241,7 +240,7 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: 
         if resumed and (out / "heldout.jsonl").is_file() else []
     logger = MetricsLogger(str(out), cfg.name, cfg.model_dump(mode="json"), cfg.wandb, cfg.tensorboard,
                            cfg.algorithm)
-    probe = data[0][2]  # the first training prompt: every sync is checked on the learner's log-probs of it
+    probe = data[0].ids  # the first training prompt: every sync is checked on the learner's log-probs of it
     pub = publish(roles.learners[0], version, cfg.sync_timeout_s, probe, cfg.sync_tolerance())
     sync(roles.rollouts, pub, cfg.sync_timeout_s, cfg.max_restarts)  # everyone samples the same version
     sampler = Sampler(cfg.sampling_plan(), roles.rollouts, data)
@@ -265,14 +264,14 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: 
             pending = sampler.launch(step + 1, pub.version)
         ids = [i for chunk in chunks for i in chunk]
         rows = [data[i] for i in ids for _ in range(cfg.group_size)]  # the order of the batches' rows
-        figures = step_fn(cfg, roles, batches, [r[1] for r in rows], [r[3] for r in rows], tokenizer, kl_ctl)
+        figures = step_fn(cfg, roles, batches, [r.messages for r in rows], [r.reference for r in rows], tokenizer, kl_ctl)
         t1 = time.perf_counter()
         pub = publish(roles.learners[0], pub.version + 1, cfg.sync_timeout_s, probe, cfg.sync_tolerance())
         probe_gap = sync(roles.rollouts, pub, cfg.sync_timeout_s, cfg.max_restarts)
         figures.update(step=step + 1, policy_version=pub.version, checksum=pub.checksum[:12], sync_probe_gap=probe_gap,
                        sampled_versions=sorted({b["version"] for b in batches}), generate_s=t_gen,
                        sync_s=time.perf_counter() - t1, sync_mb=pub.megabytes, rollout_restarts=sampler.restarts,
-                       prompt_ids=[data[i][0] for i in ids])
+                       prompt_ids=[data[i].id for i in ids])
         every = cfg.heldout.every if cfg.heldout else 0
         if heldout and ((every and (step + 1) % every == 0) or step + 1 == cfg.steps):
             figures.update(measure(step + 1, pub.version))
@@ -281,7 +280,7 @@ def _train(cfg: RLConfig, step_fn: Callable, roles: Roles, data: list, heldout: 
         texts, rewards = figures.pop("texts"), figures.pop("rewards")
         with open(out / "samples.jsonl", "a") as f:
             f.write(json.dumps({"step": step + 1, "samples": [
-                {"id": row[0], "response": t, "reward": r} for row, t, r in list(zip(rows, texts, rewards))[:3]]},
+                {"id": row.id, "response": t, "reward": r} for row, t, r in list(zip(rows, texts, rewards))[:3]]},
                 ensure_ascii=False) + "\n")
         figures["step_s"] = time.perf_counter() - t_step
         logger.log(figures)

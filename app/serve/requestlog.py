@@ -9,7 +9,7 @@ JSON line in <path>/requests-<ingress pid>.jsonl:
     {id, time, route, model, adapter, version, messages | prompt, answers: [{text, finish_reason}],
      prompt_tokens, completion_tokens, latency_ms, safety: {filtered, unsafe}}
 
-Every text (the conversation, the answers) is PII-redacted with the data stage's detectors (app/data/pii.py:
+Every text (the conversation, the answers) is PII-redacted with the data stage's detectors (app/pii.py:
 e-mail, phone, ID and card numbers become [EMAIL], [PHONE], ...) before it is written; nothing about the
 client (address, API key) is stored. `POST /v1/feedback` appends {id, rating, score, preferred_answer,
 comment, time} to feedback-<pid>.jsonl, redacted the same way, for a response id the log holds (404
@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.data.pii import redact
+from app.pii import redact
 from app.safety import SafetyCheck
 
 

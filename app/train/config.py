@@ -205,15 +205,3 @@ class SweepConfig(JobConfig):
     max_concurrent_trials: int = Field(2, ge=1)
     trial_cpus: float = Field(0.1, gt=0)       # the trial process itself; its SFT workers take scaling.*
     resume: bool = True
-
-
-class CompressConfig(JobConfig):
-    """jobs.compress (app/train/compress.py): prune a trained model, then distill the pruned one from it."""
-    teacher: str = "runs/pipeline-demo/sft/final"
-    data: str = "runs/pipeline-demo/data"       # an SFT data stage output: calibration rows from train/
-    calibration_samples: int = Field(64, ge=1)
-    calibration_max_len: int = Field(256, ge=8)
-    drop_layers: int = Field(0, ge=0)           # whole decoder layers removed (least Block Influence)
-    mlp_keep: float = Field(1.0, gt=0, le=1)    # share of each remaining layer's MLP channels kept
-    distill: str = "jobs/configs/sft_demo.yaml"  # the SFT config the distillation runs (model, teacher, data set here)
-    overrides: list[str] = []                   # key=value on top of it, e.g. [method=full, train.max_steps=40]

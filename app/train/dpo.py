@@ -8,7 +8,7 @@ The driver reads preference pairs (ours or HH-RLHF, app.train.preferences), spli
 tokenizes them (the loss covers only the final answer's tokens) and hands each worker its part through
 Ray Data. The shared loop (app/train/loop.py) runs this module's `objective`: each worker first scores its
 pairs with the explicit reference model (`dpo.reference`, default the starting model), frees it, then
-trains the policy on app.rl.losses.dpo_loss. Validation reports the DPO loss, preference accuracy
+trains the policy on app.train.losses.dpo_loss. Validation reports the DPO loss, preference accuracy
 (implicit reward of chosen > rejected) and the mean reward margin.
 Outputs as SFT: runs/dpo-<name>/final (+ adapter/), metrics.jsonl, training_curve.png, manifest.json.
 """
@@ -19,7 +19,7 @@ import torch
 
 from app.cluster import init_ray
 from app.models import load_policy, load_tokenizer, resolve
-from app.rl import losses
+from app.train import losses
 from app.runinfo import sha256_path, write_manifest
 from app.train import checkpoints, preferences
 from app.train.config import DPOConfig

@@ -56,7 +56,7 @@ class Objective:
     step: Callable[[object, object], Step]               # (engine, micro-batch) -> Step
     prepare: Callable[[list[dict]], None] = lambda rows: None  # once per worker, before training (DPO: reference)
     derive: Callable[[dict], dict] = lambda val: {}      # extra validation figures from the means (SFT: val_ppl)
-    answer: Callable[[object, list[dict]], list[dict]] | None = None  # (engine, val rows) -> app.eval.metrics
+    answer: Callable[[object, list[dict]], list[dict]] | None = None  # (engine, val rows) -> app.metrics
     # item_scores of greedy answers against the references (SFT's eval.generate)
 
 
@@ -150,7 +150,7 @@ def evaluate(engine, objective: Objective, val: list) -> dict:
 def answer_scores(engine, objective: Objective, rows: list[dict]) -> dict:
     """ROUGE-L (mean) and corpus BLEU of greedy answers to `rows` over every worker's part: the checkpoint's
     generation evaluation (seed 001: every checkpoint triggers an evaluation)."""
-    from app.eval.metrics import bleu_from_stats
+    from app.metrics import bleu_from_stats
     engine.eval()
     items = objective.answer(engine, rows) if rows else []
     engine.train()

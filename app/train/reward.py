@@ -27,7 +27,7 @@ from app.chat import render
 from app.cluster import init_ray
 from app.config import UserError
 from app.models import load_tokenizer, resolve
-from app.rl.losses import pairwise_loss
+from app.train.losses import pairwise_loss
 from app.runinfo import sha256_path, write_manifest
 from app.train import checkpoints, preferences
 from app.train.config import RewardConfig

@@ -190,7 +190,7 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, label
 def answerer(model_path: str, max_new_tokens: int):
     """(engine, tokenized val rows) -> item scores of greedy answers (app/sampler.py) to each row's context
     up to its last assistant turn, against that turn."""
-    from app.eval.metrics import item_scores
+    from app.metrics import item_scores
     from app.models import load_tokenizer
     from app.sampler import sample
     tok = load_tokenizer(model_path)

@@ -36,9 +36,9 @@ from starlette.exceptions import HTTPException
 
 from app.chat import render_prompt, with_sources
 from app.config import UserError
-from app.data.pii import SensitiveWords
+from app.pii import SensitiveWords
 from app.models import load_tokenizer, resolve
-from app.onnx_export import is_onnx_export
+from app.onnx import is_onnx_export
 from app.serve import logprobs
 from app.serve import protocol as P
 from app.serve.config import ServeArgs, http_host, require_keys
@@ -48,7 +48,7 @@ from app.serve.limits import RateLimiter
 from app.serve.prometheus import ServeMetrics
 from app.serve.requestlog import FeedbackRequest, RequestLog
 from app.safety import SafetyCheck, rank
-from app.serve.safety import REFUSAL, OutputFilter
+from app.serve.filter import REFUSAL, OutputFilter
 
 api = FastAPI(title="raypost", docs_url=None, redoc_url=None, redirect_slashes=False)
 api.add_middleware(P.OneSlash)
@@ -369,7 +369,7 @@ class OpenAIServer:
 
 
 def build_app(args: ServeArgs) -> serve.Application:
-    """The typed application builder named by serve_configs/*.yaml (import_path: app.serve.app:build_app)."""
+    """The typed application builder named by serve_configs/*.yaml (import_path: app.serve.ingress:build_app)."""
     import ray
     path, version = args.lookup()
     if is_onnx_export(resolve(path)) and (args.adapters or args.engine == "vllm"):  # resolve: fail on a bad path

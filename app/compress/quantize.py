@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import torch
 
 from app.config import UserError
-from app.eval.config import QuantizeConfig
+from app.compress.config import QuantizeConfig
 from app.int8 import quantize_model, save_int8
 from app.models import load_policy, resolve
 from app.runinfo import write_manifest

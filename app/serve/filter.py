@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from app.data.pii import SensitiveWords, pii_spans, redact
+from app.pii import SensitiveWords, pii_spans, redact
 
 TAIL = re.compile(r"(?:[0-9+()-]+[ -])*[A-Za-z0-9._%+@()-]*$")
 REFUSAL = "I can't help with that request."

@@ -2,7 +2,7 @@
 SQuAD-style exact match and token F1 (also for Chinese), accuracy, GSM8K final answers, perplexity.
 
 Chinese is measured per character: sacrebleu's "zh" tokenizer for BLEU when a reference holds CJK, and
-app/data/text.py's tokens (Latin words, single CJK characters) for ROUGE, EM and F1, so a Chinese answer
+app/text.py's tokens (Latin words, single CJK characters) for ROUGE, EM and F1, so a Chinese answer
 is not scored 0 because a tokenizer dropped everything non-ASCII (rouge-score's default does).
 An empty prediction scores 0; predictions and references of different lengths are a ValueError.
 """
@@ -14,7 +14,7 @@ from collections import Counter
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
-from app.data.text import CJK_CHAR, tokens
+from app.text import CJK_CHAR, tokens
 
 ARTICLES = {"a", "an", "the"}
 

@@ -1,4 +1,4 @@
-"""jobs.compress: prune a trained model (app/train/prune.py), then recover its quality by logit distillation
+"""jobs.compress: prune a trained model (app/compress/prune.py), then recover its quality by logit distillation
 from the unpruned model (jobs.sft with `distill.teacher`, on Ray Train).
 
     python -m jobs.compress jobs/configs/compress_demo.yaml
@@ -19,8 +19,9 @@ from app.config import UserError, load_config
 from app.models import count_parameters, load_policy, resolve
 from app.runinfo import write_manifest
 from app.train import sft
-from app.train.config import CompressConfig, SFTConfig
-from app.train.prune import importance, prune
+from app.compress.config import CompressConfig
+from app.train.config import SFTConfig
+from app.compress.prune import importance, prune
 
 
 def calibration(data: str, tokenizer, n: int, max_len: int, batch: int = 8) -> list[dict]:

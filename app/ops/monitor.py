@@ -149,7 +149,7 @@ def deploy(app: dict) -> None:
     """(Re)deploy the application on the running Serve instance: what `serve deploy` of its config does."""
     from ray import serve
 
-    from app.serve.app import build_app
+    from app.serve.ingress import build_app
     from app.serve.config import ServeArgs
     serve.run(build_app(ServeArgs.model_validate(app["args"])), name=app["name"], route_prefix=app["route_prefix"])
 

@@ -25,7 +25,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from app.eval.metrics import bleu_from_stats
+from app.metrics import bleu_from_stats
 
 LOWER_IS_BETTER = {"perplexity", "ttft_ms", "latency_ms", "peak_memory_gb", "bias_gap"}
 # metric -> (item set, kind): how per-item results aggregate to the corpus figure
