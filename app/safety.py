@@ -22,6 +22,7 @@ Measured on app/eval/toxicity_labelled.jsonl (hand-labelled shop replies, hard n
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Callable
 
@@ -59,20 +60,15 @@ def classifier_scores(texts: list[str]) -> list[float]:
 
 def load_scorer(name: str = "auto") -> Callable[[list[str]], list[float]]:
     """texts -> toxicity scores in [0, 1]: lexicon | classifier | auto | module:function."""
+    installed = importlib.util.find_spec("profanity_check") is not None
     if name == "auto":
-        try:
-            import profanity_check  # noqa: F401
-            name = "classifier"
-        except ImportError:
-            name = "lexicon"
+        name = "classifier" if installed else "lexicon"
     if name == "lexicon":
         return lexicon_scores
     if name == "classifier":
-        try:
-            import profanity_check  # noqa: F401
-        except ImportError as e:
+        if not installed:
             raise UserError("safety scorer 'classifier' needs alt-profanity-check (pip install "
-                            "alt-profanity-check==1.9.1), or set scorer: lexicon") from e
+                            "alt-profanity-check==1.9.1), or set scorer: lexicon")
         return classifier_scores
     return load_callable(name)
 

@@ -12,6 +12,7 @@ gated against as parent) and promotes it if the gate passes. A failed gate exits
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -150,8 +151,8 @@ def run(cfg: EvalConfig) -> dict:
     wins = judge(cfg, baseline, answered, items, metrics) if cfg.judge and baseline else None
     if cfg.efficiency:
         metrics.update(efficiency(model_path, [r["prompt"] for r in answered], dtype=cfg.dtype))  # batch 1 and 8
-    return finish(cfg, out, model_path, metrics, answered, items, safety, registry, baseline, baseline_items, data_sha,
-                  wins, skipped, engine)
+    return finish(cfg, out, Scored(model_path, engine, answered, items, metrics, safety, skipped, wins), registry,
+                  Against(baseline, baseline_items, data_sha))
 
 
 def judge(cfg: EvalConfig, baseline: dict, answered: list[dict], items: list[dict], metrics: dict) -> list[float]:
@@ -178,42 +179,63 @@ def _compute_of(baseline: dict | None) -> str | None:
     return json.loads(path.read_text()).get("compute") if path and path.is_file() else None
 
 
-def finish(cfg: EvalConfig, out: Path, model_path: str, metrics: dict, answered: list[dict], items: list[dict],
-           safety: dict, registry: Registry, baseline: dict | None, baseline_items: list[dict] | None,
-           data_sha: str | None, wins: list[float] | None = None, skipped: dict | None = None,
-           engine: str = "hf") -> dict:
+@dataclass
+class Scored:
+    """What one eval run measured: the answers, the per-item results, the corpus metrics, the safety summary
+    (red-team counts and worst cases, bias), the records skipped by reason, the judge's per-item wins."""
+    model_path: str
+    engine: str
+    answered: list[dict]
+    items: list[dict]
+    metrics: dict
+    safety: dict
+    skipped: dict
+    wins: list[float] | None = None
+
+
+@dataclass
+class Against:
+    """What the gate compares with: the baseline version (None: none), its per-item results, the data's hash."""
+    baseline: dict | None
+    items: list[dict] | None
+    data_sha: str | None
+
+
+def finish(cfg: EvalConfig, out: Path, scored: Scored, registry: Registry, against: Against) -> dict:
     """Write the answers and per-item results, gate against the baseline, register (and maybe promote)."""
-    for name, rows in (("answers.jsonl", answered), (ITEMS_FILE, items)):
+    for name, rows in (("answers.jsonl", scored.answered), (ITEMS_FILE, scored.items)):
         with open(out / name, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     export_sheet([{"id": r["id"], "prompt": r["prompt"][-1]["content"], "answer": r["answer"],
-                   "reference": r["reference"]} for r in answered], out / "human_eval.csv", cfg.human_eval_rows, cfg.seed)
-    decision = decide(cfg.gate, items, baseline, baseline_items, registry, data_sha, wins)
+                   "reference": r["reference"]} for r in scored.answered], out / "human_eval.csv", cfg.human_eval_rows, cfg.seed)
+    decision = decide(cfg.gate, scored.items, against.baseline, against.items, registry, against.data_sha,
+                      scored.wins)
     compute = "bfloat16" if cfg.dtype == "auto" and fast_bf16() else "float32"
-    theirs = _compute_of(baseline)
+    theirs = _compute_of(against.baseline)
     if theirs and theirs != compute:
         decision["warnings"].append(f"the baseline was evaluated in {theirs}, this model in {compute}: part of each "
                                     f"difference is precision (evaluate both with the same dtype)")
-    version = registry.register(cfg.name, model_path, metrics, cfg.model_dump(mode="json"), data_sha,
+    version = registry.register(cfg.name, scored.model_path, scored.metrics, cfg.model_dump(mode="json"), against.data_sha,
                                 eval_dir=str(out.resolve()), parent=decision["baseline"],
                                 verdict={k: decision[k] for k in ("baseline", "mode", "keys", "passed", "why")})
     if decision["passed"]:
         registry.promote(version, f"gate passed ({decision['mode']})")
-    result = {"version": version, "model": model_path, "compute": compute, "engine": engine, "n": len(answered), "skipped": skipped or {},
-              "safety": safety.get("counts"), "bias": safety.get("bias"),
-              **{f"n_{s}": sum(1 for i in items if i["set"] == s) for s in ("redteam", "heldout", "identity", "bias")},
-              "metrics": metrics,
+    result = {"version": version, "model": scored.model_path, "compute": compute, "engine": scored.engine,
+              "n": len(scored.answered), "skipped": scored.skipped,
+              "safety": scored.safety.get("counts"), "bias": scored.safety.get("bias"),
+              **{f"n_{s}": sum(1 for i in scored.items if i["set"] == s) for s in ("redteam", "heldout", "identity", "bias")},
+              "metrics": scored.metrics,
               "promoted": decision["passed"], "baseline": decision["baseline"], "gate": decision["rows"],
               "verdict": {k: decision[k] for k in ("mode", "keys", "passed", "why", "warnings")}}
     (out / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    report.write(out, result, answered, safety.get("worst", []), baseline)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+    report.write(out, result, scored.answered, scored.safety.get("worst", []), against.baseline)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in scored.metrics.items()}))
     if decision["rows"]:
         print(table(decision["rows"]))
     for line in decision["warnings"]:
         print(f"warning: {line}")
     print(f"eval: version {version} {'promoted' if decision['passed'] else 'NOT promoted'} ({decision['why']}) -> {out}")
-    if not decision["passed"] and cfg.gate.enforce and baseline is not None:
-        raise UserError(f"release gate failed against version {baseline['id']} ({decision['why']}; table above); "
+    if not decision["passed"] and cfg.gate.enforce and against.baseline is not None:
+        raise UserError(f"release gate failed against version {against.baseline['id']} ({decision['why']}; table above); "
                         f"version {version} is not promoted")
     return result

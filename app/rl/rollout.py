@@ -13,7 +13,7 @@ import hashlib
 import torch
 from transformers import DynamicCache
 
-from app.sampler import batch_of, positions
+from app.sampler import positions
 
 
 def weights_checksum(state: dict[str, torch.Tensor]) -> str:
