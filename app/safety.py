@@ -18,7 +18,7 @@ Scorers (`SafetySection.scorer`):
 - `auto` (default): `classifier` where alt-profanity-check is installed (a dependency of raypost), else `lexicon`.
 - `module:function`: any callable texts -> scores (a hosted moderation model, a fine-tuned classifier).
 Measured on app/eval/toxicity_labelled.jsonl (hand-labelled shop replies, hard negatives included) by
-`.venv/bin/python benchmarks/safety_scorer.py`: the figures are in the README (Benchmarks, "Safety scorer").
+`.venv/bin/python benchmarks/safety_scorer.py`: the figures are in docs/benchmarks.md ("Safety scorer").
 """
 from __future__ import annotations
 

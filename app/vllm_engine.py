@@ -100,7 +100,7 @@ def choose(engine: str, path: str, knob: str, auto_on_cpu: bool = True) -> str:
     auto takes vLLM where it is installed and runs this model (a plain safetensors model whose head size its
     kernels have: not our INT8 or ONNX exports), else hf; vllm insists (and fails at start, naming `knob`,
     where it cannot run). Serving passes auto_on_cpu=False: on CPU one client is answered as fast by our engine
-    (README, serving: 1.11x against vLLM's 1.05x), which also serves every format, so auto takes vLLM on a GPU."""
+    (docs/benchmarks.md, serving: 1.11x against vLLM's 1.05x), which also serves every format, so auto takes vLLM on a GPU."""
     if engine == "vllm":
         check_runs(path, knob)
     if engine != "auto":
