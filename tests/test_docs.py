@@ -61,7 +61,7 @@ def test_every_command_parses(page, job, args):
         assert (ROOT / path).is_file(), f"{page}: python -m jobs.{job}: {path} does not exist"
     overrides = [t for t in tokens if "=" in t and not t.endswith(".yaml")]
     if job == "pipeline":  # the DAG, as jobs.pipeline checks it before its first stage
-        from app.pipeline import PipelineConfig, check
+        from app.ops.pipeline import PipelineConfig, check
         check(load_config(PipelineConfig, configs[0] if configs else ROOT / "jobs/configs/demo.yaml", overrides))
         return
     module = importlib.import_module(f"jobs.{job}")

@@ -72,7 +72,8 @@ def test_unsafe_answers_are_sampled_again_in_place(tiny):
     with torch.inference_mode():
         logprobs, _ = response_logprobs(model, out)
     assert torch.allclose(logprobs, out["rollout_logprobs"], atol=1e-4)
-    assert resample_unsafe(batch, prompts, draw, check, tok, 0, 0)["sequences"] is batch["sequences"]
+    untouched = resample_unsafe(batch, prompts, draw, check, tok, 0, 0)
+    assert untouched["sequences"] is batch["sequences"] and untouched["unsafe_left"] == sum(before)
     assert check.unsafe(["\n" * 2]) == [False] and check.unsafe(["abc"]) == [True]
 
 

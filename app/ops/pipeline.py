@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from app import PROJECT_ROOT
 from app.cli import CONFIG_DIR
 from app.cluster import shared_ray
 from app.config import Config, ConfigError, JobConfig, UserError, load_config, parse_value, read_yaml, set_dotted
@@ -142,7 +143,7 @@ def check(cfg: PipelineConfig) -> list[str]:
     if cfg.start_from and cfg.start_from not in cfg.stages:
         raise ConfigError(f"--from {cfg.start_from}: not a stage (stages: {', '.join(cfg.stages)})")
     for name, stage in cfg.stages.items():
-        if not (Path(__file__).resolve().parent.parent / "jobs" / f"{stage.job}.py").is_file():
+        if not (PROJECT_ROOT / "jobs" / f"{stage.job}.py").is_file():
             raise ConfigError(f"stages.{name}.job: no module jobs.{stage.job}")
         if stage.config and not REF.search(stage.config) and not Path(stage.config).is_file():
             raise ConfigError(f"stages.{name}.config: file not found: {stage.config}")

@@ -166,7 +166,7 @@ def resample_unsafe(batch: dict, prompts: list[list[int]], draw, check: SafetyCh
         resampled += len(unsafe)
         unsafe = still_unsafe(unsafe)
     if not resampled:
-        return {**batch, "resampled": 0, "unsafe_left": 0}
+        return {**batch, "resampled": 0, "unsafe_left": len(unsafe)}
     out = batch_of(prompts, n, responses, logprobs, tokenizer.pad_token_id)
     return {**out, "resampled": resampled, "unsafe_left": len(unsafe)}
 
