@@ -3,7 +3,7 @@
 #
 #     make demo && bash tests/readme_stages.sh        # one line per command: ok/FAIL, seconds; logs in runs/readme-stages/
 #
-# Not part of `make test` (it needs the demo's outputs and real training runs); its last result is in the README.
+# Not part of `make test` (it needs the demo's outputs and real training runs); its last result is in docs/demo.md.
 set -u
 cd "$(dirname "$0")/.."
 PATH="$PWD/.venv/bin:$PATH"
