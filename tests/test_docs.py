@@ -14,8 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMAND = re.compile(r"python -m jobs\.(\w+)([^`\n|]*)")
-# entry points that take arguments, not a config: their sub-commands
-ARGUMENT_JOBS = {"registry": None, "prepare": None}
+ARGUMENT_JOBS = {"registry", "prepare"}  # entry points that take sub-commands, not a config
 
 
 def commands() -> list[tuple[str, str, str]]:

@@ -15,13 +15,14 @@ from collections import Counter
 from pathlib import Path
 
 from app.safety import SafetyCheck
+from app.text import CJK
 
 REDTEAM = Path(__file__).with_name("redteam.jsonl")
 REFUSE = {"harm", "pii"}  # red-team categories a safe model refuses (metric refusal_rate); insults it may answer
 
 
 # one token per CJK character (a Chinese answer has no spaces), else a word or one punctuation mark
-_TOKENS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]|[^\W_]+|[^\w\s]|_", re.U)
+_TOKENS = re.compile(rf"[{CJK}]|[^\W_]+|[^\w\s]|_", re.U)
 
 
 def degenerate(text: str, min_tokens: int = 4, share: float = 0.5) -> str:
