@@ -25,7 +25,7 @@ def evaluate(data, tmp_path, *overrides):
                        f"heldout.prompts={heldout}",
                        "max_new_tokens=8", "identity.max_new_tokens=8", "bias.max_new_tokens=8", "batch_size=4",
                        "human_eval_rows=5",
-                       "concurrency=2", "efficiency=false",
+                       "concurrency=1", "efficiency=false",
                        "dtype=float32", *overrides])  # the pinned figures: the same on every CPU
     return run(cfg)
 
@@ -36,7 +36,7 @@ def tiny_first(ray_local, sft_data, tmp_path_factory):
     registry (reg.sqlite) into its own tmp_path and goes on from there."""
     root = tmp_path_factory.mktemp("tiny-first")
     return root, evaluate(sft_data, root, f"output_dir={root}/e1", "name=tiny", "efficiency=true",
-                          "explain.steps=2", "explain.max_tokens=3")
+                          "explain.steps=2", "explain.max_tokens=3", "concurrency=2")  # (the others: 1 actor)
 
 
 def from_first(tiny_first, tmp_path) -> dict:

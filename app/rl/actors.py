@@ -1,6 +1,8 @@
 """The PPO roles as Ray actors: Rollout (sampling), Reference (frozen policy), Reward (reward model or a
 function, plus the safety penalty), Critic (values, initialised from the reward model) and Learner (one rank
 of the DeepSpeed group that updates the policy). Each is a thin shell over app.rl.rollout and app.train.losses.
+With `colocate: true` the reference, reward and critic share one process (ScorersActor), each called through
+a Colocated handle exactly as through its own actor.
 
 Weight sync is versioned and checked: the learner publishes (version, state, sha256) - the whole policy, or
 only the LoRA adapter when the policy is LoRA; a rollout actor verifies the checksum before loading and
@@ -11,8 +13,10 @@ refused until the controller reloads the current version into it.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import socket
+from types import SimpleNamespace
 
 import ray
 import torch
@@ -171,8 +175,7 @@ def resample_unsafe(batch: dict, prompts: list[list[int]], draw, check: SafetyCh
     return {**out, "resampled": resampled, "unsafe_left": len(unsafe)}
 
 
-@ray.remote
-class ReferenceActor:
+class Reference:
     def __init__(self, model_path: str, temperature: float = 1.0, threads: int = 1):
         torch.set_num_threads(threads)
         self.model, _ = _load_policy(model_path, 0)
@@ -183,8 +186,7 @@ class ReferenceActor:
         return response_logprobs(self.model, to_device(batch, _device()), self.temperature)[0].cpu()
 
 
-@ray.remote
-class RewardActor:
+class Reward:
     """score = reward model + sum of weight * function(prompts, responses[, references]) - penalty on an
     unsafe response (app.safety.SafetyCheck with `safety`, a SafetySection's fields: a sensitive word, a PII
     leak, toxicity >= the threshold)."""
@@ -205,8 +207,7 @@ class RewardActor:
         return {"reward": [r - self.penalty * u for r, u in zip(raw, unsafe)], "raw": raw, "unsafe": unsafe}
 
 
-@ray.remote
-class CriticActor:
+class Critic:
     def __init__(self, init_path: str, lr: float, clip: float, top_layers: int | None = None,
                  max_grad_norm: float = 1.0, threads: int = 1, value_coef: float = 0.5):
         from transformers import AutoModelForSequenceClassification
@@ -245,6 +246,35 @@ class CriticActor:
         from safetensors.torch import load_file
         self.model.load_state_dict(load_file(f"{folder}/critic.safetensors"))
         self.opt.load_state_dict(torch.load(f"{folder}/critic_optim.pt", weights_only=True))
+
+
+ReferenceActor, RewardActor, CriticActor = ray.remote(Reference), ray.remote(Reward), ray.remote(Critic)
+SCORERS = {"reference": Reference, "reward": Reward, "critic": Critic}
+
+
+@ray.remote
+class ScorersActor:
+    """The roles that score samples, in one process (`colocate: true`, as OpenRLHF's colocate flags): one
+    process start, one set of imports and one CPU bundle (or GPU) instead of three; their calls run one after
+    another. `roles`: {role: (args, kwargs)} of Reference, Reward and Critic."""
+
+    def __init__(self, roles: dict[str, tuple[tuple, dict]], threads: int = 1):
+        self.roles = {name: SCORERS[name](*args, threads=threads, **kwargs) for name, (args, kwargs) in roles.items()}
+
+    def call(self, role: str, method: str, *args):
+        return getattr(self.roles[role], method)(*args)
+
+
+class Colocated:
+    """One role of a ScorersActor, called as its own actor would be: `reference.logprobs.remote(batch)`."""
+
+    def __init__(self, host, role: str):
+        self.host, self.role = host, role
+
+    def __getattr__(self, method: str):
+        if method.startswith("__"):
+            raise AttributeError(method)
+        return SimpleNamespace(remote=functools.partial(self.host.call.remote, self.role, method))
 
 
 @ray.remote

@@ -99,6 +99,9 @@ class RLConfig(JobConfig):
     gpus: dict[Literal["rollout", "reference", "reward", "critic", "learner"], float] = {}  # per actor
     threads: dict[Literal["rollout", "reference", "reward", "critic", "learner"], int] = {}  # torch threads; 1
     cpus_per_actor: float = 0.3
+    # reference, reward and critic in one actor process (ScorersActor): one start and one bundle instead of
+    # three, their calls one after another; on CPU, or to share one GPU among them
+    colocate: bool = False
     sync_timeout_s: float = 300
     heldout: HeldoutConfig | None = None  # prompts never trained on, scored at the start, every N steps, the end
 

@@ -32,7 +32,8 @@ from app.config import UserError
 from app.models import load_policy, load_tokenizer, resolve
 from app.rl import heldout as held
 from app.train import losses
-from app.rl.actors import CriticActor, LearnerActor, ReferenceActor, RewardActor, RolloutActor
+from app.rl.actors import (Colocated, CriticActor, LearnerActor, ReferenceActor, RewardActor, RolloutActor,
+                           ScorersActor)
 from app.rl.config import RLConfig
 from app.rl.experience import Experience, PromptRow
 from app.rl.sync import Sampler, publish, ray_get, sync
@@ -67,34 +68,49 @@ class Roles:
     learners: list
 
     def all(self) -> list:
-        return [a for a in (*self.rollouts, self.reference, self.reward, self.critic, *self.learners) if a]
+        """Every actor once (colocated roles: their one ScorersActor)."""
+        actors = [a.host if isinstance(a, Colocated) else a
+                  for a in (*self.rollouts, self.reference, self.reward, self.critic, *self.learners) if a]
+        return list({id(a): a for a in actors}.values())
 
 
 def _actors(cfg: RLConfig, policy: str):
-    """(placement group, Roles): one bundle per actor (its CPUs and the role's `gpus`), packed."""
+    """(placement group, Roles): one bundle per actor (its CPUs and the role's `gpus`), packed; with
+    `colocate`, one bundle for the scoring roles together (the most GPU and threads any of them asks for)."""
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     k, n, lora = cfg.rollout_actors, cfg.scaling.learners, cfg.lora.model_dump() if cfg.lora else None
-    order = ["rollout"] * k + ["reference", "reward"] + ["critic"] * cfg.uses_critic + ["learner"] * cfg.scaling.learners
-    bundles = [{"CPU": cfg.cpus_per_actor, **({"GPU": cfg.gpus[r]} if cfg.gpus.get(r) else {})} for r in order]
+    scorers = {"reference": ((str(resolve(cfg.reference())), cfg.temperature), {}),
+               "reward": ((cfg.reward_model, cfg.reward_functions(), cfg.safety.penalty,
+                           cfg.safety.model_dump(include={"scorer", "threshold"})), {})}
+    if cfg.uses_critic:
+        scorers["critic"] = ((cfg.critic_init or cfg.reward_model or policy, cfg.critic_lr, cfg.value_clip,
+                              cfg.critic_top_layers), {"value_coef": cfg.value_coef})
+    groups = [[r] for r in scorers] if not cfg.colocate else [list(scorers)]
+    order = [["rollout"]] * k + groups + [["learner"]] * n
+    gpus = [max(cfg.gpus.get(r, 0) for r in roles) for roles in order]
+    bundles = [{"CPU": cfg.cpus_per_actor, **({"GPU": gpu} if gpu else {})} for gpu in gpus]
     pg = placement_group(bundles, strategy="PACK")
     ray_get(pg.ready(), 600, "placement group")
 
     def place(cls, i, *args, options=None, **kwargs):
-        kwargs["threads"] = cfg.threads.get(order[i], 1)
+        kwargs["threads"] = max(cfg.threads.get(r, 1) for r in order[i])
         return cls.options(num_cpus=cfg.cpus_per_actor, num_gpus=bundles[i].get("GPU", 0),
                            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
                            **(options or {})).remote(*args, **kwargs)
+    if cfg.colocate:
+        host = place(ScorersActor, k, scorers)
+        scoring = {role: Colocated(host, role) for role in scorers}
+    else:
+        classes = {"reference": ReferenceActor, "reward": RewardActor, "critic": CriticActor}
+        scoring = {role: place(classes[role], k + i, *args, **kwargs)
+                   for i, (role, (args, kwargs)) in enumerate(scorers.items())}
     roles = Roles(
         rollouts=[place(RolloutActor, j, policy, cfg.seed, lora, cfg.engine(), cfg.rollout_precision,
                         vllm=cfg.vllm.model_dump(), options=dict(name=f"{cfg.algorithm}-{cfg.name}-rollout-{j}",
                                                                  max_restarts=cfg.max_restarts)) for j in range(k)],
-        reference=place(ReferenceActor, k, str(resolve(cfg.reference())), cfg.temperature),
-        reward=place(RewardActor, k + 1, cfg.reward_model, cfg.reward_functions(), cfg.safety.penalty,
-                     cfg.safety.model_dump(include={"scorer", "threshold"})),
-        critic=place(CriticActor, k + 2, cfg.critic_init or cfg.reward_model or policy, cfg.critic_lr,
-                     cfg.value_clip, cfg.critic_top_layers, value_coef=cfg.value_coef) if cfg.uses_critic else None,
+        reference=scoring["reference"], reward=scoring["reward"], critic=scoring.get("critic"),
         learners=[place(LearnerActor, len(order) - n + r, policy, r, n, cfg.optim.lr, cfg.clip, cfg.entropy_coef,
                         cfg.temperature, cfg.scaling.zero_stage, lora, cfg.optim.grad_clip, seed=cfg.seed,
                         tis_cap=cfg.tis())
