@@ -128,7 +128,7 @@ def test_grpo_raises_toy_reward_with_versioned_sync(ray_local, prompts_file, tmp
     assert [s["policy_version"] for s in steps] == list(range(1, 9)) and len({s["checksum"] for s in steps}) == 8
     assert all(s["sampled_versions"] == [s["policy_version"] - 1] for s in steps)
     assert all(s["sync_logprob_gap"] < 1e-4 for s in steps) and "value_loss" not in steps[0]
-    assert all(len(s["prompt_ids"]) == 4 for s in steps)  # 2 actors x 2 prompts, each sampled 4 times
+    assert all(len(s["prompt_ids"]) == 4 for s in steps)  # 1 actor x 4 prompts, each sampled 4 times
     # seed 000's rejection sampling: the rollout actors drew unsafe answers again (up to 2 times) before returning
     assert sum(s["resampled"] for s in steps) > sum(s["unsafe"] for s in steps), steps
     first = sum(s["reward_mean"] for s in steps[:2]) / 2

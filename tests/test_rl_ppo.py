@@ -115,7 +115,6 @@ def test_lora_learner_group_survives_a_killed_rollout_actor(ray_local, prompts_f
     cfg = load_config(PPOConfig, "jobs/configs/ppo_tiny.yaml", [
         f"prompts={prompts_file}", f"output_dir={out}", "name=kill", "steps=3", "scaling.learners=2", "scaling.zero_stage=2",
         "rollout_actors=1", "prompts_per_actor=8",  # one engine: the killed one comes back as the only sampler
-        "colocate=false",  # reference, reward and critic each in its own actor (the tiny configs colocate them)
         "lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}", "optim.lr=1e-3", "checkpoint_every=0",
         *VLLM_ROLLOUTS])
     result: list = []

@@ -92,7 +92,8 @@ def test_grpo_on_vllm_bf16_rollouts_learns_with_checked_syncs(ray_local, prompts
     out = tmp_path / "grpo"
     cfg = load_config(GRPOConfig, "jobs/configs/grpo_tiny.yaml", [
         f"prompts={prompts_file}", f"output_dir={out}", "policy=tiny-vllm", "rollout_engine=vllm",
-        "rollout_precision=bfloat16", "vllm.kv_cache_mb=64", "vllm.max_model_len=512", "checkpoint_every=0"])
+        "rollout_precision=bfloat16", "vllm.kv_cache_mb=64", "vllm.max_model_len=512", "checkpoint_every=0",
+        "colocate=false"])  # reference and reward each in its own actor (the tiny configs colocate them)
     assert cfg.tis() == 2.0 and cfg.sync_tolerance() == 0.25
     summary = run(cfg)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -106,6 +107,7 @@ def test_grpo_on_vllm_bf16_rollouts_learns_with_checked_syncs(ray_local, prompts
     assert last > first + 0.05, (first, last)
     assert summary["policy_version"] == 8
     # pinned (this seed, per-row seeded vLLM sampling): the first and last training-batch rewards
-    assert steps[0]["reward_mean"] == pytest.approx(0.0089, abs=1e-3)
-    # (vLLM's CPU bf16 kernels are not bit-reproducible from run to run: 0.2021 and 0.2130 seen at step 8)
-    assert steps[-1]["reward_mean"] == pytest.approx(0.207, abs=0.02)
+    assert steps[0]["reward_mean"] == pytest.approx(0.0051, abs=1e-3)
+    # (vLLM's CPU bf16 kernels are not always bit-reproducible from run to run: 0.2021 and 0.2130 seen at step 8
+    # with two rollout actors; 0.1109 twice with one)
+    assert steps[-1]["reward_mean"] == pytest.approx(0.111, abs=0.02)
