@@ -248,8 +248,9 @@ class Critic:
         self.opt.load_state_dict(torch.load(f"{folder}/critic_optim.pt", weights_only=True))
 
 
-ReferenceActor, RewardActor, CriticActor = ray.remote(Reference), ray.remote(Reward), ray.remote(Critic)
 SCORERS = {"reference": Reference, "reward": Reward, "critic": Critic}
+SCORER_ACTORS = {role: ray.remote(cls) for role, cls in SCORERS.items()}  # each in its own process
+RewardActor = SCORER_ACTORS["reward"]  # (also app/rl/rejection.py's)
 
 
 @ray.remote

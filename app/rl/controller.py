@@ -32,8 +32,7 @@ from app.config import UserError
 from app.models import load_policy, load_tokenizer, resolve
 from app.rl import heldout as held
 from app.train import losses
-from app.rl.actors import (Colocated, CriticActor, LearnerActor, ReferenceActor, RewardActor, RolloutActor,
-                           ScorersActor)
+from app.rl.actors import SCORER_ACTORS, Colocated, LearnerActor, RolloutActor, ScorersActor
 from app.rl.config import RLConfig
 from app.rl.experience import Experience, PromptRow
 from app.rl.sync import Sampler, publish, ray_get, sync
@@ -103,8 +102,7 @@ def _actors(cfg: RLConfig, policy: str):
         host = place(ScorersActor, k, scorers)
         scoring = {role: Colocated(host, role) for role in scorers}
     else:
-        classes = {"reference": ReferenceActor, "reward": RewardActor, "critic": CriticActor}
-        scoring = {role: place(classes[role], k + i, *args, **kwargs)
+        scoring = {role: place(SCORER_ACTORS[role], k + i, *args, **kwargs)
                    for i, (role, (args, kwargs)) in enumerate(scorers.items())}
     roles = Roles(
         rollouts=[place(RolloutActor, j, policy, cfg.seed, lora, cfg.engine(), cfg.rollout_precision,
