@@ -91,6 +91,9 @@ def test_ppo_raises_toy_reward_with_versioned_sync(toy_run):
     # the exported model is the last policy the rollout actors were given, weight for weight
     assert weights_checksum(load_policy(summary["final"])[0].state_dict()) == summary["checksum"]
     assert ray.available_resources().get("CPU", 0) >= 1.5  # actors and placement group released
+    from ray.util.state import list_actors  # colocate: reference, reward and critic were one actor's
+    hosts = list_actors(filters=[("name", "=", "ppo-tiny-scorers")], detail=True)
+    assert hosts and {h.class_name for h in hosts} == {"ScorersActor"}
 
 
 def _steps(out) -> list[dict]:

@@ -99,7 +99,7 @@ def _actors(cfg: RLConfig, policy: str):
                            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
                            **(options or {})).remote(*args, **kwargs)
     if cfg.colocate:
-        host = place(ScorersActor, k, scorers)
+        host = place(ScorersActor, k, scorers, options=dict(name=f"{cfg.algorithm}-{cfg.name}-scorers"))
         scoring = {role: Colocated(host, role) for role in scorers}
     else:
         scoring = {role: place(SCORER_ACTORS[role], k + i, *args, **kwargs)
