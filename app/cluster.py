@@ -64,7 +64,8 @@ def _start_local(num_cpus: int, **kwargs) -> None:
         # Idle workers live 5 minutes (Ray's default: 1 s once more run than there are CPUs): a worker that
         # has imported torch and transformers for one Ray Data tokenization is there for the next run's
         # (a sweep's trials, a test session), which then starts in ~3 s instead of ~12.
-        kwargs.setdefault("_system_config", {"idle_worker_killing_time_threshold_ms": 300_000})
+        kwargs["_system_config"] = {"idle_worker_killing_time_threshold_ms": 300_000,
+                                    **kwargs.get("_system_config", {})}
         ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", _temp_dir=_temp_dir(), **kwargs)
     finally:
         for key, value in saved.items():

@@ -33,11 +33,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray instance (2 CPUs) shared by the session's tests."""
+    """A real local Ray instance (2 CPUs) shared by the session's tests. Its processes report metrics every
+    2 s (Ray's default: 10 s, and a gauge lives two reports): the dashboard and monitor tests read a live
+    scrape."""
     import ray
 
     from app.cluster import init_ray
-    resources = init_ray(num_cpus=2)
+    resources = init_ray(num_cpus=2, _system_config={"metrics_report_interval_ms": 2000})
     yield resources
     ray.shutdown()
 

@@ -25,7 +25,7 @@ def evaluate(data, tmp_path, *overrides):
                        f"heldout.prompts={heldout}",
                        "max_new_tokens=8", "identity.max_new_tokens=8", "bias.max_new_tokens=8", "batch_size=4",
                        "human_eval_rows=5",
-                       "concurrency=1", "efficiency=false",
+                       "concurrency=0", "efficiency=false",
                        "dtype=float32", *overrides])  # the pinned figures: the same on every CPU
     return run(cfg)
 
@@ -36,7 +36,7 @@ def tiny_first(ray_local, sft_data, tmp_path_factory):
     registry (reg.sqlite) into its own tmp_path and goes on from there."""
     root = tmp_path_factory.mktemp("tiny-first")
     return root, evaluate(sft_data, root, f"output_dir={root}/e1", "name=tiny", "efficiency=true",
-                          "explain.steps=2", "explain.max_tokens=3", "concurrency=2")  # (the others: 1 actor)
+                          "explain.steps=2", "explain.max_tokens=3", "concurrency=2")  # (the others: in this process)
 
 
 def from_first(tiny_first, tmp_path) -> dict:
@@ -87,7 +87,8 @@ def test_eval_gates_against_the_promoted_version(tiny_first, sft_data, tmp_path)
     # The real model must prove itself better than the promoted one (the default baseline): perplexity falls
     # from ~vocabulary size to ~10 on every item.
     real = evaluate(sft_data, tmp_path, f"output_dir={tmp_path}/e3", "name=smollm2", "model=smollm2-135m-instruct",
-                    "gate.mode=improvement", "gate.keys=[rougeL,bleu,f1,perplexity,safety_pass_rate,heldout_reward]")
+                    "gate.mode=improvement", "gate.keys=[rougeL,bleu,f1,perplexity,safety_pass_rate,heldout_reward]",
+                    "concurrency=1")  # in an actor, as the demo answers: vLLM's engine stays out of this process
     # engine auto: vLLM answers where it runs the model (SmolLM2), the sampler where it does not (tiny, head_dim
     # 16; our INT8 and ONNX formats); vLLM's greedy answers are the transformers sampler's, item by item.
     if importlib.util.find_spec("vllm"):
@@ -175,7 +176,7 @@ def test_gsm8k_task_reports_accuracy(ray_local, tmp_path):
     cfg = load_config(EvalConfig, "jobs/configs/eval_demo.yaml",
                       ["model=tiny", f"data={GSM8K}", "task=gsm8k", "heldout=null", "identity=null", "bias=null",
                        f"registry={tmp_path}/reg.sqlite", "max_samples=4",
-                       "max_new_tokens=8", "batch_size=4", "safety=null", "efficiency=false", "concurrency=1",
+                       "max_new_tokens=8", "batch_size=4", "safety=null", "efficiency=false", "concurrency=0",
                        f"output_dir={tmp_path}/g"])
     result = run(cfg)
     answers = [json.loads(line) for line in (tmp_path / "g" / "answers.jsonl").read_text().splitlines()]

@@ -82,7 +82,7 @@ class EvalConfig(JobConfig):
     batch_size: int = 8
     max_new_tokens: int = 96
     max_len: int = 1024
-    concurrency: int = 1  # model actors
+    concurrency: int = Field(1, ge=0)  # model actors; 0: answer in this process (no actor to start: small evals)
     dtype: Literal["float32", "auto"] = "float32"  # auto: bf16 body where the machine is fast at it (app/precision.py)
     engine: Literal["auto", "hf", "vllm"] = "auto"  # the answers' engine; auto: vLLM where it is installed and runs
     vllm: VLLMSection = VLLMSection(kv_cache_mb=256)  # the model (app/vllm_engine.choose)

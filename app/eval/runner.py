@@ -93,6 +93,11 @@ def answer_all(records: list[dict], model_path: str, batch_size: int, max_new_to
     rows = [{"id": r["id"], "prompt": r["prompt"], "reference": r.get("reference") or "",
              "max_new_tokens": r.get("max_new_tokens", max_new_tokens)} for r in records]
     work = batches_of(rows, batch_size)
+    if concurrency == 0:  # in this process: an actor's start (a process, its imports, the model) is most of a small eval
+        local = AnswerActor(model_path, max_len, dtype, engine, vllm)
+        out = [o for batch in work for o in local.answer(batch)]
+        del local
+        return _merged(records, out)
     actor = ray.remote(num_cpus=1)(AnswerActor)
     actors = [actor.remote(model_path, max_len, dtype, engine, vllm) for _ in range(max(1, min(concurrency, len(work))))]
     try:
@@ -100,8 +105,12 @@ def answer_all(records: list[dict], model_path: str, batch_size: int, max_new_to
     finally:
         for a in actors:
             ray.kill(a)
+    return _merged(records, out)
+
+
+def _merged(records: list[dict], answered: list[dict]) -> list[dict]:
     by_id = {r["id"]: r for r in records}
-    return sorted(({**by_id[o["id"]], **o} for o in out), key=lambda r: r["id"])
+    return sorted(({**by_id[o["id"]], **o} for o in answered), key=lambda r: r["id"])
 
 
 @torch.inference_mode()
