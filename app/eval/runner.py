@@ -93,11 +93,9 @@ def answer_all(records: list[dict], model_path: str, batch_size: int, max_new_to
     rows = [{"id": r["id"], "prompt": r["prompt"], "reference": r.get("reference") or "",
              "max_new_tokens": r.get("max_new_tokens", max_new_tokens)} for r in records]
     work = batches_of(rows, batch_size)
-    if concurrency == 0:  # in this process: an actor's start (a process, its imports, the model) is most of a small eval
+    if concurrency == 0:  # in this process: an actor's start (a process, imports, the model) is most of a small eval
         local = AnswerActor(model_path, max_len, dtype, engine, vllm)
-        out = [o for batch in work for o in local.answer(batch)]
-        del local
-        return _merged(records, out)
+        return _merged(records, [o for batch in work for o in local.answer(batch)])
     actor = ray.remote(num_cpus=1)(AnswerActor)
     actors = [actor.remote(model_path, max_len, dtype, engine, vllm) for _ in range(max(1, min(concurrency, len(work))))]
     try:
