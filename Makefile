@@ -37,7 +37,8 @@ demo: setup
 	$(PY) -m jobs.pipeline jobs/configs/demo.yaml
 
 test: setup browser
-	$(PY) -m pytest -q
+	@# two pytest processes: SIDE_LANE's tests beside the rest (tests/conftest.py)
+	$(PY) -m pytest -q -n 2
 
 test-fast: setup
 	@# the inner loop: pure units, no Ray cluster, no training run (under 2 minutes)

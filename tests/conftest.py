@@ -20,15 +20,36 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 SLOW_FIXTURES = {"ray_local", "cluster", "tiny_adapters", "tiny_onnx"}
 
 
+# Under `make test` (pytest-xdist, `-n 2`) these run in a second pytest process beside the rest (one lane each,
+# pytest_xdist_make_scheduler): they wait on child processes of their own (CLI entrypoints, pipelines, Tune
+# drivers, `ray job submit` to the two-node `cluster`), never on the session's Ray, and fill the core the
+# main lane leaves idle while it waits on imports and actor starts.
+SIDE_LANE = ("tests/test_submit.py::", "tests/test_cli.py::", "tests/test_pipeline.py::test_independent_stages",
+             "tests/test_pipeline.py::test_pipeline_failure", "tests/test_sweep.py::test_interrupted_sweep")
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests skip without CUDA; a test on a Ray cluster, in a child process or on a trained adapter is
-    `slow` (make test-fast leaves those out)."""
+    `slow` (make test-fast leaves those out); a side-lane test must not use the session's Ray."""
     skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs CUDA")
     for item in items:
         if skip and "gpu" in item.keywords:
             item.add_marker(skip)
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        if item.nodeid.startswith(SIDE_LANE) and "ray_local" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid} is in SIDE_LANE but uses the session's Ray (ray_local)")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Two lanes, one per worker: SIDE_LANE's tests and the rest (xdist's own `loadgroup` cannot be used here:
+    it renames node ids through an attribute pytest 9 no longer reads)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TwoLanes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "side" if nodeid.startswith(SIDE_LANE) else "main"
+    return TwoLanes(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +63,15 @@ def ray_local():
     resources = init_ray(num_cpus=2, _system_config={"metrics_report_interval_ms": 2000})
     yield resources
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A two-node Ray cluster beside the session's (tests/two_nodes.py), for SIDE_LANE tests: {"address": its
+    dashboard URL, "env": RAY_ADDRESS and the token its clients and drivers need}."""
+    from tests.two_nodes import two_nodes
+    with two_nodes() as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,11 @@
 """The pipeline DAG: references become edges, keys change with configs and inputs, and through the real
 `python -m jobs.pipeline`: a failing stage stops it and keeps finished outputs, a re-run skips finished
 stages, a changed config re-runs only what depends on it, `--from` forces a stage and its dependents (its
-stages joining a running Ray through RAY_ADDRESS); with `parallel`, independent stages overlap (on the
-pipeline's own local Ray)."""
+stages joining a running two-node cluster through RAY_ADDRESS); with `parallel`, independent stages overlap
+(on the pipeline's own local Ray)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,7 +91,7 @@ def test_key_follows_config_upstream_keys_and_input_files(tmp_path):
     assert stage_key(stage, {"up": "k1"}) == key
 
 
-def pipeline(tmp_path: Path, data_overrides: list[str], quant_overrides: list[str], *args: str):
+def pipeline(cluster: dict, tmp_path: Path, data_overrides: list[str], quant_overrides: list[str], *args: str):
     config = {"name": "t", "output_dir": str(tmp_path / "pipe"), "stages": {
         "raw": {"job": "demo_data", "overrides": ["n_dialogs=300", "n_tickets=10", "n_preferences=4", "n_prompts=4",
                                                   "n_arithmetic=4"]},
@@ -102,10 +101,8 @@ def pipeline(tmp_path: Path, data_overrides: list[str], quant_overrides: list[st
                                                    "decode_tokens=8", *quant_overrides]}}}
     path = tmp_path / "pipe.yaml"
     path.write_text(yaml.safe_dump(config))
-    import ray
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # stages join the session's Ray
     result = subprocess.run([sys.executable, "-m", "jobs.pipeline", str(path), *args], capture_output=True, text=True,
-                            timeout=600, env=env)
+                            timeout=600, env=cluster["env"])  # its stages join the two-node cluster
     ran = {line.split()[1] for line in result.stdout.splitlines() if " running " in line}
     cached = {line.split()[1] for line in result.stdout.splitlines() if " cached " in line}
     return result, ran, cached
@@ -116,26 +113,26 @@ def stage_dirs(tmp_path: Path, stage: str) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_pipeline_failure_caching_changes_and_from(ray_local, tmp_path):
-    typo, ran, _ = pipeline(tmp_path, [], ["max_textz=4"])  # every stage's config is checked before any runs
+def test_pipeline_failure_caching_changes_and_from(cluster, tmp_path):
+    typo, ran, _ = pipeline(cluster, tmp_path, [], ["max_textz=4"])  # every stage's config is checked before any runs
     assert typo.returncode == 2 and ran == set() and not list((tmp_path / "pipe").glob("*/stage.json"))
     assert "error: stages.quant (jobs.quantize): unknown config key 'max_textz'" in typo.stderr
-    failed, ran, _ = pipeline(tmp_path, [], ["model=no-such-model"])  # fails only when it runs
+    failed, ran, _ = pipeline(cluster, tmp_path, [], ["model=no-such-model"])  # fails only when it runs
     assert failed.returncode == 2 and ran == {"raw", "data", "quant"}
     assert "stage quant (jobs.quantize) failed (exit 2): error: model path not found: no-such-model" in failed.stderr
     assert len(stage_dirs(tmp_path, "raw")) == len(stage_dirs(tmp_path, "data")) == 1  # finished outputs kept
     assert not stage_dirs(tmp_path, "quant")
 
-    fixed, ran, cached = pipeline(tmp_path, [], [])
+    fixed, ran, cached = pipeline(cluster, tmp_path, [], [])
     assert fixed.returncode == 0, fixed.stderr[-2000:]
     assert ran == {"quant"} and cached == {"raw", "data"}
     assert "records in" in fixed.stdout and "total:" in fixed.stdout  # the closing summary
     first_data = json.loads(stage_dirs(tmp_path, "data")[0].read_text())
 
-    forced, ran, cached = pipeline(tmp_path, [], [], "--from", "quant")  # the rest finished: skipped
+    forced, ran, cached = pipeline(cluster, tmp_path, [], [], "--from", "quant")  # the rest finished: skipped
     assert forced.returncode == 0 and ran == {"quant"} and cached == {"raw", "data"}
 
-    changed, ran, cached = pipeline(tmp_path, ["filters.min_words=5"], [])
+    changed, ran, cached = pipeline(cluster, tmp_path, ["filters.min_words=5"], [])
     assert changed.returncode == 0, changed.stderr[-2000:]
     assert ran == {"data", "quant"} and cached == {"raw"}  # only what depends on the change
     assert len(stage_dirs(tmp_path, "data")) == 2  # the old output stays cached under its own key
@@ -146,7 +143,7 @@ def test_pipeline_failure_caching_changes_and_from(ray_local, tmp_path):
     assert (tmp_path / "pipe" / "data").resolve().name == f"data-{new_data['key'][:12]}"
     assert (tmp_path / "pipe" / "data" / "train").is_dir()
 
-    again, ran, cached = pipeline(tmp_path, ["filters.min_words=5"], [])
+    again, ran, cached = pipeline(cluster, tmp_path, ["filters.min_words=5"], [])
     assert again.returncode == 0 and ran == set() and cached == {"raw", "data", "quant"}
 
 

@@ -92,7 +92,8 @@ def test_ppo_raises_toy_reward_with_versioned_sync(toy_run):
     assert weights_checksum(load_policy(summary["final"])[0].state_dict()) == summary["checksum"]
     assert ray.available_resources().get("CPU", 0) >= 1.5  # actors and placement group released
     from ray.util.state import list_actors  # colocate: reference, reward and critic were one actor's
-    hosts = list_actors(filters=[("name", "=", "ppo-tiny-scorers")], detail=True)
+    hosts = list_actors(ray.get_runtime_context().gcs_address, filters=[("name", "=", "ppo-tiny-scorers")],
+                        detail=True)  # (the session's Ray by address: test_submit's cluster may run beside it)
     assert hosts and {h.class_name for h in hosts} == {"ScorersActor"}
 
 
@@ -130,7 +131,8 @@ def test_lora_learner_group_survives_a_killed_rollout_actor(ray_local, prompts_f
     worker.join(timeout=600)
     assert result, "the run did not finish"
     from ray.util.state import list_actors
-    [state] = list_actors(filters=[("actor_id", "=", victim._actor_id.hex())], detail=True)
+    [state] = list_actors(ray.get_runtime_context().gcs_address, filters=[("actor_id", "=", victim._actor_id.hex())],
+                          detail=True)
     assert state.num_restarts >= 1  # it came back (then the controller or the next sync reloaded it)
     steps = _steps(out)
     assert [s["policy_version"] for s in steps] == [1, 2, 3]

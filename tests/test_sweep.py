@@ -47,14 +47,13 @@ def test_bad_search_space_fails_at_start_naming_the_key():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # 2 trials and a resume: ~2 min alone on 2 cores
-def test_interrupted_sweep_resumes_and_writes_best_yaml(ray_local, sft_data, tmp_path):
+def test_interrupted_sweep_resumes_and_writes_best_yaml(cluster, sft_data, tmp_path):
     out = tmp_path / "sweep"
     args = [f"output_dir={out}", f"overrides=[data.path={sft_data}, scaling.num_workers=1, train.max_steps=4, "
             "eval.every=2, eval.patience=null, checkpoint.every=4, tensorboard=false]"]
-    import ray
-    # both drivers join the session's Ray (a killed driver's trials and workers die with its job);
+    # both drivers join the two-node cluster (a killed driver's trials and workers die with its job);
     # Tune saves its state every second
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    env = {**cluster["env"], "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     first = subprocess.Popen([sys.executable, "-m", "jobs.sweep", "jobs/configs/sweep_tiny.yaml", *args], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
