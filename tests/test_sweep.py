@@ -1,7 +1,7 @@
-"""Ray Tune sweeps of SFT trials through a real local Ray: bad keys fail at start; an interrupted sweep
-resumes without re-running finished trials, ASHA stops the weak trial early against the rungs of a trial
-that finished before the interruption (Tune itself does not save them), best.yaml is a config for
-jobs.sft with the winner's values."""
+"""Ray Tune sweeps of SFT trials on a real two-node Ray cluster (tests/two_nodes.py): bad keys fail at
+start; an interrupted sweep resumes without re-running finished trials, ASHA stops the weak trial early
+against the rungs of a trial that finished before the interruption (Tune itself does not save them),
+best.yaml is a config for jobs.sft with the winner's values."""
 from __future__ import annotations
 
 import csv
