@@ -43,7 +43,8 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_xdist_make_scheduler(config, log):
     """Two lanes, one per worker: SIDE_LANE's tests and the rest (xdist's own `loadgroup` cannot be used here:
-    it renames node ids through an attribute pytest 9 no longer reads)."""
+    it renames node ids through an attribute pytest 9 no longer reads, pytest-xdist#1386, and then silently
+    spreads every test over both workers)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class TwoLanes(LoadScopeScheduling):
